@@ -1,0 +1,1 @@
+"""Compute engines. Each knows plain arrays only, never Modules."""

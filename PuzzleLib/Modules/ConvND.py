@@ -1,0 +1,147 @@
+"""N-dimensional convolution (cross-correlation) with groups, stride, padding and dilation."""
+
+import math
+import numbers
+
+import numpy as np
+
+from PuzzleLib.Backend import Dnn, gpuarray
+from PuzzleLib.Modules.Module import Module, ModuleError
+from PuzzleLib.Variable import Variable
+
+_AXES = {1: ("size",), 2: ("height", "width"), 3: ("depth", "height", "width")}
+
+
+def checkInt(value, what):
+    """An int that is not a bool (numpy integers included); ValueError for any other type."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{what} must be an int, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
+def ntuple(value, nd, what, minimum):
+    """An int or an nd-tuple of ints, as an nd-tuple, each entry at least ``minimum``."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != nd:
+            raise ModuleError(f"{what} must be an int or a tuple of {nd} ints (got {len(value)} entries: {tuple(value)})")
+        values = tuple(checkInt(v, what) for v in value)
+    else:
+        values = (checkInt(value, what),) * nd
+    for v in values:
+        if v < minimum:
+            raise ModuleError(f"{what} must be at least {minimum} (got {v})")
+    return values
+
+
+class ConvND(Module):
+    def __init__(self, nd, inmaps, outmaps, size, stride=1, pad=0, dilation=1, wscale=1.0, useBias=True,
+                 name=None, initscheme=None, empty=False, groups=1):
+        super().__init__(name)
+        nd = checkInt(nd, "nd")
+        if nd not in _AXES:
+            raise ModuleError(f"Convolution must be 1d, 2d or 3d (got {nd}d)")
+        inmaps, outmaps, groups = (checkInt(v, w) for v, w in ((inmaps, "inmaps"), (outmaps, "outmaps"),
+                                                              (groups, "groups")))
+        for value, what in ((inmaps, "inmaps"), (outmaps, "outmaps"), (groups, "groups")):
+            if value < 1:
+                raise ModuleError(f"{what} must be at least 1 (got {value})")
+        if inmaps % groups != 0 or outmaps % groups != 0:
+            raise ModuleError(
+                "Number of input and output maps must be divisible by number of groups "
+                f"({inmaps} inmaps, {outmaps} outmaps, {groups} groups)"
+            )
+        if not isinstance(wscale, numbers.Real):
+            raise ValueError(f"wscale must be a number, got {type(wscale).__name__}")
+
+        self.nd = nd
+        self.inmaps, self.outmaps, self.groups = inmaps, outmaps, groups
+        self.size = ntuple(size, nd, "size", 1)
+        self.stride = ntuple(stride, nd, "stride", 1)
+        self.pad = ntuple(pad, nd, "pad", 0)
+        self.dilation = ntuple(dilation, nd, "dilation", 1)
+        self.useBias = bool(useBias)
+        self.wscale = wscale
+        self.fwdAlgo = self.bwdDataAlgo = self.bwdFilterAlgo = None
+
+        self.W = None
+        self.b = None
+        if empty:
+            return
+
+        W = self.createTensorWithScheme(initscheme, self.wshape, wscale)
+        self.setVar("W", Variable(gpuarray.empty(self.wshape) if W is None else gpuarray.to_gpu(W)))
+        if self.useBias:
+            self.setVar("b", Variable(gpuarray.zeros(self.bshape)))
+
+    @property
+    def wshape(self):
+        return (self.outmaps, self.inmaps // self.groups) + self.size
+
+    @property
+    def bshape(self):
+        return (1, self.outmaps) + (1,) * self.nd
+
+    def setVar(self, name, var):
+        expected = {"W": self.wshape, "b": self.bshape}.get(name)
+        if expected is not None and isinstance(var, Variable):
+            if var.data.shape != expected:
+                raise ModuleError(f"Variable {name!r} must have shape {expected}, got {var.data.shape}")
+            if var.data.dtype != np.float32:
+                raise ModuleError(f"Variable {name!r} must have dtype float32, got {var.data.dtype}")
+        super().setVar(name, var)
+
+    # -- compute --------------------------------------------------------------------------------
+    def _params(self):
+        return dict(stride=self.stride, pad=self.pad, dilation=self.dilation, groups=self.groups)
+
+    def updateData(self, data):
+        self.data = Dnn.convNd(data, self.W, self.b, **self._params())
+
+    def updateGrad(self, grad):
+        self.grad = Dnn.convNdBackwardData(grad, self.W, self.inData, **self._params())
+
+    def accGradParams(self, grad, scale=1.0, momentum=0.0):
+        wvar, bvar = self.vars["W"], self.vars.get("b")
+        Dnn.convNdBackwardParams(
+            self.inData, grad, self.W, self.b, **self._params(),
+            wgrad=wvar.grad, bgrad=None if bvar is None else bvar.grad, scale=scale, momentum=momentum,
+        )
+
+    # -- shapes ---------------------------------------------------------------------------------
+    def dataShapeFrom(self, shape):
+        spatial = tuple(
+            (size + 2 * p - d * (k - 1) - 1) // s + 1
+            for size, k, s, p, d in zip(shape[2:], self.size, self.stride, self.pad, self.dilation)
+        )
+        return (shape[0], self.outmaps) + spatial
+
+    def gradShapeFrom(self, shape):
+        spatial = tuple(
+            (size - 1) * s + d * (k - 1) - 2 * p + 1
+            for size, k, s, p, d in zip(shape[2:], self.size, self.stride, self.pad, self.dilation)
+        )
+        return (shape[0], self.inmaps) + spatial
+
+    def checkDataShape(self, shape):
+        if self.W is None:
+            raise ModuleError(f"{self} has no weights (created with empty=True): set 'W' with setVar first")
+        self.checkRank(shape, self.nd + 2, "Data")
+        if shape[1] != self.inmaps:
+            raise ModuleError(f"Data has {shape[1]} maps (expected: {self.inmaps})")
+        for axis, size, k, p, d in zip(_AXES[self.nd], shape[2:], self.size, self.pad, self.dilation):
+            if size + 2 * p < d * (k - 1) + 1:
+                raise ModuleError(
+                    f"Data maps {axis} is too small (got {size + 2 * p}, expected at least {d * (k - 1) + 1})"
+                )
+
+    def checkGradShape(self, shape):
+        self.checkRank(shape, self.nd + 2, "Grad")
+        if shape[1] != self.outmaps:
+            raise ModuleError(f"Grad has {shape[1]} maps (expected: {self.outmaps})")
+        super().checkGradShape(shape)
+
+
+    def numOfFlops(self, shape):
+        """Multiply-adds of one forward pass on input of this shape, times two."""
+        out = self.dataShapeFrom(shape)
+        return 2 * math.prod(out) * (self.inmaps // self.groups) * math.prod(self.size)
