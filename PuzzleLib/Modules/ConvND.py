@@ -23,7 +23,9 @@ def ntuple(value, nd, what, minimum):
     """An int or an nd-tuple of ints, as an nd-tuple, each entry at least ``minimum``."""
     if isinstance(value, (tuple, list)):
         if len(value) != nd:
-            raise ModuleError(f"{what} must be an int or a tuple of {nd} ints (got {len(value)} entries: {tuple(value)})")
+            raise ModuleError(
+                f"{what} must be an int or a tuple of {nd} ints (got {len(value)} entries: {tuple(value)})"
+            )
         values = tuple(checkInt(v, what) for v in value)
     else:
         values = (checkInt(value, what),) * nd

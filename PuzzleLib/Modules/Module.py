@@ -213,7 +213,7 @@ class Module:
 
     def calcMode(self, T):
         if np.dtype(T) != np.float32:
-            raise ModuleError(f"Expected calculation type {np.float32} (the only one on this engine), got {np.dtype(T)}")
+            raise ModuleError(f"Expected calculation type {np.float32} (the only one on the CPU), got {np.dtype(T)}")
         self.calctype = np.float32
 
     def numOfParams(self):

@@ -62,7 +62,8 @@ class PadND(Module):
             for axis, n, (a, b) in zip(_AXES[self.nd], shape[2:], self.pad):
                 if n <= max(a, b):
                     raise ModuleError(
-                        f"Data maps {axis} is too small for reflect padding (got {n}, expected at least {max(a, b) + 1})"
+                        f"Data maps {axis} is too small for reflect padding "
+                        f"(got {n}, expected at least {max(a, b) + 1})"
                     )
         elif self.mode is PadMode.edge:
             for axis, n in zip(_AXES[self.nd], shape[2:]):
