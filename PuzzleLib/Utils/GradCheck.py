@@ -99,8 +99,9 @@ def gradientCheck(module, data, seed=0, eps=1e-6, maxChecks=64, grad=None):
     with float64Mode(module):
         out = module(GPUArray(x.copy())).get()
         weights = rng.standard_normal(out.shape) if grad is None else np.asarray(grad, dtype=np.float64)
+        # Zeroed gradients and momentum 1 make every use of a shared Variable add its part.
         module.zeroGradParams()
-        module.backward(GPUArray(weights.copy()))
+        module.backward(GPUArray(weights.copy()), momentum=1.0)
         tensors = {"input": (x, module.grad.get())}
         if module.train:
             for var, names in module.getVarTable().items():
