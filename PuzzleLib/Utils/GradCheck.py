@@ -35,7 +35,7 @@ def _walk(module):
 @contextlib.contextmanager
 def float64Mode(module):
     """Run the module tree in float64 inside the block; restore everything after it."""
-    saved, converted = [], {}
+    saved, converted, seenVars = [], {}, set()
 
     def to64(ary):
         key = id(ary)
@@ -45,12 +45,15 @@ def float64Mode(module):
 
     for mod in _walk(module):
         attributes = dict(mod.__dict__, attrs=dict(mod.attrs))
-        varState = [(var, var.data, var.grad) for var in mod.vars.values()]
-        saved.append((mod, attributes, varState))
+        # A Variable shared by several modules is converted (and later restored) once.
+        newVars = [var for var in mod.vars.values() if id(var) not in seenVars]
+        seenVars.update(id(var) for var in newVars)
+        saved.append((mod, attributes, [(var, var.data, var.grad) for var in newVars]))
         mod.calctype = np.float64
-        for name, var in mod.vars.items():
+        for var in newVars:
             var.data = to64(var.data)
             var.grad = None if var.grad is None else to64(var.grad)
+        for name, var in mod.vars.items():
             mod.__dict__[name] = var.data
         for name, attr in mod.attrs.items():
             if isinstance(attr, GPUArray) and np.issubdtype(attr.dtype, np.floating):
