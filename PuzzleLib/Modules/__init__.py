@@ -5,6 +5,8 @@ so importing this package stays cheap.
 """
 
 import importlib
+import sys
+import types
 
 # public name -> submodule that defines it
 _LOCATIONS = {
@@ -34,3 +36,20 @@ def __getattr__(name):
 
 def __dir__():
     return __all__
+
+
+class _Package(types.ModuleType):
+    """This package, binding classes where the import system would bind same-named submodules.
+
+    Once ``ConvND.py`` has loaded (say as a side effect of ``Conv2D.py``), Python sets the package
+    attribute ``ConvND`` to that submodule, which would shadow the class and bypass ``__getattr__``.
+    """
+
+    def __setattr__(self, name, value):
+        if (isinstance(value, types.ModuleType) and _LOCATIONS.get(name) == name
+                and value.__name__ == f"{__name__}.{name}"):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
