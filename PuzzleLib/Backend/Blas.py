@@ -20,3 +20,17 @@ def mulMatrixOnMatrix(A, B, out=None, transpA=False, transpB=False, alpha=1.0, b
     """out = alpha * op(A) @ op(B) + beta * out."""
     result = getEngine().blas.gemm(A.ary, B.ary, None if out is None else out.ary, transpA, transpB, alpha, beta)
     return out if out is not None else GPUArray(result)
+
+
+def addVectorToMatrix(vec, mat):
+    """mat[i, :] += vec for every row i, in place; returns mat."""
+    getEngine().blas.addVectorToRows(mat.ary, vec.ary)
+    return mat
+
+
+def sumOnMatrix(A, out=None, alpha=1.0, beta=0.0):
+    """Column sums of a matrix: out = alpha * A.sum(axis=0) + beta * out (beta 0 ignores out)."""
+    if out is None:
+        return GPUArray(getEngine().blas.sumRows(A.ary, None, alpha, 0.0))
+    getEngine().blas.sumRows(A.ary, out.ary, alpha, beta)
+    return out

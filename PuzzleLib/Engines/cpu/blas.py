@@ -34,3 +34,16 @@ def gemm(A, B, out, transpA, transpB, alpha, beta):
         out *= beta
         out += alpha * (a @ b)
     return out
+
+
+def addVectorToRows(mat, vec):
+    mat += vec
+
+
+def sumRows(A, out, alpha, beta):
+    """alpha * A.sum(axis=0) (+ beta * out); written into out when given."""
+    total = A.sum(axis=0)
+    if out is None:
+        return total * alpha if alpha != 1.0 else total
+    accumulate(out, total, alpha, beta)
+    return out
