@@ -20,10 +20,13 @@ def activationBackward(grad, outdata, kind, args=(), slc=None, inplace=False):
     return grad if inplace else GPUArray(result)
 
 
-def dropoutMask(shape, p, dtype):
-    """A new mask: 0 with probability p, else 1 / (1 - p)."""
-    return GPUArray(getEngine().activation.dropoutMask(shape, p, dtype))
+def dropoutMask(shape, p, dtype, rng=None, slc=None):
+    """A new mask: 0 with probability p, else 1 / (1 - p) (1 outside the flat slice slc, if given)."""
+    return GPUArray(getEngine().activation.dropoutMask(shape, p, dtype, rng, slc))
 
 
-def multiply(data, mask):
+def multiply(data, mask, inplace=False):
+    if inplace:
+        getEngine().activation.multiply(data.ary, mask.ary, out=data.ary)
+        return data
     return GPUArray(getEngine().activation.multiply(data.ary, mask.ary))

@@ -88,10 +88,22 @@ def backward(grad, y, kind, args=(), slc=None, out=None):
     return out
 
 
-def dropoutMask(shape, p, dtype):
-    """Keep each element with probability 1 - p, scaled by 1 / (1 - p); numpy's global generator."""
-    keep = np.random.random_sample(shape) >= p
-    return (keep / (1.0 - p)).astype(dtype)
+def dropoutMask(shape, p, dtype, rng=None, slc=None):
+    """Keep each element with probability 1 - p, scaled by 1 / (1 - p).
+
+    Draws from ``rng`` (anything with ``random(size)``) or else numpy's global generator.
+    With ``slc`` only that slice of the flattened array is dropped; the mask is 1 elsewhere.
+    """
+    count = int(np.prod(shape))
+    positions = np.arange(count)[slc] if slc is not None else None
+    size = count if positions is None else len(positions)
+    uniform = np.random.random_sample(size) if rng is None else np.asarray(rng.random(size))
+    values = ((uniform >= p) / (1.0 - p)).astype(dtype)
+    if positions is None:
+        return values.reshape(shape)
+    mask = np.ones(count, dtype=dtype)
+    mask[positions] = values
+    return mask.reshape(shape)
 
 
 def multiply(x, mask, out=None):
