@@ -11,13 +11,20 @@ class Container(Module):
     def append(self, mod, acquire=True):
         if not isinstance(mod, Module):
             raise ModuleError(f"{self} can only hold modules, got {type(mod).__name__}")
-        name = mod.name if mod.name is not None else str(len(self.modules))
+        name = mod.name if mod.name is not None else self._freeName()
         if name in self.modules:
             raise ModuleError(f"{self} already holds a module named {name!r}")
         if acquire and mod.name is None:
             mod.name = name
         self.modules[name] = mod
         return self
+
+    def _freeName(self):
+        """Name an unnamed module by its position; after a pop that name may be taken, so count on."""
+        index = len(self.modules)
+        while str(index) in self.modules:
+            index += 1
+        return str(index)
 
     def removeModule(self, mod):
         for name, child in list(self.modules.items()):
