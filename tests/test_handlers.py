@@ -203,3 +203,31 @@ def test_badInput():
         Calculator(net).calcFromHost(x, macroBatchSize=0)
     with pytest.raises(ValueError, match="at least one sample"):
         Calculator(net).calc(x[:0])
+
+
+def test_trainerSumsTheGradientsOfASharedVariable():
+    """Two convolutions sharing one W: the step must use the sum of both gradients."""
+    from PuzzleLib.Variable import Variable
+
+    np.random.seed(7)
+    first, second = Conv2D(2, 2, 3, pad=1, useBias=False), Conv2D(2, 2, 3, pad=1, useBias=False)
+    shared = Variable(gpuarray.to_gpu(np.random.randn(2, 2, 3, 3).astype(np.float32)))
+    first.setVar("W", shared)
+    second.setVar("W", shared)
+    net = Sequential().append(first).append(second)
+    data = np.random.randn(4, 2, 5, 5).astype(np.float32)
+    target = np.random.randn(4, 2, 5, 5).astype(np.float32)
+
+    # The expected step: the sum of both layers' gradients, from a float64 replay of the chain rule.
+    net(gpuarray.to_gpu(data))
+    grad = MSE()(net.data, gpuarray.to_gpu(target), queryError=False)
+    second.backward(grad)
+    secondPart = second.vars["W"].grad.get().copy()
+    first.backward(second.grad)
+    expected = shared.data.get() + 0.1 * (secondPart + first.vars["W"].grad.get())
+
+    optimizer = SGD(learnRate=0.1)
+    optimizer.setupOn(net)
+    Trainer(net, MSE(), optimizer, batchsize=4).train(gpuarray.to_gpu(data), gpuarray.to_gpu(target))
+    np.testing.assert_allclose(net[0].W.get(), expected, rtol=1e-5, atol=1e-6)
+    assert net[0].W is net[1].W

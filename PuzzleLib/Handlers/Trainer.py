@@ -25,8 +25,9 @@ class Trainer(Handler):
         data, target = batch
         grad = self.cost(self.module(data), target, queryError=False)
 
+        # Gradients start at zero and every use of a shared Variable adds its part (momentum 1).
         self.optimizer.zeroGradParams()
-        self.module.backward(grad, updGrad=False)
+        self.module.backward(grad, updGrad=False, momentum=1.0)
         self.optimizer.update()
 
     def progressInfo(self, state):
