@@ -318,7 +318,6 @@ def test_constructor_defaults_and_shapes():
     assert conv.W.dtype == np.float32 and conv.b.dtype == np.float32
     np.testing.assert_array_equal(conv.b.get(), 0)
     assert conv.vars["W"].grad.shape == conv.W.shape
-    assert conv.fwdAlgo is None or isinstance(conv.fwdAlgo, (int, str))
     for attr in ("fwdAlgo", "bwdDataAlgo", "bwdFilterAlgo"):
         assert hasattr(conv, attr)
     # The default scheme is xavier_uniform with fan-in 4 * 9: every weight inside +-sqrt(3 / 36).
@@ -394,3 +393,20 @@ def test_num_of_params_and_param_size():
     assert conv.numOfParams() == 6 * 2 * 9 + 6
     assert conv.paramSize() == 4 * (6 * 2 * 9 + 6)
     assert Conv2D(4, 6, 3, useBias=False).numOfParams() == 6 * 4 * 9
+
+
+def test_optimize_for_shape_keeps_results():
+    """Whatever algorithms optimizeForShape picks, results stay those of the reference."""
+    cfg = NAMED["dilation-with-stride"]
+    rng = np.random.default_rng(0)
+    conv = makeConv(cfg, rng)
+    x = rng.standard_normal((cfg["batch"], cfg["inmaps"]) + cfg["spatial"]).astype(np.float32)
+    conv.optimizeForShape(x.shape)
+    conv.optimizeForShape(x.shape, memlimit=1 << 16)
+    params = (cfg["stride"], cfg["pad"], cfg["dilation"], cfg["groups"])
+    y = conv(x)
+    assertClose(y.get(), convForward(x, conv.W.get(), conv.b.get(), *params), "forward")
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    conv.backward(dy)
+    assertClose(conv.grad.get(), convBackwardData(dy, conv.W.get(), x.shape, *params), "input grad")
+    assertClose(conv.vars["W"].grad.get(), convBackwardParams(x, dy, conv.W.shape, *params)[0], "W grad")
