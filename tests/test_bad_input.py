@@ -197,6 +197,8 @@ def test_below_one(what, value, shown):
 @pytest.mark.parametrize("cls", [Conv1D, Conv2D, Conv3D])
 def test_negative_pad(cls):
     raisesWith(ModuleError, lambda: cls(2, 4, 3, pad=-1), "pad", "at least 0", "-1")
+    pad = (0,) * (cls.__name__ != "Conv1D") + (-2,) + (1,) * (cls.__name__ == "Conv3D")
+    raisesWith(ModuleError, lambda: cls(2, 4, 3, pad=pad), "pad", "at least 0", "-2")
 
 
 @pytest.mark.parametrize("what", ["inmaps", "outmaps", "groups"])

@@ -110,6 +110,9 @@ def test_asarray_shares_storage():
     copied[1] = -1
     assert a.get()[1] == 1
     assert float(np.sum(a)) == 15.0
+    assert np.asarray(a, copy=False) is view
+    with pytest.raises(ValueError):
+        np.asarray(a, dtype=np.float64, copy=False)
 
 
 def test_reshape_and_ravel():

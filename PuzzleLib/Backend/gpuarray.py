@@ -104,6 +104,9 @@ class GPUArray:
     def __array__(self, dtype=None, copy=None):
         if copy:
             return self._ary.astype(dtype) if dtype is not None else self._ary.copy()
+        if copy is False and dtype is not None and np.dtype(dtype) != self.dtype:
+            # numpy 2's contract: copy=False must never copy silently.
+            raise ValueError(f"Unable to avoid a copy converting a {self.dtype} GPUArray to {np.dtype(dtype)}")
         return self._ary if dtype is None else self._ary.astype(dtype, copy=False)
 
     def __str__(self):
