@@ -1,36 +1,63 @@
 """Convolution dispatch: GPUArrays in, the engine's kernels on their storage, GPUArrays out.
 
-``stride``, ``pad`` and ``dilation`` are tuples with one entry per spatial axis.
+``stride``, ``pad`` and ``dilation`` are ints or tuples with one entry per spatial axis.
+``algo`` names the engine algorithm for that direction (None: the engine's heuristic);
+``convNdAlgorithms`` lists those that apply and ``timeConvAlgorithms`` measures them.
 Parameter gradients are accumulated as ``scale * new + momentum * old``.
 """
 
 from PuzzleLib.Backend import Blas, getEngine
 from PuzzleLib.Backend.gpuarray import GPUArray
 
+# Directions, in the names the engine uses.
+FORWARD, BACKWARD_DATA, BACKWARD_PARAMS = "forward", "backwardData", "backwardParams"
 
-def convNd(data, W, bias=None, stride=1, pad=0, dilation=1, groups=1):
-    stride, pad, dilation = _tuples(W.ndim - 2, stride, pad, dilation)
+
+def convNd(data, W, bias=None, stride=1, pad=0, dilation=1, groups=1, algo=None):
+    nd = W.ndim - 2
     y = getEngine().conv.forward(
-        data.ary, W.ary, None if bias is None else bias.ary.reshape(-1), stride, pad, dilation, groups
+        data.ary, W.ary, None if bias is None else bias.ary.reshape(-1),
+        _tuple(stride, nd), _tuple(pad, nd), _tuple(dilation, nd), groups, algo,
     )
     return GPUArray(y)
 
 
-def convNdBackwardData(grad, W, data, stride=1, pad=0, dilation=1, groups=1):
-    stride, pad, dilation = _tuples(W.ndim - 2, stride, pad, dilation)
-    return GPUArray(getEngine().conv.backwardData(grad.ary, W.ary, data.shape, stride, pad, dilation, groups))
+def convNdBackwardData(grad, W, data, stride=1, pad=0, dilation=1, groups=1, algo=None):
+    nd = W.ndim - 2
+    return GPUArray(getEngine().conv.backwardData(
+        grad.ary, W.ary, data.shape, _tuple(stride, nd), _tuple(pad, nd), _tuple(dilation, nd), groups, algo,
+    ))
 
 
 def convNdBackwardParams(data, grad, W, bias=None, stride=1, pad=0, dilation=1, groups=1,
-                         wgrad=None, bgrad=None, scale=1.0, momentum=0.0):
+                         wgrad=None, bgrad=None, scale=1.0, momentum=0.0, algo=None):
     """Weight and bias gradients; written into wgrad/bgrad (accumulating) when given."""
-    stride, pad, dilation = _tuples(W.ndim - 2, stride, pad, dilation)
+    nd = W.ndim - 2
     dw, db = getEngine().conv.backwardParams(
-        data.ary, grad.ary, W.shape, bias is not None, stride, pad, dilation, groups
+        data.ary, grad.ary, W.shape, bias is not None, _tuple(stride, nd), _tuple(pad, nd), _tuple(dilation, nd),
+        groups, algo,
     )
     wgrad = _store(wgrad, dw, scale, momentum)
     bgrad = None if db is None else _store(bgrad, db.reshape(bias.shape), scale, momentum)
     return wgrad, bgrad
+
+
+def convNdAlgorithms(direction, shape, Wshape, stride=1, pad=0, dilation=1, groups=1):
+    """Names of the algorithms that can run this convolution (input ``shape``) in ``direction``."""
+    nd = len(Wshape) - 2
+    return getEngine().conv.algorithms(direction, tuple(shape), tuple(Wshape), _tuple(stride, nd), _tuple(pad, nd),
+                                       _tuple(dilation, nd), groups)
+
+
+def timeConvAlgorithms(direction, shape, Wshape, stride=1, pad=0, dilation=1, groups=1, dtype=None,
+                       memlimit=None, withBias=True, repeats=3):
+    """[(algo, seconds, workspace bytes)], fastest first, leaving out those needing more than memlimit bytes."""
+    nd = len(Wshape) - 2
+    conv = getEngine().conv
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    return conv.timeAlgorithms(direction, tuple(shape), tuple(Wshape), _tuple(stride, nd), _tuple(pad, nd),
+                               _tuple(dilation, nd), groups, memlimit=memlimit, repeats=repeats,
+                               withBias=withBias, **kwargs)
 
 
 def _store(dest, new, scale, momentum):
@@ -39,5 +66,7 @@ def _store(dest, new, scale, momentum):
     return Blas.accumulate(dest, new, scale, momentum)
 
 
-def _tuples(nd, *values):
-    return tuple(tuple(v) if isinstance(v, (tuple, list)) else (v,) * nd for v in values)
+def _tuple(value, nd):
+    if type(value) is tuple and len(value) == nd:
+        return value
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * nd

@@ -97,17 +97,31 @@ class ConvND(Module):
         return dict(stride=self.stride, pad=self.pad, dilation=self.dilation, groups=self.groups)
 
     def updateData(self, data):
-        self.data = Dnn.convNd(data, self.W, self.b, **self._params())
+        self.data = Dnn.convNd(data, self.W, self.b, self.stride, self.pad, self.dilation, self.groups,
+                               algo=self.fwdAlgo)
 
     def updateGrad(self, grad):
-        self.grad = Dnn.convNdBackwardData(grad, self.W, self.inData, **self._params())
+        self.grad = Dnn.convNdBackwardData(grad, self.W, self.inData, **self._params(), algo=self.bwdDataAlgo)
 
     def accGradParams(self, grad, scale=1.0, momentum=0.0):
         wvar, bvar = self.vars["W"], self.vars.get("b")
         Dnn.convNdBackwardParams(
             self.inData, grad, self.W, self.b, **self._params(),
             wgrad=wvar.grad, bgrad=None if bvar is None else bvar.grad, scale=scale, momentum=momentum,
+            algo=self.bwdFilterAlgo,
         )
+
+    def optimizeForShape(self, shape, memlimit=None):
+        """Time the engine's algorithms for inputs of this shape; keep per direction the fastest whose
+        workspace fits ``memlimit`` bytes (None: any). The choice is used by every later call."""
+        shape = tuple(shape)
+        self.checkDataShape(shape)
+        chosen = []
+        for direction in (Dnn.FORWARD, Dnn.BACKWARD_DATA, Dnn.BACKWARD_PARAMS):
+            results = Dnn.timeConvAlgorithms(direction, shape, self.wshape, **self._params(), dtype=self.calctype,
+                                             memlimit=memlimit, withBias=self.useBias)
+            chosen.append(results[0][0] if results else None)
+        self.fwdAlgo, self.bwdDataAlgo, self.bwdFilterAlgo = chosen
 
     # -- shapes ---------------------------------------------------------------------------------
     def dataShapeFrom(self, shape):

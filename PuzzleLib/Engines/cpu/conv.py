@@ -1,98 +1,207 @@
-"""N-dimensional grouped convolution on numpy arrays (cross-correlation, NC... layout).
+"""N-dimensional grouped convolution on numpy arrays (cross-correlation, NC... layout): algorithm choice.
 
 Shapes: x (N, C, *spatial), w (O, C // groups, *kernel), bias (O,) or None.
 ``stride``, ``pad`` and ``dilation`` are tuples with one entry per spatial axis.
-One core serves 1-D, 2-D and 3-D: the spatial axes are only ever iterated as tuples.
 
-The method is im2col + GEMM: the input patches are gathered into a column buffer
-(N, groups, C/groups * K, L) with one strided copy per kernel tap (K taps, never a
-loop over pixels or batch items), and a batched matrix product does the rest.
+Algorithms (each direction: "forward", "backwardData", "backwardParams"):
+
+- ``gemm``: 1x1 kernel, unit stride, no padding: a (grouped, batched) GEMM on the input itself.
+- ``im2col``: any convolution: tiled column buffer (bounded, reused) + batched GEMM (conv_im2col).
+- ``winograd``: 2-D 3x3, unit stride and dilation, forward and backward-data: F(4x4, 3x3)
+  (conv_winograd); its error is larger than the others' (bound stated there).
+- ``direct``: direct loops, meant for depthwise and small-group convolutions (conv_direct).
+
+``algo=None`` picks one with a fast heuristic (``chooseAlgorithm``); ``timeAlgorithms`` measures the
+candidates for one shape so a caller can keep the fastest within a memory budget. Every algorithm
+is deterministic: the same inputs give bit-identical results on every call.
 """
 
-import math
+import time
 
 import numpy as np
 
+from PuzzleLib.Engines.cpu import conv_direct, conv_im2col, conv_winograd
+from PuzzleLib.Engines.cpu.conv_common import TILE_BYTES, isPointwise, outputShape, prod, workspace
 
-def outputShape(spatial, kernel, stride, pad, dilation):
-    return tuple(
-        (size + 2 * p - d * (k - 1) - 1) // s + 1
-        for size, k, s, p, d in zip(spatial, kernel, stride, pad, dilation)
-    )
+DIRECTIONS = ("forward", "backwardData", "backwardParams")
+ALGORITHMS = ("gemm", "im2col", "winograd", "direct")
 
-
-def _tapSlices(tap, stride, dilation, outSpatial):
-    """Slices of the padded input that kernel tap ``tap`` reads, one per spatial axis."""
-    return tuple(
-        slice(t * d, t * d + s * (o - 1) + 1, s)
-        for t, s, d, o in zip(tap, stride, dilation, outSpatial)
-    )
+__all__ = ["forward", "backwardData", "backwardParams", "outputShape", "algorithms", "chooseAlgorithm",
+           "workspaceBytes", "timeAlgorithms", "DIRECTIONS", "ALGORITHMS"]
 
 
-def _pad(x, pad):
-    if not any(pad):
-        return x
-    padded = np.zeros(x.shape[:2] + tuple(n + 2 * p for n, p in zip(x.shape[2:], pad)), dtype=x.dtype)
-    padded[_interior(x.shape[2:], pad)] = x
-    return padded
+# -- which algorithms apply ----------------------------------------------------------------------------
+def algorithms(direction, xShape, wShape, stride, pad, dilation, groups):
+    """The algorithms that can run this convolution in this direction, in preference order."""
+    _checkDirection(direction)
+    kernel = tuple(wShape[2:])
+    names = []
+    if isPointwise(kernel, stride, pad):
+        names.append("gemm")
+    if direction != "backwardParams" and conv_winograd.available and conv_winograd.applies(kernel, stride, dilation):
+        names.append("winograd")
+    names.append("im2col")
+    names.append("direct")
+    return names
 
 
-def _interior(spatial, pad):
-    return (slice(None), slice(None)) + tuple(slice(p, p + n) for n, p in zip(spatial, pad))
+def chooseAlgorithm(direction, xShape, wShape, stride, pad, dilation, groups):
+    """The heuristic's pick; memoised per shape (the cache is bounded)."""
+    key = (direction, tuple(xShape), tuple(wShape), stride, pad, dilation, groups)
+    algo = _choices.get(key)
+    if algo is None:
+        if len(_choices) > 1024:
+            _choices.clear()
+        algo = _choices[key] = _heuristic(direction, tuple(xShape), tuple(wShape), stride, pad, dilation, groups)
+    return algo
 
 
-def im2col(x, kernel, stride, pad, dilation, groups):
-    """Patches of x as a column buffer of shape (N, groups, C/groups * K, L)."""
-    n, c = x.shape[:2]
-    outSpatial = outputShape(x.shape[2:], kernel, stride, pad, dilation)
-    padded = _pad(x, pad)
-    cols = np.empty((n, c) + tuple(kernel) + outSpatial, dtype=x.dtype)
-    everything = (slice(None), slice(None))
-    for tap in np.ndindex(*kernel):
-        cols[everything + tap] = padded[everything + _tapSlices(tap, stride, dilation, outSpatial)]
-    return cols.reshape(n, groups, (c // groups) * math.prod(kernel), math.prod(outSpatial))
+_choices = {}
 
 
-def col2im(cols, xShape, kernel, stride, pad, dilation):
-    """Adjoint of im2col: scatter-add columns (N, groups, C/groups * K, L) back to an x-shaped array."""
+def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
+    kernel = wShape[2:]
+    c, o = xShape[1], wShape[0]
+    cg = c // groups
+    if isPointwise(kernel, stride, pad):
+        return "gemm"
+    if groups > 1 and cg <= 4:
+        # Depthwise / small groups: the GEMMs would be tiny, the copy dominates.
+        return "direct"
+    if cg * prod(kernel) <= 8 and o // groups <= 8:
+        return "direct"
+    if direction != "backwardParams" and conv_winograd.available and conv_winograd.applies(kernel, stride, dilation):
+        outSpatial = outputShape(xShape[2:], kernel, stride, pad, dilation)
+        # Enough channels for the 36 GEMMs to run near peak, enough pixels for the tiles to pay off.
+        if cg >= 16 and o // groups >= 16 and min(outSpatial) >= 12:
+            return "winograd"
+    return "im2col"
+
+
+def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, groups, dtype=np.float32):
+    """Scratch memory (bytes) an algorithm needs beyond its inputs and its result."""
+    itemsize = np.dtype(dtype).itemsize
     n, c = xShape[:2]
+    o = wShape[0]
+    kernel = tuple(wShape[2:])
     outSpatial = outputShape(xShape[2:], kernel, stride, pad, dilation)
-    cols = cols.reshape((n, c) + tuple(kernel) + outSpatial)
-    padded = np.zeros((n, c) + tuple(size + 2 * p for size, p in zip(xShape[2:], pad)), dtype=cols.dtype)
-    everything = (slice(None), slice(None))
-    for tap in np.ndindex(*kernel):
-        padded[everything + _tapSlices(tap, stride, dilation, outSpatial)] += cols[everything + tap]
-    return np.ascontiguousarray(padded[_interior(xShape[2:], pad)]) if any(pad) else padded
+    if algo == "gemm":
+        return o * (c // groups) * itemsize * max(1, n) if direction == "backwardParams" else 0
+    if algo == "direct":
+        return 0
+    if algo == "winograd":
+        channels = (c, o) if direction == "forward" else (o, c)
+        padded = pad if direction == "forward" else tuple(2 - p for p in pad)
+        spatial = xShape[2:] if direction == "forward" else outSpatial
+        elements = conv_winograd.workspaceBytes((n, channels[0]) + tuple(spatial), channels[1], padded)
+        return (elements + 36 * o * (c // groups)) * itemsize
+    # im2col: one tile of columns (bounded), plus the transposed gradient tile for the weights.
+    ck = c * prod(kernel)
+    total = n * prod(outSpatial) * ck * itemsize
+    limit = TILE_BYTES
+    perRow = ck * prod(outSpatial[1:]) * itemsize
+    return min(total, max(limit, perRow))
 
 
-def _groupedWeights(w, groups):
-    o = w.shape[0]
-    return w.reshape(groups, o // groups, -1)
+# -- the three directions -----------------------------------------------------------------------------
+def forward(x, w, bias, stride, pad, dilation, groups, algo=None):
+    if algo is None:
+        algo = chooseAlgorithm("forward", x.shape, w.shape, stride, pad, dilation, groups)
+    if algo == "gemm" and isPointwise(w.shape[2:], stride, pad):
+        return conv_im2col.gemmForward(x, w, bias, groups)
+    if algo == "im2col":
+        return conv_im2col.im2colForward(x, w, bias, stride, pad, dilation, groups)
+    if algo == "winograd" and _winogradApplies(w.shape, stride, dilation):
+        return conv_winograd.forward(x, w, bias, pad, groups)
+    if algo == "direct":
+        return conv_direct.forward(x, w, bias, stride, pad, dilation, groups)
+    raise _badAlgo("forward", algo, x.shape, w.shape, stride, pad, dilation, groups)
 
 
-def forward(x, w, bias, stride, pad, dilation, groups):
-    kernel = w.shape[2:]
-    n, o = x.shape[0], w.shape[0]
-    outSpatial = outputShape(x.shape[2:], kernel, stride, pad, dilation)
-    cols = im2col(x, kernel, stride, pad, dilation, groups)
-    y = np.matmul(_groupedWeights(w, groups), cols).reshape((n, o) + outSpatial)
-    if bias is not None:
-        y += bias.reshape((1, o) + (1,) * len(outSpatial))
-    return y
+def backwardData(dy, w, xShape, stride, pad, dilation, groups, algo=None):
+    xShape = tuple(xShape)
+    if algo is None:
+        algo = chooseAlgorithm("backwardData", xShape, w.shape, stride, pad, dilation, groups)
+    if algo == "gemm" and isPointwise(w.shape[2:], stride, pad):
+        return conv_im2col.gemmBackwardData(dy, w, xShape, groups)
+    if algo == "im2col":
+        return conv_im2col.im2colBackwardData(dy, w, xShape, stride, pad, dilation, groups)
+    if algo == "winograd" and _winogradApplies(w.shape, stride, dilation):
+        return conv_winograd.backwardData(dy, w, xShape, pad, groups)
+    if algo == "direct":
+        return conv_direct.backwardData(dy, w, xShape, stride, pad, dilation, groups)
+    raise _badAlgo("backwardData", algo, xShape, w.shape, stride, pad, dilation, groups)
 
 
-def backwardData(dy, w, xShape, stride, pad, dilation, groups):
-    n, o = dy.shape[:2]
-    wg = _groupedWeights(w, groups)
-    dcols = np.matmul(wg.transpose(0, 2, 1), dy.reshape(n, groups, o // groups, -1))
-    return col2im(dcols, xShape, w.shape[2:], stride, pad, dilation)
-
-
-def backwardParams(x, dy, wShape, withBias, stride, pad, dilation, groups):
+def backwardParams(x, dy, wShape, withBias, stride, pad, dilation, groups, algo=None):
     """Gradients of the weights (shaped wShape) and of the bias ((O,) or None)."""
-    n, o = dy.shape[:2]
-    cols = im2col(x, wShape[2:], stride, pad, dilation, groups)
-    dyg = dy.reshape(n, groups, o // groups, -1)
-    dw = np.matmul(dyg, cols.transpose(0, 1, 3, 2)).sum(axis=0).reshape(wShape)
-    db = dy.sum(axis=(0,) + tuple(range(2, dy.ndim))) if withBias else None
-    return dw, db
+    wShape = tuple(wShape)
+    if algo is None:
+        algo = chooseAlgorithm("backwardParams", x.shape, wShape, stride, pad, dilation, groups)
+    if algo == "gemm" and isPointwise(wShape[2:], stride, pad):
+        dw = conv_im2col.gemmBackwardParams(x, dy, wShape, groups)
+    elif algo == "im2col":
+        dw = conv_im2col.im2colBackwardParams(x, dy, wShape, stride, pad, dilation, groups)
+    elif algo == "direct":
+        dw = conv_direct.backwardParams(x, dy, wShape, stride, pad, dilation, groups)
+    else:
+        raise _badAlgo("backwardParams", algo, x.shape, wShape, stride, pad, dilation, groups)
+    return dw, conv_im2col.biasGrad(dy) if withBias else None
+
+
+def _winogradApplies(wShape, stride, dilation):
+    return conv_winograd.available and conv_winograd.applies(wShape[2:], stride, dilation)
+
+
+def _checkDirection(direction):
+    if direction not in DIRECTIONS:
+        raise ValueError(f"Unknown direction {direction!r} (expected one of {', '.join(DIRECTIONS)})")
+
+
+def _badAlgo(direction, algo, xShape, wShape, stride, pad, dilation, groups):
+    names = algorithms(direction, xShape, wShape, stride, pad, dilation, groups)
+    return ValueError(f"Algorithm {algo!r} does not apply to this {direction} convolution "
+                      f"(applicable: {', '.join(names)})")
+
+
+# -- measuring ----------------------------------------------------------------------------------------
+def timeAlgorithms(direction, xShape, wShape, stride, pad, dilation, groups, dtype=np.float32, memlimit=None,
+                   repeats=3, withBias=True):
+    """Time every applicable algorithm on random data of this shape.
+
+    Returns [(algo, seconds, workspace bytes)], fastest first; algorithms whose workspace exceeds
+    ``memlimit`` bytes are left out. Each is run once to warm up, then ``repeats`` times (median).
+    """
+    _checkDirection(direction)
+    xShape, wShape = tuple(xShape), tuple(wShape)
+    rng = np.random.default_rng(0)
+    outSpatial = outputShape(xShape[2:], wShape[2:], stride, pad, dilation)
+    x = rng.standard_normal(xShape).astype(dtype)
+    w = rng.standard_normal(wShape).astype(dtype)
+    dy = rng.standard_normal((xShape[0], wShape[0]) + outSpatial).astype(dtype)
+    bias = np.zeros(wShape[0], dtype=dtype) if withBias else None
+    calls = {
+        "forward": lambda a: forward(x, w, bias, stride, pad, dilation, groups, algo=a),
+        "backwardData": lambda a: backwardData(dy, w, xShape, stride, pad, dilation, groups, algo=a),
+        "backwardParams": lambda a: backwardParams(x, dy, wShape, withBias, stride, pad, dilation, groups, algo=a),
+    }
+    results = []
+    for algo in algorithms(direction, xShape, wShape, stride, pad, dilation, groups):
+        need = workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, groups, dtype)
+        if memlimit is not None and need > memlimit:
+            continue
+        call = calls[direction]
+        call(algo)
+        times = []
+        for _ in range(max(1, repeats)):
+            start = time.perf_counter()
+            call(algo)
+            times.append(time.perf_counter() - start)
+        results.append((algo, sorted(times)[len(times) // 2], need))
+    results.sort(key=lambda r: r[1])
+    return results
+
+
+def clearWorkspace():
+    """Drop the cached scratch buffers (they are re-created on demand)."""
+    workspace.clear()

@@ -1,0 +1,240 @@
+"""Direct convolution for depthwise and small-group convolutions (few input channels per group).
+
+There the GEMM of im2col is a stack of tiny products (C/groups * K wide) and the column copy
+dominates; a direct loop reads each input row once per tap and accumulates into an output row.
+The kernels are numba-compiled (cache on disk) loops over (item, output map, output row), with the
+innermost loop along the output row (vectorised for unit stride) and a loop over kernel taps.
+One 3-D kernel serves 1-D, 2-D and 3-D: lower ranks are viewed with unit leading spatial axes.
+Without numba the same algorithm runs as numpy array operations, one per (channel in group, tap).
+Every accumulation runs in a fixed order: results are identical run to run.
+"""
+
+import numpy as np
+
+from PuzzleLib.Engines.cpu.conv_common import outputShape, tapRange
+
+try:
+    from numba import njit
+except ImportError:  # pragma: no cover - numba is a dependency; the numpy path is the fallback
+    njit = None
+
+useNumba = njit is not None
+
+
+def _ranges(size, out, k, s, p, d):
+    """Per tap: output range [lo, hi) with in-bounds input, and the input offset t * d - p."""
+    lo = np.empty(k, dtype=np.int64)
+    hi = np.empty(k, dtype=np.int64)
+    off = np.empty(k, dtype=np.int64)
+    for t in range(k):
+        offset = t * d - p
+        first = 0 if offset >= 0 else (-offset + s - 1) // s
+        last = min(out, (size - 1 - offset) // s + 1)
+        lo[t], hi[t], off[t] = first, max(first, last), offset
+    return lo, hi, off
+
+
+def _forward5(x, w, bias, y, st, pd, dl):
+    n_, c_, dd_, hh_, ww_ = x.shape
+    o_, cg, kd_, kh_, kw_ = w.shape
+    od_, oh_, ow_ = y.shape[2], y.shape[3], y.shape[4]
+    og = o_ // (c_ // cg)
+    lo, hi, off = _ranges(ww_, ow_, kw_, st[2], pd[2], dl[2])
+    acc = np.empty(ow_, dtype=y.dtype)
+    for b in range(n_):
+        for oc in range(o_):
+            g = oc // og
+            for od in range(od_):
+                for oh in range(oh_):
+                    acc[:] = bias[oc]
+                    for c in range(cg):
+                        ic = g * cg + c
+                        for kd in range(kd_):
+                            idd = od * st[0] + kd * dl[0] - pd[0]
+                            if idd < 0 or idd >= dd_:
+                                continue
+                            for kh in range(kh_):
+                                ih = oh * st[1] + kh * dl[1] - pd[1]
+                                if ih < 0 or ih >= hh_:
+                                    continue
+                                row = x[b, ic, idd, ih]
+                                for kw in range(kw_):
+                                    wv = w[oc, c, kd, kh, kw]
+                                    o, s = off[kw], st[2]
+                                    for j in range(lo[kw], hi[kw]):
+                                        acc[j] += wv * row[j * s + o]
+                    y[b, oc, od, oh, :] = acc
+
+
+def _backwardData5(dy, w, dx, st, pd, dl):
+    n_, c_, dd_, hh_, ww_ = dx.shape
+    o_, cg, kd_, kh_, kw_ = w.shape
+    od_, oh_, ow_ = dy.shape[2], dy.shape[3], dy.shape[4]
+    og = o_ // (c_ // cg)
+    lo, hi, off = _ranges(ww_, ow_, kw_, st[2], pd[2], dl[2])
+    for b in range(n_):
+        for oc in range(o_):
+            g = oc // og
+            for od in range(od_):
+                for oh in range(oh_):
+                    grow = dy[b, oc, od, oh]
+                    for c in range(cg):
+                        ic = g * cg + c
+                        for kd in range(kd_):
+                            idd = od * st[0] + kd * dl[0] - pd[0]
+                            if idd < 0 or idd >= dd_:
+                                continue
+                            for kh in range(kh_):
+                                ih = oh * st[1] + kh * dl[1] - pd[1]
+                                if ih < 0 or ih >= hh_:
+                                    continue
+                                row = dx[b, ic, idd, ih]
+                                for kw in range(kw_):
+                                    wv = w[oc, c, kd, kh, kw]
+                                    o, s = off[kw], st[2]
+                                    for j in range(lo[kw], hi[kw]):
+                                        row[j * s + o] += wv * grow[j]
+
+
+def _backwardParams5(x, dy, dw, st, pd, dl):
+    n_, c_, dd_, hh_, ww_ = x.shape
+    o_, cg, kd_, kh_, kw_ = dw.shape
+    od_, oh_, ow_ = dy.shape[2], dy.shape[3], dy.shape[4]
+    og = o_ // (c_ // cg)
+    lo, hi, off = _ranges(ww_, ow_, kw_, st[2], pd[2], dl[2])
+    # Per output map, products are accumulated elementwise along the output row, summed at the end.
+    acc = np.empty((cg, kd_, kh_, kw_, ow_), dtype=dw.dtype)
+    for oc in range(o_):
+        g = oc // og
+        acc[:] = 0
+        for b in range(n_):
+            for od in range(od_):
+                for oh in range(oh_):
+                    grow = dy[b, oc, od, oh]
+                    for c in range(cg):
+                        ic = g * cg + c
+                        for kd in range(kd_):
+                            idd = od * st[0] + kd * dl[0] - pd[0]
+                            if idd < 0 or idd >= dd_:
+                                continue
+                            for kh in range(kh_):
+                                ih = oh * st[1] + kh * dl[1] - pd[1]
+                                if ih < 0 or ih >= hh_:
+                                    continue
+                                row = x[b, ic, idd, ih]
+                                for kw in range(kw_):
+                                    a = acc[c, kd, kh, kw]
+                                    o, s = off[kw], st[2]
+                                    for j in range(lo[kw], hi[kw]):
+                                        a[j] += grow[j] * row[j * s + o]
+        for c in range(cg):
+            for kd in range(kd_):
+                for kh in range(kh_):
+                    for kw in range(kw_):
+                        total = acc[c, kd, kh, kw, 0]
+                        for j in range(1, ow_):
+                            total += acc[c, kd, kh, kw, j]
+                        dw[oc, c, kd, kh, kw] = total
+
+
+if njit is not None:
+    _ranges = njit(cache=True)(_ranges)
+    _forward5 = njit(cache=True, nogil=True)(_forward5)
+    _backwardData5 = njit(cache=True, nogil=True)(_backwardData5)
+    _backwardParams5 = njit(cache=True, nogil=True)(_backwardParams5)
+
+
+def _as5(a):
+    """View (N, C, *spatial) as (N, C, D, H, W) with unit leading spatial axes."""
+    return a.reshape(a.shape[:2] + (1,) * (5 - a.ndim) + a.shape[2:])
+
+
+def _params3(stride, pad, dilation):
+    lead = 3 - len(stride)
+    return (tuple([1] * lead + list(stride)), tuple([0] * lead + list(pad)), tuple([1] * lead + list(dilation)))
+
+
+# -- entry points ------------------------------------------------------------------------------------
+def forward(x, w, bias, stride, pad, dilation, groups):
+    n, o = x.shape[0], w.shape[0]
+    outSpatial = outputShape(x.shape[2:], w.shape[2:], stride, pad, dilation)
+    if not useNumba:
+        return _numpyForward(x, w, bias, stride, pad, dilation, groups, outSpatial)
+    y = np.empty((n, o) + outSpatial, dtype=x.dtype)
+    biasv = np.zeros(o, dtype=x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype).reshape(o)
+    _forward5(_as5(np.ascontiguousarray(x)), _as5(np.ascontiguousarray(w)), biasv, _as5(y),
+              *_params3(stride, pad, dilation))
+    return y
+
+
+def backwardData(dy, w, xShape, stride, pad, dilation, groups):
+    if not useNumba:
+        return _numpyBackwardData(dy, w, xShape, stride, pad, dilation, groups)
+    dx = np.zeros(xShape, dtype=dy.dtype)
+    _backwardData5(_as5(np.ascontiguousarray(dy)), _as5(np.ascontiguousarray(w)), _as5(dx),
+                   *_params3(stride, pad, dilation))
+    return dx
+
+
+def backwardParams(x, dy, wShape, stride, pad, dilation, groups):
+    if not useNumba:
+        return _numpyBackwardParams(x, dy, wShape, stride, pad, dilation, groups)
+    dw = np.empty(wShape, dtype=x.dtype)
+    _backwardParams5(_as5(np.ascontiguousarray(x)), _as5(np.ascontiguousarray(dy)), _as5(dw),
+                     *_params3(stride, pad, dilation))
+    return dw
+
+
+# -- numpy fallback: vectorised over items, groups, maps and pixels; a loop over (channel, tap) --------
+def _taps(kernel, spatial, outSpatial, stride, pad, dilation):
+    for tap in np.ndindex(*kernel):
+        src, box = [], []
+        for size, out, t, s, p, d in zip(spatial, outSpatial, tap, stride, pad, dilation):
+            lo, hi, start = tapRange(size, out, t, s, p, d)
+            box.append(slice(lo, hi))
+            src.append(slice(start, start + max(hi - lo - 1, 0) * s + 1, s))
+        if all(b.stop > b.start for b in box):
+            yield tap, tuple(src), tuple(box)
+
+
+def _split(a, groups):
+    return a.reshape((a.shape[0], groups, a.shape[1] // groups) + a.shape[2:])
+
+
+def _numpyForward(x, w, bias, stride, pad, dilation, groups, outSpatial):
+    n, o = x.shape[0], w.shape[0]
+    y = np.zeros((n, o) + outSpatial, dtype=x.dtype)
+    yg, xg, wg = _split(y, groups), _split(x, groups), w.reshape((groups, o // groups) + w.shape[1:])
+    every = (slice(None),) * 3
+    bcast = (slice(None), slice(None)) + (None,) * len(outSpatial)
+    for c in range(w.shape[1]):
+        for tap, src, box in _taps(w.shape[2:], x.shape[2:], outSpatial, stride, pad, dilation):
+            wtap = wg[(slice(None), slice(None), c) + tap][bcast]
+            yg[every + box] += wtap * xg[(slice(None), slice(None), c) + src][:, :, None]
+    if bias is not None:
+        y += bias.reshape((1, o) + (1,) * len(outSpatial))
+    return y
+
+
+def _numpyBackwardData(dy, w, xShape, stride, pad, dilation, groups):
+    o = w.shape[0]
+    dx = np.zeros(xShape, dtype=dy.dtype)
+    dxg, dyg, wg = _split(dx, groups), _split(dy, groups), w.reshape((groups, o // groups) + w.shape[1:])
+    bcast = (slice(None), slice(None)) + (None,) * (dy.ndim - 2)
+    for c in range(w.shape[1]):
+        for tap, src, box in _taps(w.shape[2:], xShape[2:], dy.shape[2:], stride, pad, dilation):
+            part = (wg[(slice(None), slice(None), c) + tap][bcast] * dyg[(slice(None),) * 3 + box]).sum(axis=2)
+            dxg[(slice(None), slice(None), c) + src] += part
+    return dx
+
+
+def _numpyBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
+    o = wShape[0]
+    dw = np.zeros(wShape, dtype=x.dtype)
+    dwg, xg, dyg = dw.reshape((groups, o // groups) + tuple(wShape[1:])), _split(x, groups), _split(dy, groups)
+    axes = (0,) + tuple(range(3, dy.ndim + 1))
+    for c in range(wShape[1]):
+        for tap, src, box in _taps(wShape[2:], x.shape[2:], dy.shape[2:], stride, pad, dilation):
+            prod = dyg[(slice(None),) * 3 + box] * xg[(slice(None), slice(None), c) + src][:, :, None]
+            dwg[(slice(None), slice(None), c) + tap] = prod.sum(axis=axes)
+    return dw

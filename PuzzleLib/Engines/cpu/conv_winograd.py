@@ -1,0 +1,199 @@
+"""Winograd F(4x4, 3x3) for 2-D 3x3 stride-1 convolutions without dilation (forward and backward-data).
+
+Each 4x4 block of outputs is computed from a 6x6 input tile: V = B^T d B (input transform),
+U = G g G^T (kernel transform), then for each of the 36 tile positions one GEMM
+M[k] = U[k] (O, C) @ V[k] (C, tiles), and Y = A^T M A (output transform). That is 36 multiplies per
+16 outputs and input channel instead of 144: the GEMM work drops 4x.
+
+The transforms are memory-bound loops over tiles, compiled with numba (cache on disk), vectorised
+along the row of tiles. Tiles are processed in chunks of tile rows (across batch items) so the
+V and M buffers stay under a bound; they are reused across calls.
+
+Accuracy: the transforms use the points 0, +-1, +-2 and coefficients up to 8 (1/24 in G), which
+amplify rounding: the error is larger than a direct convolution's. Relative to max|y| it stays
+below about 1e-5 in float32 (2e-14 in float64) for inputs and weights of comparable magnitude;
+tests assert 5e-5 (float32) and 1e-12 (float64) against a float64 direct reference.
+
+Backward-data of a stride-1 convolution is the forward convolution of the gradient with the
+flipped, transposed kernel and padding 2 - pad (negative padding crops), so the same code serves it.
+"""
+
+import numpy as np
+
+from PuzzleLib.Engines.cpu.conv_common import TILE_BYTES, workspace
+
+try:
+    from numba import njit
+except ImportError:  # pragma: no cover - numba is a dependency; without it the algorithm is unavailable
+    njit = None
+
+available = njit is not None
+
+_BT = np.array([
+    [4, 0, -5, 0, 1, 0],
+    [0, -4, -4, 1, 1, 0],
+    [0, 4, -4, -1, 1, 0],
+    [0, -2, -1, 2, 1, 0],
+    [0, 2, -1, -2, 1, 0],
+    [0, 4, 0, -5, 0, 1],
+], dtype=np.float64)
+
+_G = np.array([
+    [1 / 4, 0, 0],
+    [-1 / 6, -1 / 6, -1 / 6],
+    [-1 / 6, 1 / 6, -1 / 6],
+    [1 / 24, 1 / 12, 1 / 6],
+    [1 / 24, -1 / 12, 1 / 6],
+    [0, 0, 1],
+], dtype=np.float64)
+
+_AT = np.array([
+    [1, 1, 1, 1, 1, 0],
+    [0, 1, -1, 2, -2, 0],
+    [0, 1, 1, 4, 4, 0],
+    [0, 1, -1, 8, -8, 1],
+], dtype=np.float64)
+
+M_OUT, TILE = 4, 6
+
+
+def applies(kernel, stride, dilation):
+    return len(kernel) == 2 and tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
+
+
+def _inputTransform(x, V, ph, pw, th, tw, q0, q1, bt):
+    """V[a * 6 + b, c, (q - q0) * tw + tx] = (B^T d B)[a, b] for the tile (row q = n * th + ty, column tx)."""
+    c_, h, w = x.shape[1], x.shape[2], x.shape[3]
+    d = np.empty((6, 6, tw), dtype=x.dtype)
+    t = np.empty((6, 6, tw), dtype=x.dtype)
+    for c in range(c_):
+        for q in range(q0, q1):
+            b, ty = q // th, q % th
+            for i in range(6):
+                r = ty * 4 + i - ph
+                if r < 0 or r >= h:
+                    d[i, :, :] = 0
+                    continue
+                for j in range(6):
+                    for tx in range(tw):
+                        col = tx * 4 + j - pw
+                        d[i, j, tx] = x[b, c, r, col] if 0 <= col < w else 0
+            for a in range(6):
+                t[a, :, :] = 0
+                for i in range(6):
+                    coef = bt[a, i]
+                    if coef != 0:
+                        for j in range(6):
+                            for tx in range(tw):
+                                t[a, j, tx] += coef * d[i, j, tx]
+            base = (q - q0) * tw
+            for a in range(6):
+                for bb in range(6):
+                    out = V[a * 6 + bb, c, base:base + tw]
+                    out[:] = 0
+                    for j in range(6):
+                        coef = bt[bb, j]
+                        if coef != 0:
+                            for tx in range(tw):
+                                out[tx] += coef * t[a, j, tx]
+
+
+def _outputTransform(M, y, bias, th, tw, q0, q1, at):
+    """y[n, o, 4 ty + i, 4 tx + j] = (A^T m A)[i, j] + bias[o] for the tiles of rows [q0, q1)."""
+    o_, oh, ow = y.shape[1], y.shape[2], y.shape[3]
+    t = np.empty((4, 6, tw), dtype=y.dtype)
+    val = np.empty(tw, dtype=y.dtype)
+    for o in range(o_):
+        bv = bias[o]
+        for q in range(q0, q1):
+            b, ty = q // th, q % th
+            base = (q - q0) * tw
+            for i in range(4):
+                t[i, :, :] = 0
+                for a in range(6):
+                    coef = at[i, a]
+                    if coef != 0:
+                        for bb in range(6):
+                            src = M[a * 6 + bb, o, base:base + tw]
+                            for tx in range(tw):
+                                t[i, bb, tx] += coef * src[tx]
+            for i in range(4):
+                row = ty * 4 + i
+                if row >= oh:
+                    break
+                for j in range(4):
+                    val[:] = bv
+                    for bb in range(6):
+                        coef = at[j, bb]
+                        if coef != 0:
+                            for tx in range(tw):
+                                val[tx] += coef * t[i, bb, tx]
+                    for tx in range(tw):
+                        col = tx * 4 + j
+                        if col < ow:
+                            y[b, o, row, col] = val[tx]
+
+
+if available:
+    _inputTransform = njit(cache=True, nogil=True)(_inputTransform)
+    _outputTransform = njit(cache=True, nogil=True)(_outputTransform)
+
+
+def kernelTransform(w, groups):
+    """U (36, groups, O // groups, C // groups) = G g G^T for every (o, c)."""
+    g = _G.astype(w.dtype)
+    o, cg = w.shape[:2]
+    t = np.tensordot(w, g, axes=([3], [1]))             # (O, Cg, 3, 6)
+    u = np.tensordot(g, t, axes=([1], [2]))             # (6, O, Cg, 6)
+    return np.ascontiguousarray(u.transpose(0, 3, 1, 2)).reshape(36, groups, o // groups, cg)
+
+
+def _chunkRows(rows, tw, c, o, itemsize, limit):
+    perRow = 36 * (c + o) * tw * itemsize
+    return max(1, min(rows, limit // max(perRow, 1)))
+
+
+def workspaceBytes(xShape, o, pad, tileBytes=None):
+    n, c, h, w = xShape
+    th, tw = _tiles(h, w, pad)
+    rows = _chunkRows(n * th, tw, c, o, np.dtype(np.float32).itemsize, tileBytes or 2 * TILE_BYTES)
+    return 36 * (c + o) * tw * rows
+
+
+def _tiles(h, w, pad):
+    oh, ow = h + 2 * pad[0] - 2, w + 2 * pad[1] - 2
+    return -(-oh // M_OUT), -(-ow // M_OUT)
+
+
+def forward(x, w, bias, pad, groups, tileBytes=None):
+    """Forward 3x3 stride-1 convolution of x (N, C, H, W) with w (O, C // groups, 3, 3); pad may be negative."""
+    n, c, h, wd = x.shape
+    o = w.shape[0]
+    oh, ow = h + 2 * pad[0] - 2, wd + 2 * pad[1] - 2
+    y = np.empty((n, o, oh, ow), dtype=x.dtype)
+    if n == 0 or oh <= 0 or ow <= 0:
+        return y
+    th, tw = _tiles(h, wd, pad)
+    u = kernelTransform(w, groups)
+    bt, at = _BT.astype(x.dtype), _AT.astype(x.dtype)
+    biasv = np.zeros(o, dtype=x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype).reshape(o)
+    xc = np.ascontiguousarray(x)
+    total = n * th
+    step = _chunkRows(total, tw, c, o, x.itemsize, tileBytes or 2 * TILE_BYTES)
+    for q0 in range(0, total, step):
+        q1 = min(total, q0 + step)
+        p = (q1 - q0) * tw
+        v = workspace.get("wino-v", (36, c, p), x.dtype)
+        m = workspace.get("wino-m", (36, o, p), x.dtype)
+        _inputTransform(xc, v, pad[0], pad[1], th, tw, q0, q1, bt)
+        np.matmul(u, v.reshape(36, groups, c // groups, p), out=m.reshape(36, groups, o // groups, p))
+        _outputTransform(m, y, biasv, th, tw, q0, q1, at)
+    return y
+
+
+def backwardData(dy, w, xShape, pad, groups, tileBytes=None):
+    from PuzzleLib.Engines.cpu.conv_im2col import flippedKernel
+
+    dx = forward(dy, flippedKernel(w, groups), None, (2 - pad[0], 2 - pad[1]), groups, tileBytes)
+    assert dx.shape == tuple(xShape)
+    return dx

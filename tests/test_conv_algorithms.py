@@ -1,0 +1,248 @@
+"""Each convolution algorithm of the CPU engine against an independent float64 reference.
+
+The reference is a direct einsum over a zero-padded input, one kernel tap at a time; its adjoints
+(input gradient, weight gradient) are written out the same way. Winograd is held to its own
+(larger) error bound; every other algorithm to float rounding.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from PuzzleLib.Engines.cpu import conv, conv_direct, conv_winograd
+
+
+# -- reference (float64) ----------------------------------------------------------------------------------
+def _outSize(size, k, s, p, d):
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _tapWindow(tap, outSpatial, stride, dilation):
+    return tuple(slice(t * d, t * d + s * (o - 1) + 1, s) for t, s, d, o in zip(tap, stride, dilation, outSpatial))
+
+
+def refForward(x, w, b, stride, pad, dilation, groups):
+    x, w = x.astype(np.float64), w.astype(np.float64)
+    n, c = x.shape[:2]
+    o, cg = w.shape[:2]
+    kernel = w.shape[2:]
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in pad])
+    outSpatial = tuple(_outSize(*a) for a in zip(x.shape[2:], kernel, stride, pad, dilation))
+    y = np.zeros((n, groups, o // groups) + outSpatial)
+    xg = xp.reshape((n, groups, cg) + xp.shape[2:])
+    wg = w.reshape((groups, o // groups, cg) + kernel)
+    for tap in itertools.product(*map(range, kernel)):
+        window = xg[(slice(None),) * 3 + _tapWindow(tap, outSpatial, stride, dilation)]
+        y += np.einsum("ngc...,goc->ngo...", window, wg[(Ellipsis,) + tap])
+    y = y.reshape((n, o) + outSpatial)
+    if b is not None:
+        y += b.astype(np.float64).reshape((1, o) + (1,) * len(outSpatial))
+    return y
+
+
+def refBackwardData(dy, w, xShape, stride, pad, dilation, groups):
+    dy, w = dy.astype(np.float64), w.astype(np.float64)
+    n, o = dy.shape[:2]
+    cg = w.shape[1]
+    kernel, outSpatial = w.shape[2:], dy.shape[2:]
+    padded = tuple(s + 2 * p for s, p in zip(xShape[2:], pad))
+    dxp = np.zeros((n, groups, cg) + padded)
+    dyg = dy.reshape((n, groups, o // groups) + outSpatial)
+    wg = w.reshape((groups, o // groups, cg) + kernel)
+    for tap in itertools.product(*map(range, kernel)):
+        dxp[(slice(None),) * 3 + _tapWindow(tap, outSpatial, stride, dilation)] += np.einsum(
+            "ngo...,goc->ngc...", dyg, wg[(Ellipsis,) + tap])
+    inner = tuple(slice(p, p + s) for s, p in zip(xShape[2:], pad))
+    return dxp[(slice(None),) * 3 + inner].reshape(xShape)
+
+
+def refBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
+    x, dy = x.astype(np.float64), dy.astype(np.float64)
+    n, c = x.shape[:2]
+    o, cg = wShape[:2]
+    kernel, outSpatial = wShape[2:], dy.shape[2:]
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in pad])
+    xg = xp.reshape((n, groups, cg) + xp.shape[2:])
+    dyg = dy.reshape((n, groups, o // groups) + outSpatial)
+    dw = np.zeros((groups, o // groups, cg) + tuple(kernel))
+    for tap in itertools.product(*map(range, kernel)):
+        window = xg[(slice(None),) * 3 + _tapWindow(tap, outSpatial, stride, dilation)]
+        dw[(Ellipsis,) + tap] = np.einsum("ngcl,ngol->goc", window.reshape(n, groups, cg, -1),
+                                          dyg.reshape(n, groups, o // groups, -1))
+    return dw.reshape(wShape), dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
+
+
+# -- cases ---------------------------------------------------------------------------------------------------
+# (N, C, spatial, O, kernel, stride, pad, dilation, groups)
+GENERAL = [
+    (2, 3, (9,), 4, (3,), (1,), (1,), (1,), 1),
+    (2, 4, (11,), 6, (4,), (3,), (2,), (2,), 2),
+    (2, 3, (7, 6), 5, (3, 2), (1, 1), (1, 0), (1, 1), 1),
+    (3, 4, (9, 8), 4, (3, 3), (2, 3), (1, 2), (2, 1), 2),
+    (1, 2, (5, 5), 2, (5, 5), (1, 1), (0, 0), (1, 1), 1),       # kernel as large as the map
+    (2, 6, (8, 7), 6, (3, 3), (1, 1), (1, 1), (1, 1), 6),       # depthwise
+    (2, 4, (8, 8), 8, (3, 3), (2, 2), (1, 1), (1, 1), 4),       # depthwise, channel multiplier 2
+    (1, 2, (4, 5, 6), 3, (2, 3, 2), (1, 2, 1), (1, 0, 1), (2, 1, 1), 1),
+    (2, 4, (5, 4, 4), 4, (3, 1, 3), (2, 1, 1), (1, 0, 2), (1, 1, 2), 2),
+]
+POINTWISE = [
+    (2, 6, (5, 7), 4, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+    (3, 6, (9,), 9, (1,), (1,), (0,), (1,), 3),
+    (2, 4, (3, 4, 2), 2, (1, 1, 1), (1, 1, 1), (0, 0, 0), (1, 1, 1), 2),
+]
+WINOGRAD = [
+    (2, 5, (9, 11), 7, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    (1, 3, (4, 3), 2, (3, 3), (1, 1), (0, 0), (1, 1), 1),
+    (2, 4, (13, 6), 6, (3, 3), (1, 1), (2, 0), (1, 1), 2),
+    (1, 16, (14, 14), 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+]
+
+TOL32 = dict(rtol=2e-5, atol=2e-5)
+TOL64 = dict(rtol=1e-12, atol=1e-12)
+
+
+def _data(case, dtype, seed=0):
+    n, c, spatial, o, kernel, stride, pad, dilation, groups = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c) + spatial).astype(dtype)
+    w = rng.standard_normal((o, c // groups) + kernel).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype)
+    outSpatial = tuple(_outSize(*a) for a in zip(spatial, kernel, stride, pad, dilation))
+    dy = rng.standard_normal((n, o) + outSpatial).astype(dtype)
+    return x, w, b, dy, (stride, pad, dilation, groups)
+
+
+def _check(algo, case, dtype, tol, scaled=False):
+    x, w, b, dy, (stride, pad, dilation, groups) = _data(case, dtype)
+    checks = [
+        (conv.forward(x, w, b, stride, pad, dilation, groups, algo=algo),
+         refForward(x, w, b, stride, pad, dilation, groups)),
+        (conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo=algo),
+         refBackwardData(dy, w, x.shape, stride, pad, dilation, groups)),
+    ]
+    if algo != "winograd":
+        dw, db = conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation, groups, algo=algo)
+        rdw, rdb = refBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)
+        checks += [(dw, rdw), (db, rdb)]
+    for got, ref in checks:
+        assert got.dtype == dtype and got.shape == ref.shape
+        if scaled:
+            # Winograd: error relative to the largest output magnitude.
+            err = np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30)
+            assert err < tol, f"{algo}: relative error {err:.3g} exceeds {tol:.3g}"
+        else:
+            np.testing.assert_allclose(got, ref, **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", GENERAL + POINTWISE + WINOGRAD)
+def test_im2col(case, dtype):
+    _check("im2col", case, dtype, TOL32 if dtype == np.float32 else TOL64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", GENERAL + POINTWISE + WINOGRAD[:2])
+def test_direct(case, dtype):
+    _check("direct", case, dtype, TOL32 if dtype == np.float32 else TOL64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", POINTWISE)
+def test_gemm(case, dtype):
+    _check("gemm", case, dtype, TOL32 if dtype == np.float32 else TOL64)
+
+
+@pytest.mark.skipif(not conv_winograd.available, reason="numba is not installed")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", WINOGRAD)
+def test_winograd(case, dtype):
+    # The stated bound (conv_winograd): max error / max |y| below 5e-5 in float32, 1e-12 in float64.
+    _check("winograd", case, dtype, 5e-5 if dtype == np.float32 else 1e-12, scaled=True)
+
+
+def test_winogradBoundOnLargerSum():
+    # 64 input channels: more rounding accumulates; the bound still holds.
+    case = (1, 64, (16, 16), 8, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    _check("winograd", case, np.float32, 5e-5, scaled=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [GENERAL[1], GENERAL[3], GENERAL[5], GENERAL[8]])
+def test_directNumpyFallback(case, dtype, monkeypatch):
+    monkeypatch.setattr(conv_direct, "useNumba", False)
+    _check("direct", case, dtype, TOL32 if dtype == np.float32 else TOL64)
+
+
+@pytest.mark.parametrize("direction", conv.DIRECTIONS)
+def test_tilesBoundedAndExact(direction, monkeypatch):
+    # A tiny tile bound forces tiling over rows of a single item; results must not change.
+    from PuzzleLib.Engines.cpu import conv_common
+    case = (3, 5, (13, 10), 6, (3, 2), (2, 1), (2, 1), (1, 2), 1)
+    x, w, b, dy, (stride, pad, dilation, groups) = _data(case, np.float64)
+    run = {
+        "forward": lambda: conv.forward(x, w, b, stride, pad, dilation, groups, algo="im2col"),
+        "backwardData": lambda: conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="im2col"),
+        "backwardParams": lambda: conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation, groups,
+                                                      algo="im2col")[0],
+    }[direction]
+    whole = run()
+    monkeypatch.setattr(conv_common, "TILE_BYTES", 600)
+    tiled = run()
+    np.testing.assert_allclose(tiled, whole, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("algo,case", [("im2col", GENERAL[3]), ("direct", GENERAL[6]), ("winograd", WINOGRAD[0]),
+                                       ("gemm", POINTWISE[1])])
+def test_deterministic(algo, case):
+    x, w, b, dy, (stride, pad, dilation, groups) = _data(case, np.float32)
+    first = conv.forward(x, w, b, stride, pad, dilation, groups, algo=algo)
+    firstData = conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo=algo)
+    for _ in range(2):
+        assert np.array_equal(conv.forward(x, w, b, stride, pad, dilation, groups, algo=algo), first)
+        assert np.array_equal(conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo=algo), firstData)
+
+
+def test_heuristicPicks():
+    assert conv.chooseAlgorithm("forward", (8, 256, 56, 56), (64, 256, 1, 1), (1, 1), (0, 0), (1, 1), 1) == "gemm"
+    assert conv.chooseAlgorithm("forward", (8, 256, 28, 28), (256, 1, 3, 3), (1, 1), (1, 1), (1, 1), 256) == "direct"
+    assert conv.chooseAlgorithm("backwardParams", (8, 64, 56, 56), (64, 64, 3, 3), (1, 1), (1, 1), (1, 1),
+                                1) == "im2col"
+
+
+def test_badAlgorithm():
+    x, w, b, dy, (stride, pad, dilation, groups) = _data(GENERAL[3], np.float32)
+    with pytest.raises(ValueError, match="applicable"):
+        conv.forward(x, w, b, stride, pad, dilation, groups, algo="winograd")
+    with pytest.raises(ValueError, match="Unknown direction"):
+        conv.algorithms("sideways", x.shape, w.shape, stride, pad, dilation, groups)
+
+
+def test_timeAlgorithmsRespectsMemlimit():
+    shape, wShape = (2, 16, 12, 12), (16, 16, 3, 3)
+    results = conv.timeAlgorithms("forward", shape, wShape, (1, 1), (1, 1), (1, 1), 1, repeats=1)
+    assert {r[0] for r in results} >= {"im2col", "direct"}
+    assert [r[1] for r in results] == sorted(r[1] for r in results)
+    limited = conv.timeAlgorithms("forward", shape, wShape, (1, 1), (1, 1), (1, 1), 1, memlimit=0, repeats=1)
+    assert all(r[2] == 0 for r in limited) and "im2col" not in {r[0] for r in limited}
+
+
+def test_optimizeForShapeKeepsChoiceAndResult():
+    from PuzzleLib.Backend import gpuarray
+    from PuzzleLib.Modules.Conv2D import Conv2D
+
+    np.random.seed(1)
+    module = Conv2D(8, 16, 3, pad=1)
+    x = gpuarray.to_gpu(np.random.standard_normal((2, 8, 10, 10)).astype(np.float32))
+    before = module(x).get()
+    module.optimizeForShape(x.shape)
+    assert module.fwdAlgo in ("im2col", "winograd", "direct")
+    assert module.bwdDataAlgo in ("im2col", "winograd", "direct")
+    assert module.bwdFilterAlgo in ("im2col", "direct")
+    after = module(x).get()
+    tol = 5e-5 * np.abs(before).max() if module.fwdAlgo == "winograd" else 1e-5
+    np.testing.assert_allclose(after, before, atol=tol)
+    module.optimizeForShape(x.shape, memlimit=0)
+    assert (module.fwdAlgo, module.bwdDataAlgo, module.bwdFilterAlgo) == ("direct",) * 3
+    module.backward(gpuarray.to_gpu(np.ones(module.data.shape, dtype=np.float32)))
+    np.testing.assert_allclose(module.vars["b"].grad.get().ravel(), np.full(16, 200.0))
