@@ -410,3 +410,75 @@ def test_optimize_for_shape_keeps_results():
     conv.backward(dy)
     assertClose(conv.grad.get(), convBackwardData(dy, conv.W.get(), x.shape, *params), "input grad")
     assertClose(conv.vars["W"].grad.get(), convBackwardParams(x, dy, conv.W.shape, *params)[0], "W grad")
+
+
+# -- every engine algorithm, not only the heuristic's pick -------------------------------------------------------------
+def checkEveryAlgorithm(cfg, seed):
+    """Force each algorithm that applies, direction by direction, through the module's algorithm fields."""
+    from PuzzleLib.Backend import Dnn
+
+    rng = np.random.default_rng(seed)
+    conv = makeConv(cfg, rng)
+    x = rng.standard_normal((cfg["batch"], cfg["inmaps"]) + cfg["spatial"]).astype(np.float32)
+    params = (cfg["stride"], cfg["pad"], cfg["dilation"], cfg["groups"])
+    W = conv.W.get()
+    b = conv.b.get() if cfg["useBias"] else None
+    yRef = convForward(x, W, b, *params)
+    dy = rng.standard_normal(yRef.shape).astype(np.float32)
+    dxRef = convBackwardData(dy, W, x.shape, *params)
+    dWRef, dbRef = convBackwardParams(x, dy, W.shape, *params)
+    kwargs = dict(stride=cfg["stride"], pad=cfg["pad"], dilation=cfg["dilation"], groups=cfg["groups"])
+    tried = []
+    for direction, attr in ((Dnn.FORWARD, "fwdAlgo"), (Dnn.BACKWARD_DATA, "bwdDataAlgo"),
+                            (Dnn.BACKWARD_PARAMS, "bwdFilterAlgo")):
+        for algo in Dnn.convNdAlgorithms(direction, x.shape, W.shape, **kwargs):
+            conv.fwdAlgo = conv.bwdDataAlgo = conv.bwdFilterAlgo = None
+            setattr(conv, attr, algo)
+            what = f"{direction}/{algo} {cfg}"
+            y = conv(x)
+            assertClose(y.get(), yRef, what)
+            conv.backward(dy)
+            assertClose(conv.grad.get(), dxRef, what)
+            assertClose(conv.vars["W"].grad.get(), dWRef, what)
+            if b is not None:
+                assertClose(conv.vars["b"].grad.get(), dbRef, what)
+            tried.append(algo)
+    return tried
+
+
+ALGO_CASES = {
+    "winograd-odd-sizes": dict(nd=2, batch=2, inmaps=5, outmaps=3, size=(3, 3), stride=(1, 1), pad=(1, 1),
+                               dilation=(1, 1), groups=1, useBias=True, spatial=(9, 14)),
+    "winograd-no-pad": dict(nd=2, batch=1, inmaps=2, outmaps=4, size=(3, 3), stride=(1, 1), pad=(0, 0),
+                            dilation=(1, 1), groups=1, useBias=False, spatial=(3, 7)),
+    "winograd-pad2-groups": dict(nd=2, batch=2, inmaps=4, outmaps=6, size=(3, 3), stride=(1, 1), pad=(2, 2),
+                                 dilation=(1, 1), groups=2, useBias=True, spatial=(5, 6)),
+    "winograd-wide": dict(nd=2, batch=3, inmaps=20, outmaps=18, size=(3, 3), stride=(1, 1), pad=(1, 0),
+                          dilation=(1, 1), groups=1, useBias=True, spatial=(17, 13)),
+    "winograd-depthwise": dict(nd=2, batch=2, inmaps=4, outmaps=4, size=(3, 3), stride=(1, 1), pad=(1, 1),
+                               dilation=(1, 1), groups=4, useBias=True, spatial=(8, 8)),
+    "gemm-1x1": dict(nd=2, batch=3, inmaps=6, outmaps=4, size=(1, 1), stride=(1, 1), pad=(0, 0),
+                     dilation=(1, 1), groups=2, useBias=True, spatial=(5, 7)),
+    "gemm-1x1-1d": dict(nd=1, batch=2, inmaps=3, outmaps=5, size=(1,), stride=(1,), pad=(0,),
+                        dilation=(1,), groups=1, useBias=False, spatial=(11,)),
+    "gemm-1x1-3d": dict(nd=3, batch=2, inmaps=4, outmaps=4, size=(1, 1, 1), stride=(1, 1, 1), pad=(0, 0, 0),
+                        dilation=(1, 1, 1), groups=4, useBias=True, spatial=(3, 4, 5)),
+    "direct-depthwise-strided": dict(nd=2, batch=2, inmaps=6, outmaps=12, size=(3, 2), stride=(2, 3),
+                                     pad=(1, 2), dilation=(2, 1), groups=6, useBias=True, spatial=(9, 10)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALGO_CASES))
+def test_every_algorithm_named(name):
+    tried = checkEveryAlgorithm(ALGO_CASES[name], seed=3)
+    if name.startswith("winograd"):
+        assert "winograd" in tried
+    if name.startswith("gemm"):
+        assert "gemm" in tried
+    assert "im2col" in tried and "direct" in tried
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_every_algorithm_random(nd):
+    for seed in range(15):
+        checkEveryAlgorithm(randomConfig(np.random.default_rng(70_000 + 100 * nd + seed), nd), seed)
