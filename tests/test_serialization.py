@@ -436,3 +436,41 @@ def test_loadAssignsInPlace():
     conv.load(randomize(Conv2D(1, 2, 3), 3).save())
     assert conv.getVar("W") is var and conv.W is array
     assert isinstance(var, Variable)
+
+
+def test_batchNormRunningStatisticsRoundTrip():
+    from PuzzleLib.Modules import BatchNorm2D
+
+    def build(seed):
+        np.random.seed(seed)
+        return Sequential(name="s").append(Conv2D(2, 3, 3, name="conv")).append(BatchNorm2D(3, name="bn"))
+
+    net, fresh = build(1), build(2)
+    data = np.random.default_rng(0).standard_normal((4, 2, 5, 5)).astype(np.float32)
+    for _ in range(3):
+        net(data * 3 + 1)  # train mode: the running statistics move away from (0, 1)
+    assert not np.allclose(net["bn"].mean.get(), 0)
+
+    image = net.save()
+    with h5py.File(io.BytesIO(image), "r") as file:
+        assert sorted(file["attrs"]) == ["s.bn.mean", "s.bn.var"]
+    fresh.load(image)
+    assertSameParams(net, fresh)
+    for attr in ("mean", "var"):
+        assert np.array_equal(getattr(fresh["bn"], attr).get(), getattr(net["bn"], attr).get())
+    net.evalMode()
+    fresh.evalMode()
+    assert np.array_equal(net(data).get(), fresh(data).get())
+
+    # A wrong-shaped statistic is refused by name, and nothing is assigned.
+    other = Sequential(name="s").append(Conv2D(2, 3, 3, name="conv")).append(BatchNorm2D(3, name="bn"))
+    with h5py.File(io.BytesIO(image), "r") as file:
+        bad = fileWith(lambda f: ([file.copy(file[key], f, key) for key in file],
+                                  f["attrs"].__delitem__("s.bn.var"),
+                                  f["attrs"].create_dataset("s.bn.var", data=np.ones((1, 4, 1, 1), np.float32))))
+    before = snapshot(other)
+    meanBefore = other["bn"].mean.get()
+    with pytest.raises(ModuleError, match=r"attribute 's\.bn\.var' has shape \(1, 4, 1, 1\) in the file"):
+        other.load(bad)
+    assertUnchanged(other, before)
+    assert np.array_equal(other["bn"].mean.get(), meanBefore)
