@@ -237,6 +237,43 @@ def probeDirection(fn, forget, tracemallocToo):
     return rec
 
 
+def probeHeld(calls, conv):
+    """Ours: numpy memory the engine still holds after a direction's calls (workspace caches), by tracemalloc.
+
+    Tracing starts before the first call, so buffers an engine allocates once and keeps are seen; the
+    module's own new results (``.data``, ``.grad``, which the PuzzleLib contract keeps) are subtracted.
+    """
+    import tracemalloc
+
+    out = {}
+    tracemalloc.start()
+    try:
+        for d in DIRECTIONS:
+            gc.collect()
+            before, resultsBefore = _numpyBytes(tracemalloc), _resultBytes(conv)
+            calls[d]()
+            calls[d]()
+            gc.collect()
+            grown = _numpyBytes(tracemalloc) - before - (_resultBytes(conv) - resultsBefore)
+            out[d] = {"held_bytes": max(0, grown)}
+    finally:
+        tracemalloc.stop()
+    return out
+
+
+_NUMPY_TRACE_DOMAIN = 389047  # numpy reports its data buffers to tracemalloc under this domain
+
+
+def _numpyBytes(tracemalloc):
+    """Bytes of numpy data buffers alive now (Python objects, e.g. from importing the engine, left out)."""
+    snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.DomainFilter(True, _NUMPY_TRACE_DOMAIN)])
+    return sum(stat.size for stat in snap.statistics("filename"))
+
+
+def _resultBytes(conv):
+    return sum(a.nbytes for a in (conv.data, conv.grad) if a is not None)
+
+
 def probe(engine, caseIds, args):
     """Runs inside a fresh subprocess: measures memory for the given cases, prints one JSON line."""
     import numpy as np
@@ -247,6 +284,10 @@ def probe(engine, caseIds, args):
     for cid in caseIds:
         c = CASE_IDS[cid]
         arrays = makeArrays(c, np)
+        if engine == "oursHeld":
+            calls, _, conv, _ = _peers.setupOurs(c, arrays, optimize=args.optimize)
+            out[cid] = probeHeld(calls, conv)
+            continue
         if engine == "ours":
             calls, _, conv, _ = _peers.setupOurs(c, arrays, optimize=args.optimize)
 
@@ -274,7 +315,7 @@ def runProbes(caseIds, engines, args):
     # A fixed mmap threshold makes glibc hand every large freed block back at once (no dynamic threshold,
     # no caching of freed big blocks), so each call's peak shows in the RSS high-water mark.
     env.update(MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
-    jobs = [("ours", [cid]) for cid in caseIds] + [(e, list(caseIds)) for e in engines]
+    jobs = [(e, [cid]) for cid in caseIds for e in ("ours", "oursHeld")] + [(e, list(caseIds)) for e in engines]
     found = {}
     for engine, ids in jobs:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--_probe", engine, "--cases", ",".join(ids),
@@ -285,7 +326,16 @@ def runProbes(caseIds, engines, args):
             print(f"warning: memory probe for {engine} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
             continue
         for cid, rec in json.loads(line[6:]).items():
-            found.setdefault(cid, {})[engine] = rec
+            if engine == "oursHeld":  # merged into ours: peak + held is our footprint for the memory goal
+                for d, held in rec.items():
+                    found.setdefault(cid, {}).setdefault("ours", {}).setdefault(d, {}).update(held)
+            else:
+                for d, r in rec.items():
+                    found.setdefault(cid, {}).setdefault(engine, {}).setdefault(d, {}).update(r)
+    for engines_ in found.values():
+        for r in engines_.get("ours", {}).values():
+            if "peak_bytes" in r:
+                r["footprint_bytes"] = r["peak_bytes"] + r.get("held_bytes", 0)
     return found
 
 
@@ -309,7 +359,10 @@ def goals(c, rec):
     mem = rec.get("memory", {})
     if "ours" in mem and "torch" in mem:
         for d in DIRECTIONS:
-            mine, theirs = mem["ours"][d]["peak_bytes"], mem["torch"][d]["peak_bytes"]
+            # Ours counts its kept workspace too (torch/oneDNN allocates its scratchpad per call, so its
+            # transient peak already holds it).
+            mine = mem["ours"][d].get("footprint_bytes", mem["ours"][d]["peak_bytes"])
+            theirs = mem["torch"][d]["peak_bytes"]
             out[f"memory_{d}_vs_torch"] = {"met": mine <= theirs + MEMORY_SLACK, "ours_bytes": mine,
                                            "torch_bytes": theirs, "extra_bytes": mine - theirs}
     if c["id"] == "page":
@@ -324,7 +377,8 @@ def fmtTime(ms, micro):
 
 def fmtMem(rec, engine, direction):
     try:
-        return f"{rec['memory'][engine][direction]['peak_bytes'] / 2**20:7.1f}"
+        m = rec["memory"][engine][direction]
+        return f"{m.get('footprint_bytes', m['peak_bytes']) / 2**20:7.1f}"
     except KeyError:
         return "      -"
 
@@ -398,7 +452,9 @@ def meta(args, engines, np):
         "units": "ms per call (median over reps); GFLOP/s = flops / time; speed = peer time / our time",
         "memory_method": "peak extra RSS during one warm call, in a separate process (VmHWM reset via "
                          "/proc/self/clear_refs, glibc MALLOC_MMAP_THRESHOLD_ fixed), minus RSS just before it; "
-                         "includes the output; ours also by tracemalloc (numpy allocations)",
+                         "includes the output; ours also by tracemalloc (numpy allocations), and the numpy "
+                         "memory our engine keeps between calls (held_bytes, tracemalloc from before the first "
+                         "call; footprint = peak + held is what the memory goal compares with torch's peak)",
     }
 
 
@@ -462,7 +518,8 @@ def main(argv=None):
           f"{args.reps} reps after {args.warmup} warm-up; load average at start {info['loadavg_at_start']}")
     print("times: median per call (ms; us for the page example); speed = peer time / our time (>1: we are faster)\n"
           "1st call: our first call of that direction in a fresh process (includes import and compile; with\n"
-          "--no-memory, in this run); peak MiB: extra RSS during one warm call, output included (separate process)")
+          "--no-memory, in this run); peak MiB: extra RSS during one warm call, output included (separate process),\n"
+          "plus, for ours, the workspace the engine keeps between calls (tracemalloc)")
 
     memory = {} if args.no_memory else runProbes(args.caseIds, sorted(engines), args)
     results = []

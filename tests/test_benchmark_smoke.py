@@ -46,6 +46,7 @@ def test_tiny_run_writes_the_table(tmp_path):
         for d in DIRECTIONS:
             mem = rec["memory"]["ours"][d]
             assert mem["peak_bytes"] >= 0 and "tracemalloc_peak_bytes" in mem and mem["first_call_ms"] > 0
+            assert mem["footprint_bytes"] == mem["peak_bytes"] + mem["held_bytes"]
         if "torch" in peers:
             assert set(rec["ms"]["torch"]) == set(DIRECTIONS)
             assert set(rec["speed_vs_peer"]["torch"]) == set(DIRECTIONS)
