@@ -447,6 +447,7 @@ def meta(args, engines, np):
         "reps": args.reps, "warmup": args.warmup, "sample_s": args.sample_s, "optimize": args.optimize,
         "numpy": np.__version__, "blas": blasInfo(),
         "removed_env": os.environ.get("PUZZLELIB_BENCH_REMOVED", ""),
+        "git": _gitState(),
         "peers": {e: _peers.version(e) for e in ("torch", "onnxruntime", "onnx")},
         "peers_used": sorted(engines),
         "units": "ms per call (median over reps); GFLOP/s = flops / time; speed = peer time / our time",
@@ -456,6 +457,18 @@ def meta(args, engines, np):
                          "memory our engine keeps between calls (held_bytes, tracemalloc from before the first "
                          "call; footprint = peak + held is what the memory goal compares with torch's peak)",
     }
+
+
+def _gitState():
+    """The commit measured, and the package files that differ from it (the benchmark times the working tree)."""
+    def git(*cmd):
+        try:
+            return subprocess.run(["git", *cmd], cwd=HERE, capture_output=True, text=True, timeout=10).stdout.rstrip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"commit": git("rev-parse", "HEAD"),
+            "modified": git("status", "--porcelain", "--", "../PuzzleLib").splitlines()}
 
 
 def _cpuName():
