@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
-from PuzzleLib.Engines.cpu import conv_direct, conv_im2col, conv_winograd
-from PuzzleLib.Engines.cpu.conv_common import TILE_BYTES, isPointwise, outputShape, prod, workspace
+from PuzzleLib.Engines.cpu import conv_common, conv_direct, conv_im2col, conv_winograd
+from PuzzleLib.Engines.cpu.conv_common import isPointwise, outputShape, prod, workspace
 
 DIRECTIONS = ("forward", "backwardData", "backwardParams")
 ALGORITHMS = ("gemm", "im2col", "winograd", "direct")
@@ -98,7 +98,7 @@ def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, group
     # im2col: one tile of columns (bounded), plus the transposed gradient tile for the weights.
     ck = c * prod(kernel)
     total = n * prod(outSpatial) * ck * itemsize
-    limit = TILE_BYTES
+    limit = conv_common.TILE_BYTES
     perRow = ck * prod(outSpatial[1:]) * itemsize
     return min(total, max(limit, perRow))
 

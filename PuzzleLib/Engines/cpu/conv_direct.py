@@ -34,6 +34,11 @@ def _ranges(size, out, k, s, p, d):
     return lo, hi, off
 
 
+def _span(lo, hi, offset, stride):
+    """(first output column, its input column, count, stride) as unsigned ints for columns [lo, hi)."""
+    return np.uintp(lo), np.uintp(lo * stride + offset), np.uintp(hi - lo), np.uintp(stride)
+
+
 def _forward5(x, w, bias, y, st, pd, dl):
     n_, c_, dd_, hh_, ww_ = x.shape
     o_, cg, kd_, kh_, kw_ = w.shape
@@ -60,9 +65,14 @@ def _forward5(x, w, bias, y, st, pd, dl):
                                 row = x[b, ic, idd, ih]
                                 for kw in range(kw_):
                                     wv = w[oc, c, kd, kh, kw]
-                                    o, s = off[kw], st[2]
-                                    for j in range(lo[kw], hi[kw]):
-                                        acc[j] += wv * row[j * s + o]
+                                    # Unsigned indices: no negative-index wraparound test, so the loop vectorises.
+                                    first, base, count, step = _span(lo[kw], hi[kw], off[kw], st[2])
+                                    if step == 1:
+                                        for j in range(count):
+                                            acc[first + j] += wv * row[base + j]
+                                    else:
+                                        for j in range(count):
+                                            acc[first + j] += wv * row[base + j * step]
                     y[b, oc, od, oh, :] = acc
 
 
@@ -91,9 +101,13 @@ def _backwardData5(dy, w, dx, st, pd, dl):
                                 row = dx[b, ic, idd, ih]
                                 for kw in range(kw_):
                                     wv = w[oc, c, kd, kh, kw]
-                                    o, s = off[kw], st[2]
-                                    for j in range(lo[kw], hi[kw]):
-                                        row[j * s + o] += wv * grow[j]
+                                    first, base, count, step = _span(lo[kw], hi[kw], off[kw], st[2])
+                                    if step == 1:
+                                        for j in range(count):
+                                            row[base + j] += wv * grow[first + j]
+                                    else:
+                                        for j in range(count):
+                                            row[base + j * step] += wv * grow[first + j]
 
 
 def _backwardParams5(x, dy, dw, st, pd, dl):
@@ -124,9 +138,13 @@ def _backwardParams5(x, dy, dw, st, pd, dl):
                                 row = x[b, ic, idd, ih]
                                 for kw in range(kw_):
                                     a = acc[c, kd, kh, kw]
-                                    o, s = off[kw], st[2]
-                                    for j in range(lo[kw], hi[kw]):
-                                        a[j] += grow[j] * row[j * s + o]
+                                    first, base, count, step = _span(lo[kw], hi[kw], off[kw], st[2])
+                                    if step == 1:
+                                        for j in range(count):
+                                            a[first + j] += grow[first + j] * row[base + j]
+                                    else:
+                                        for j in range(count):
+                                            a[first + j] += grow[first + j] * row[base + j * step]
         for c in range(cg):
             for kd in range(kd_):
                 for kh in range(kh_):
@@ -139,6 +157,7 @@ def _backwardParams5(x, dy, dw, st, pd, dl):
 
 if njit is not None:
     _ranges = njit(cache=True)(_ranges)
+    _span = njit(cache=True, inline="always")(_span)
     _forward5 = njit(cache=True, nogil=True)(_forward5)
     _backwardData5 = njit(cache=True, nogil=True)(_backwardData5)
     _backwardParams5 = njit(cache=True, nogil=True)(_backwardParams5)
@@ -170,6 +189,12 @@ def forward(x, w, bias, stride, pad, dilation, groups):
 def backwardData(dy, w, xShape, stride, pad, dilation, groups):
     if not useNumba:
         return _numpyBackwardData(dy, w, xShape, stride, pad, dilation, groups)
+    if all(s == 1 for s in stride):
+        # A gather (forward kernel on the flipped, transposed weights) beats the scatter-add loop.
+        from PuzzleLib.Engines.cpu.conv_im2col import flippedKernel, transposedPad
+
+        return forward(dy, flippedKernel(w, groups), None, stride, transposedPad(w.shape[2:], pad, dilation),
+                       dilation, groups)
     dx = np.zeros(xShape, dtype=dy.dtype)
     _backwardData5(_as5(np.ascontiguousarray(dy)), _as5(np.ascontiguousarray(w)), _as5(dx),
                    *_params3(stride, pad, dilation))

@@ -20,7 +20,8 @@ flipped, transposed kernel and padding 2 - pad (negative padding crops), so the 
 
 import numpy as np
 
-from PuzzleLib.Engines.cpu.conv_common import TILE_BYTES, workspace
+from PuzzleLib.Engines.cpu import conv_common
+from PuzzleLib.Engines.cpu.conv_common import workspace
 
 try:
     from numba import njit
@@ -61,77 +62,84 @@ def applies(kernel, stride, dilation):
     return len(kernel) == 2 and tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
 
 
-def _inputTransform(x, V, ph, pw, th, tw, q0, q1, bt):
-    """V[a * 6 + b, c, (q - q0) * tw + tx] = (B^T d B)[a, b] for the tile (row q = n * th + ty, column tx)."""
+def _inputTransform(x, V, ph, pw, th, tw, q0, q1, cst):
+    """V[a * 6 + b, c, (q - q0) * tw + tx] = (B^T d B)[a, b] for the tile (row q = n * th + ty, column tx).
+
+    Per (channel, row of tiles): the 6 input rows are copied into a zero-bordered buffer, transformed
+    down the rows (B^T, vectorised along the row), then along each tile's 6 columns (B).
+    """
     c_, h, w = x.shape[1], x.shape[2], x.shape[3]
-    d = np.empty((6, 6, tw), dtype=x.dtype)
-    t = np.empty((6, 6, tw), dtype=x.dtype)
+    wp = 4 * tw + 2
+    rows = np.zeros((6, wp), dtype=x.dtype)
+    t = np.empty((6, wp), dtype=x.dtype)
+    kLo, kHi = max(0, pw), min(wp, w + pw)
+    # Constants typed like the data, so float32 stays float32 (a literal would promote to float64).
+    two, four, five = cst[0], cst[1], cst[2]
     for c in range(c_):
         for q in range(q0, q1):
             b, ty = q // th, q % th
             for i in range(6):
                 r = ty * 4 + i - ph
-                if r < 0 or r >= h:
-                    d[i, :, :] = 0
-                    continue
-                for j in range(6):
-                    for tx in range(tw):
-                        col = tx * 4 + j - pw
-                        d[i, j, tx] = x[b, c, r, col] if 0 <= col < w else 0
-            for a in range(6):
-                t[a, :, :] = 0
-                for i in range(6):
-                    coef = bt[a, i]
-                    if coef != 0:
-                        for j in range(6):
-                            for tx in range(tw):
-                                t[a, j, tx] += coef * d[i, j, tx]
+                row = rows[i]
+                if r < 0 or r >= h or kHi <= kLo:
+                    row[:] = 0
+                else:
+                    row[:kLo] = 0
+                    row[kLo:kHi] = x[b, c, r, kLo - pw:kHi - pw]
+                    row[kHi:] = 0
+            for k in range(wp):
+                d0, d1, d2, d3, d4, d5 = rows[0, k], rows[1, k], rows[2, k], rows[3, k], rows[4, k], rows[5, k]
+                t[0, k] = four * d0 - five * d2 + d4
+                t[1, k] = -(four * (d1 + d2)) + d3 + d4
+                t[2, k] = four * (d1 - d2) - d3 + d4
+                t[3, k] = two * (d3 - d1) - d2 + d4
+                t[4, k] = two * (d1 - d3) - d2 + d4
+                t[5, k] = four * d1 - five * d3 + d5
             base = (q - q0) * tw
             for a in range(6):
-                for bb in range(6):
-                    out = V[a * 6 + bb, c, base:base + tw]
-                    out[:] = 0
-                    for j in range(6):
-                        coef = bt[bb, j]
-                        if coef != 0:
-                            for tx in range(tw):
-                                out[tx] += coef * t[a, j, tx]
+                for tx in range(tw):
+                    k = 4 * tx
+                    e0, e1, e2, e3, e4, e5 = t[a, k], t[a, k + 1], t[a, k + 2], t[a, k + 3], t[a, k + 4], t[a, k + 5]
+                    V[a * 6, c, base + tx] = four * e0 - five * e2 + e4
+                    V[a * 6 + 1, c, base + tx] = -(four * (e1 + e2)) + e3 + e4
+                    V[a * 6 + 2, c, base + tx] = four * (e1 - e2) - e3 + e4
+                    V[a * 6 + 3, c, base + tx] = two * (e3 - e1) - e2 + e4
+                    V[a * 6 + 4, c, base + tx] = two * (e1 - e3) - e2 + e4
+                    V[a * 6 + 5, c, base + tx] = four * e1 - five * e3 + e5
 
 
-def _outputTransform(M, y, bias, th, tw, q0, q1, at):
+def _outputTransform(M, y, bias, th, tw, q0, q1, cst):
     """y[n, o, 4 ty + i, 4 tx + j] = (A^T m A)[i, j] + bias[o] for the tiles of rows [q0, q1)."""
     o_, oh, ow = y.shape[1], y.shape[2], y.shape[3]
     t = np.empty((4, 6, tw), dtype=y.dtype)
-    val = np.empty(tw, dtype=y.dtype)
+    yrow = np.empty(4 * tw, dtype=y.dtype)
+    two, four, eight = cst[0], cst[1], cst[3]
     for o in range(o_):
         bv = bias[o]
         for q in range(q0, q1):
             b, ty = q // th, q % th
             base = (q - q0) * tw
-            for i in range(4):
-                t[i, :, :] = 0
-                for a in range(6):
-                    coef = at[i, a]
-                    if coef != 0:
-                        for bb in range(6):
-                            src = M[a * 6 + bb, o, base:base + tw]
-                            for tx in range(tw):
-                                t[i, bb, tx] += coef * src[tx]
+            for bb in range(6):
+                for tx in range(tw):
+                    p = base + tx
+                    m0, m1, m2 = M[bb, o, p], M[6 + bb, o, p], M[12 + bb, o, p]
+                    m3, m4, m5 = M[18 + bb, o, p], M[24 + bb, o, p], M[30 + bb, o, p]
+                    t[0, bb, tx] = m0 + m1 + m2 + m3 + m4
+                    t[1, bb, tx] = m1 - m2 + two * (m3 - m4)
+                    t[2, bb, tx] = m1 + m2 + four * (m3 + m4)
+                    t[3, bb, tx] = m1 - m2 + eight * (m3 - m4) + m5
             for i in range(4):
                 row = ty * 4 + i
                 if row >= oh:
                     break
-                for j in range(4):
-                    val[:] = bv
-                    for bb in range(6):
-                        coef = at[j, bb]
-                        if coef != 0:
-                            for tx in range(tw):
-                                val[tx] += coef * t[i, bb, tx]
-                    for tx in range(tw):
-                        col = tx * 4 + j
-                        if col < ow:
-                            y[b, o, row, col] = val[tx]
+                for tx in range(tw):
+                    e0, e1, e2 = t[i, 0, tx], t[i, 1, tx], t[i, 2, tx]
+                    e3, e4, e5 = t[i, 3, tx], t[i, 4, tx], t[i, 5, tx]
+                    yrow[4 * tx] = e0 + e1 + e2 + e3 + e4 + bv
+                    yrow[4 * tx + 1] = e1 - e2 + two * (e3 - e4) + bv
+                    yrow[4 * tx + 2] = e1 + e2 + four * (e3 + e4) + bv
+                    yrow[4 * tx + 3] = e1 - e2 + eight * (e3 - e4) + e5 + bv
+                y[b, o, row, :] = yrow[:ow]
 
 
 if available:
@@ -156,7 +164,7 @@ def _chunkRows(rows, tw, c, o, itemsize, limit):
 def workspaceBytes(xShape, o, pad, tileBytes=None):
     n, c, h, w = xShape
     th, tw = _tiles(h, w, pad)
-    rows = _chunkRows(n * th, tw, c, o, np.dtype(np.float32).itemsize, tileBytes or 2 * TILE_BYTES)
+    rows = _chunkRows(n * th, tw, c, o, np.dtype(np.float32).itemsize, tileBytes or 2 * conv_common.TILE_BYTES)
     return 36 * (c + o) * tw * rows
 
 
@@ -175,19 +183,19 @@ def forward(x, w, bias, pad, groups, tileBytes=None):
         return y
     th, tw = _tiles(h, wd, pad)
     u = kernelTransform(w, groups)
-    bt, at = _BT.astype(x.dtype), _AT.astype(x.dtype)
     biasv = np.zeros(o, dtype=x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype).reshape(o)
     xc = np.ascontiguousarray(x)
+    cst = np.array([2, 4, 5, 8], dtype=x.dtype)
     total = n * th
-    step = _chunkRows(total, tw, c, o, x.itemsize, tileBytes or 2 * TILE_BYTES)
+    step = _chunkRows(total, tw, c, o, x.itemsize, tileBytes or 2 * conv_common.TILE_BYTES)
     for q0 in range(0, total, step):
         q1 = min(total, q0 + step)
         p = (q1 - q0) * tw
         v = workspace.get("wino-v", (36, c, p), x.dtype)
         m = workspace.get("wino-m", (36, o, p), x.dtype)
-        _inputTransform(xc, v, pad[0], pad[1], th, tw, q0, q1, bt)
+        _inputTransform(xc, v, pad[0], pad[1], th, tw, q0, q1, cst)
         np.matmul(u, v.reshape(36, groups, c // groups, p), out=m.reshape(36, groups, o // groups, p))
-        _outputTransform(m, y, biasv, th, tw, q0, q1, at)
+        _outputTransform(m, y, biasv, th, tw, q0, q1, cst)
     return y
 
 
