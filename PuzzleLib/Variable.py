@@ -26,6 +26,8 @@ class Variable:
         self.updater = updater
         self.postUpdater = postUpdater
 
+        # Whether the variable is trained: under globalEvalMode it gets its grad later (Module.trainMode).
+        self.withgrad = bool(withgrad) or grad is not None
         if grad is None and withgrad and not Config.globalEvalMode:
             grad = gpuarray.zeros_like(data)
         self.grad = grad
@@ -51,6 +53,11 @@ class Variable:
     @property
     def dtype(self):
         return self.data.dtype
+
+    def ensureGrad(self):
+        """Give a trained variable that has no gradient array (made under globalEvalMode) a zeroed one."""
+        if self.grad is None and self.withgrad:
+            self.grad = gpuarray.zeros_like(self.data)
 
     def update(self, learnRate):
         """Apply one step: the custom updater if any, else data += learnRate * grad."""

@@ -129,6 +129,48 @@ def test_train_eval_reset():
     assert conv.inData is None and conv.data is None and conv.grad is None
 
 
+def _linearGrads(x, g):
+    """Reference parameter gradients of y = x W + b: (x^T g, column sums of g)."""
+    return x.T.astype(np.float64) @ g, g.astype(np.float64).sum(axis=0)
+
+
+@pytest.mark.parametrize("switch", ["trainMode", "trainAttribute", "optimizer"])
+def test_module_made_in_global_eval_mode_trains_after_switching(switch):
+    from PuzzleLib import Config
+    from PuzzleLib.Containers import Sequential
+    from PuzzleLib.Modules import Linear
+    from PuzzleLib.Optimizers import SGD
+
+    Config.globalEvalMode = True
+    seq = Sequential().append(Linear(3, 2))
+    lin = seq[0]
+    assert lin.vars["W"].grad is None
+    Config.globalEvalMode = False
+
+    if switch == "trainMode":
+        seq.trainMode()
+    elif switch == "trainAttribute":
+        lin.train = True
+    else:
+        SGD(0.5).setupOn(seq)
+        lin.train = True
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    g = rng.standard_normal((4, 2)).astype(np.float32)
+    seq(x)
+    seq.backward(g)
+    wgrad, bgrad = _linearGrads(x, g)
+    np.testing.assert_allclose(lin.vars["W"].grad.get(), wgrad, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(lin.vars["b"].grad.get(), bgrad, rtol=1e-5, atol=1e-6)
+
+
+def test_variable_without_grad_stays_frozen_in_train_mode():
+    mod = Scale(2)
+    mod.setVar("frozen", Variable(gpuarray.zeros((2,)), withgrad=False))
+    mod.trainMode()
+    assert mod.vars["frozen"].grad is None and mod.vars["a"].grad is not None
+
+
 def test_calc_mode():
     conv = Conv2D(1, 1, 1)
     conv.calcMode(np.float32)

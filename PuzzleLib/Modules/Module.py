@@ -94,6 +94,7 @@ class Module:
         if updGrad:
             self.updateGrad(grad)
         if updParamGrads and self.train:
+            self.ensureGradParams()
             self.accGradParams(grad, scale, momentum)
 
     def _checkedGrad(self, grad):
@@ -198,8 +199,15 @@ class Module:
             if var.grad is not None:
                 var.update(learnRate)
 
+    def ensureGradParams(self):
+        """Create the gradient arrays that variables made under Config.globalEvalMode lack, so that a
+        module switched to train mode accumulates (and an optimizer updates) every parameter."""
+        for var in self.getVarTable():
+            var.ensureGrad()
+
     def trainMode(self):
         self.train = True
+        self.ensureGradParams()
         self.reset()
 
     def evalMode(self):

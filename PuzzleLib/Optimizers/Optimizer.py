@@ -86,6 +86,8 @@ class Optimizer:
         self.slots, self.groups, self.customVars = [], [], []
         self.globalState = bool(useGlobalState)
 
+        # Variables made under Config.globalEvalMode have no gradient yet: training needs one.
+        mod.ensureGradParams()
         trainable = []
         for var, names in mod.getVarTable().items():
             if var.hasUpdater:
