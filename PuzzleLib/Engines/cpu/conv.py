@@ -73,7 +73,8 @@ def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
     if direction != "backwardParams" and conv_winograd.available and conv_winograd.applies(kernel, stride, dilation):
         outSpatial = outputShape(xShape[2:], kernel, stride, pad, dilation)
         # Enough channels for the 36 GEMMs to run near peak, enough pixels for the tiles to pay off.
-        if cg >= 16 and o // groups >= 16 and min(outSpatial) >= 12:
+        # Measured (benchmarks/engine_micro.py): wins on 64->64 56x56, loses on 4 groups of 32 and on 7x7 maps.
+        if cg >= 48 and o // groups >= 48 and min(outSpatial) >= 12:
             return "winograd"
     return "im2col"
 

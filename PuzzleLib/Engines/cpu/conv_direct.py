@@ -168,21 +168,56 @@ def _as5(a):
     return a.reshape(a.shape[:2] + (1,) * (5 - a.ndim) + a.shape[2:])
 
 
+def _contiguous(a):
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
 def _params3(stride, pad, dilation):
     lead = 3 - len(stride)
     return (tuple([1] * lead + list(stride)), tuple([0] * lead + list(pad)), tuple([1] * lead + list(dilation)))
 
 
+def _plan(xShape, wShape, stride, pad, dilation):
+    """Per-shape constants of a forward call, memoised: small inputs are dominated by this bookkeeping."""
+    key = (xShape, wShape, stride, pad, dilation)
+    plan = _plans.get(key)
+    if plan is None:
+        if len(_plans) > 256:
+            _plans.clear()
+        outSpatial = outputShape(xShape[2:], wShape[2:], stride, pad, dilation)
+        lead = (1,) * (3 - len(outSpatial))
+        yShape = (xShape[0], wShape[0]) + outSpatial
+        plan = _plans[key] = (yShape, xShape[:2] + lead + xShape[2:], wShape[:2] + lead + wShape[2:],
+                              yShape[:2] + lead + outSpatial, _params3(stride, pad, dilation))
+    return plan
+
+
+_plans = {}
+_zeros = {}
+
+
+def _zeroBias(o, dtype):
+    """A shared, read-only zero bias (never written)."""
+    key = (o, dtype)
+    bias = _zeros.get(key)
+    if bias is None:
+        bias = _zeros[key] = np.zeros(o, dtype=dtype)
+        bias.flags.writeable = False
+    return bias
+
+
 # -- entry points ------------------------------------------------------------------------------------
 def forward(x, w, bias, stride, pad, dilation, groups):
-    n, o = x.shape[0], w.shape[0]
-    outSpatial = outputShape(x.shape[2:], w.shape[2:], stride, pad, dilation)
     if not useNumba:
+        outSpatial = outputShape(x.shape[2:], w.shape[2:], stride, pad, dilation)
         return _numpyForward(x, w, bias, stride, pad, dilation, groups, outSpatial)
-    y = np.empty((n, o) + outSpatial, dtype=x.dtype)
-    biasv = np.zeros(o, dtype=x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype).reshape(o)
-    _forward5(_as5(np.ascontiguousarray(x)), _as5(np.ascontiguousarray(w)), biasv, _as5(y),
-              *_params3(stride, pad, dilation))
+    yShape, x5, w5, y5, params = _plan(x.shape, w.shape, stride, pad, dilation)
+    y = np.empty(yShape, dtype=x.dtype)
+    if bias is None:
+        bias = _zeroBias(w.shape[0], x.dtype)
+    elif bias.dtype != x.dtype or not bias.flags.c_contiguous:
+        bias = np.ascontiguousarray(bias, dtype=x.dtype)
+    _forward5(_contiguous(x).reshape(x5), _contiguous(w).reshape(w5), bias.reshape(-1), y.reshape(y5), *params)
     return y
 
 
