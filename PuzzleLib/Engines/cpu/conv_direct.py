@@ -76,6 +76,51 @@ def _forward5(x, w, bias, y, st, pd, dl):
                     y[b, oc, od, oh, :] = acc
 
 
+def _forwardFlat5(x, w, bias, y, pd, dl):
+    """Unit-stride forward on flattened planes: each input plane is copied into a zero-bordered buffer,
+    after which every kernel tap is one long multiply-add with a constant shift (output computed on the
+    padded row pitch, then compacted). Long contiguous loops vectorise well even for small maps."""
+    n_, c_, dd_, hh_, ww_ = x.shape
+    o_, cg, kd_, kh_, kw_ = w.shape
+    od_, oh_, ow_ = y.shape[2], y.shape[3], y.shape[4]
+    og = o_ // (c_ // cg)
+    pD, pH, pW = od_ + dl[0] * (kd_ - 1), oh_ + dl[1] * (kh_ - 1), ow_ + dl[2] * (kw_ - 1)
+    plane, pitch = pH * pW, pW
+    length = (od_ - 1) * plane + (oh_ - 1) * pitch + ow_
+    buf = np.zeros(pD * plane, dtype=x.dtype)
+    acc = np.empty(length, dtype=y.dtype)
+    # Input columns [c0, c1) land at buffer columns [c0 + pd[2], c1 + pd[2]); rows likewise.
+    c0, c1 = max(0, -pd[2]), min(ww_, pW - pd[2])
+    for b in range(n_):
+        for oc in range(o_):
+            g = oc // og
+            acc[:] = bias[oc]
+            for c in range(cg):
+                ic = g * cg + c
+                for d in range(pD):
+                    sd = d - pd[0]
+                    if sd < 0 or sd >= dd_:
+                        continue
+                    for h in range(pH):
+                        sh = h - pd[1]
+                        if sh < 0 or sh >= hh_ or c1 <= c0:
+                            continue
+                        start = np.uintp(d * plane + h * pitch + c0 + pd[2])
+                        src = x[b, ic, sd, sh]
+                        for j in range(np.uintp(c1 - c0)):
+                            buf[start + j] = src[np.uintp(c0) + j]
+                for kd in range(kd_):
+                    for kh in range(kh_):
+                        for kw in range(kw_):
+                            wv = w[oc, c, kd, kh, kw]
+                            off = np.uintp(kd * dl[0] * plane + kh * dl[1] * pitch + kw * dl[2])
+                            for i in range(np.uintp(length)):
+                                acc[i] += wv * buf[off + i]
+            for od in range(od_):
+                for oh in range(oh_):
+                    y[b, oc, od, oh, :] = acc[od * plane + oh * pitch:od * plane + oh * pitch + ow_]
+
+
 def _backwardData5(dy, w, dx, st, pd, dl):
     n_, c_, dd_, hh_, ww_ = dx.shape
     o_, cg, kd_, kh_, kw_ = w.shape
@@ -159,6 +204,7 @@ if njit is not None:
     _ranges = njit(cache=True)(_ranges)
     _span = njit(cache=True, inline="always")(_span)
     _forward5 = njit(cache=True, nogil=True)(_forward5)
+    _forwardFlat5 = njit(cache=True, nogil=True)(_forwardFlat5)
     _backwardData5 = njit(cache=True, nogil=True)(_backwardData5)
     _backwardParams5 = njit(cache=True, nogil=True)(_backwardParams5)
 
@@ -217,7 +263,10 @@ def forward(x, w, bias, stride, pad, dilation, groups):
         bias = _zeroBias(w.shape[0], x.dtype)
     elif bias.dtype != x.dtype or not bias.flags.c_contiguous:
         bias = np.ascontiguousarray(bias, dtype=x.dtype)
-    _forward5(_contiguous(x).reshape(x5), _contiguous(w).reshape(w5), bias.reshape(-1), y.reshape(y5), *params)
+    st, pd, dl = params
+    kernel = _forwardFlat5 if st == (1, 1, 1) else _forward5
+    args = (pd, dl) if st == (1, 1, 1) else params
+    kernel(_contiguous(x).reshape(x5), _contiguous(w).reshape(w5), bias.reshape(-1), y.reshape(y5), *args)
     return y
 
 
