@@ -13,8 +13,7 @@ import numbers
 import numpy as np
 
 from PuzzleLib.Backend import Norm, gpuarray
-from PuzzleLib.Modules.ConvND import checkInt
-from PuzzleLib.Modules.Module import Module, ModuleError
+from PuzzleLib.Modules.Module import Module, ModuleError, checkInt
 from PuzzleLib.Variable import Variable
 
 
@@ -22,9 +21,7 @@ class BatchNorm2D(Module):
     def __init__(self, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True, name=None,
                  empty=False):
         super().__init__(name)
-        maps = checkInt(maps, "maps")
-        if maps < 1:
-            raise ModuleError(f"maps must be at least 1 (got {maps})")
+        maps = checkInt(maps, "maps", 1)
         for value, what in ((epsilon, "epsilon"), (initFactor, "initFactor"), (minFactor, "minFactor"),
                             (sscale, "sscale")):
             if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -6,33 +6,16 @@ import numbers
 import numpy as np
 
 from PuzzleLib.Backend import Dnn, gpuarray
-from PuzzleLib.Modules.Module import Module, ModuleError
+from PuzzleLib.Modules.Module import (
+    SPATIAL_AXES,
+    Module,
+    ModuleError,
+    checkInt,
+    ntuple,
+    windowInShape,
+    windowOutShape,
+)
 from PuzzleLib.Variable import Variable
-
-_AXES = {1: ("size",), 2: ("height", "width"), 3: ("depth", "height", "width")}
-
-
-def checkInt(value, what):
-    """An int that is not a bool (numpy integers included); ValueError for any other type."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{what} must be an int, got {type(value).__name__} {value!r}")
-    return int(value)
-
-
-def ntuple(value, nd, what, minimum):
-    """An int or an nd-tuple of ints, as an nd-tuple, each entry at least ``minimum``."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != nd:
-            raise ModuleError(
-                f"{what} must be an int or a tuple of {nd} ints (got {len(value)} entries: {tuple(value)})"
-            )
-        values = tuple(checkInt(v, what) for v in value)
-    else:
-        values = (checkInt(value, what),) * nd
-    for v in values:
-        if v < minimum:
-            raise ModuleError(f"{what} must be at least {minimum} (got {v})")
-    return values
 
 
 class ConvND(Module):
@@ -40,13 +23,10 @@ class ConvND(Module):
                  name=None, initscheme=None, empty=False, groups=1):
         super().__init__(name)
         nd = checkInt(nd, "nd")
-        if nd not in _AXES:
+        if nd not in SPATIAL_AXES:
             raise ModuleError(f"Convolution must be 1d, 2d or 3d (got {nd}d)")
-        inmaps, outmaps, groups = (checkInt(v, w) for v, w in ((inmaps, "inmaps"), (outmaps, "outmaps"),
-                                                              (groups, "groups")))
-        for value, what in ((inmaps, "inmaps"), (outmaps, "outmaps"), (groups, "groups")):
-            if value < 1:
-                raise ModuleError(f"{what} must be at least 1 (got {value})")
+        inmaps, outmaps, groups = (checkInt(inmaps, "inmaps", 1), checkInt(outmaps, "outmaps", 1),
+                                   checkInt(groups, "groups", 1))
         if inmaps % groups != 0 or outmaps % groups != 0:
             raise ModuleError(
                 "Number of input and output maps must be divisible by number of groups "
@@ -125,18 +105,10 @@ class ConvND(Module):
 
     # -- shapes ---------------------------------------------------------------------------------
     def dataShapeFrom(self, shape):
-        spatial = tuple(
-            (size + 2 * p - d * (k - 1) - 1) // s + 1
-            for size, k, s, p, d in zip(shape[2:], self.size, self.stride, self.pad, self.dilation)
-        )
-        return (shape[0], self.outmaps) + spatial
+        return (shape[0], self.outmaps) + windowOutShape(shape[2:], self.size, self.stride, self.pad, self.dilation)
 
     def gradShapeFrom(self, shape):
-        spatial = tuple(
-            (size - 1) * s + d * (k - 1) - 2 * p + 1
-            for size, k, s, p, d in zip(shape[2:], self.size, self.stride, self.pad, self.dilation)
-        )
-        return (shape[0], self.inmaps) + spatial
+        return (shape[0], self.inmaps) + windowInShape(shape[2:], self.size, self.stride, self.pad, self.dilation)
 
     def checkDataShape(self, shape):
         if self.W is None:
@@ -144,11 +116,7 @@ class ConvND(Module):
         self.checkRank(shape, self.nd + 2, "Data")
         if shape[1] != self.inmaps:
             raise ModuleError(f"Data has {shape[1]} maps (expected: {self.inmaps})")
-        for axis, size, k, p, d in zip(_AXES[self.nd], shape[2:], self.size, self.pad, self.dilation):
-            if size + 2 * p < d * (k - 1) + 1:
-                raise ModuleError(
-                    f"Data maps {axis} is too small (got {size + 2 * p}, expected at least {d * (k - 1) + 1})"
-                )
+        self.checkWindowFits(shape, self.size, self.pad, self.dilation)
 
     def checkGradShape(self, shape):
         self.checkRank(shape, self.nd + 2, "Grad")

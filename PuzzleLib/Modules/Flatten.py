@@ -2,7 +2,7 @@
 
 import math
 
-from PuzzleLib.Modules.Module import Module, ModuleError
+from PuzzleLib.Modules.Module import Module
 
 
 class Flatten(Module):
@@ -24,8 +24,7 @@ class Flatten(Module):
         return (shape[0],) + tuple(self.inshape[1:])
 
     def checkDataShape(self, shape):
-        if len(shape) < 2:
-            raise ModuleError(f"Data must be at least 2d tensor (got {len(shape)}d tensor of shape {tuple(shape)})")
+        self.checkMinRank(shape, 2, "Data")
 
     def checkGradShape(self, shape):
         self.checkRank(shape, 2, "Grad")

@@ -7,8 +7,7 @@ W is stored as (outsize, insize) and y = x W^T + b.
 import numbers
 
 from PuzzleLib.Backend import Blas, gpuarray
-from PuzzleLib.Modules.ConvND import checkInt
-from PuzzleLib.Modules.Module import Module, ModuleError
+from PuzzleLib.Modules.Module import Module, ModuleError, checkInt
 from PuzzleLib.Variable import Variable
 
 
@@ -16,10 +15,7 @@ class Linear(Module):
     def __init__(self, insize, outsize, wscale=1.0, useBias=True, initscheme=None, name=None, empty=False,
                  transpose=False):
         super().__init__(name)
-        insize, outsize = checkInt(insize, "insize"), checkInt(outsize, "outsize")
-        for value, what in ((insize, "insize"), (outsize, "outsize")):
-            if value < 1:
-                raise ModuleError(f"{what} must be at least 1 (got {value})")
+        insize, outsize = checkInt(insize, "insize", 1), checkInt(outsize, "outsize", 1)
         if not isinstance(wscale, numbers.Real):
             raise ValueError(f"wscale must be a number, got {type(wscale).__name__}")
 

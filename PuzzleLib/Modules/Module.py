@@ -12,6 +12,7 @@ compute methods; a failed check raises ``ModuleError`` before any state changes.
 import functools
 import inspect
 import math
+import numbers
 
 import numpy as np
 
@@ -23,6 +24,44 @@ from PuzzleLib.Variable import Variable
 
 class ModuleError(Exception):
     pass
+
+
+# Names of the spatial axes of (N, C, *spatial) data, for messages.
+SPATIAL_AXES = {1: ("size",), 2: ("height", "width"), 3: ("depth", "height", "width")}
+
+
+def checkInt(value, what, minimum=None):
+    """An int that is not a bool (numpy integers included): ValueError for any other type,
+    ModuleError when below ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{what} must be an int, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ModuleError(f"{what} must be at least {minimum} (got {value})")
+    return value
+
+
+def ntuple(value, nd, what, minimum):
+    """An int or an nd-tuple of ints, as an nd-tuple, each entry at least ``minimum``."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != nd:
+            raise ModuleError(
+                f"{what} must be an int or a tuple of {nd} ints (got {len(value)} entries: {tuple(value)})"
+            )
+        return tuple(checkInt(v, what, minimum) for v in value)
+    return (checkInt(value, what, minimum),) * nd
+
+
+def windowOutShape(spatial, size, stride, pad, dilation=None):
+    """Output extent per axis of a sliding window (convolution, pooling) over padded maps."""
+    dilation = (1,) * len(size) if dilation is None else dilation
+    return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in zip(spatial, size, stride, pad, dilation))
+
+
+def windowInShape(spatial, size, stride, pad, dilation=None):
+    """The input extent per axis that windowOutShape maps to ``spatial`` (the smallest such)."""
+    dilation = (1,) * len(size) if dilation is None else dilation
+    return tuple((n - 1) * s + d * (k - 1) - 2 * p + 1 for n, k, s, p, d in zip(spatial, size, stride, pad, dilation))
 
 
 class InitScheme:
@@ -109,6 +148,21 @@ class Module:
     def checkRank(self, shape, ndim, what="Data"):
         if len(shape) != ndim:
             raise ModuleError(f"{what} must be {ndim}d tensor (got {len(shape)}d tensor of shape {tuple(shape)})")
+
+    def checkMinRank(self, shape, ndim, what="Data"):
+        if len(shape) < ndim:
+            raise ModuleError(
+                f"{what} must be at least {ndim}d tensor (got {len(shape)}d tensor of shape {tuple(shape)})"
+            )
+
+    def checkWindowFits(self, shape, size, pad, dilation=None):
+        """Every padded spatial axis of (N, C, *spatial) data holds at least one (dilated) window."""
+        dilation = (1,) * len(size) if dilation is None else dilation
+        for axis, n, k, p, d in zip(SPATIAL_AXES[len(size)], shape[2:], size, pad, dilation):
+            if n + 2 * p < d * (k - 1) + 1:
+                raise ModuleError(
+                    f"Data maps {axis} is too small (got {n + 2 * p}, expected at least {d * (k - 1) + 1})"
+                )
 
     @staticmethod
     def _asArray(ary, what):

@@ -4,10 +4,7 @@ import enum
 import numbers
 
 from PuzzleLib.Backend import Pad
-from PuzzleLib.Modules.ConvND import checkInt
-from PuzzleLib.Modules.Module import Module, ModuleError
-
-_AXES = {1: ("size",), 2: ("height", "width")}
+from PuzzleLib.Modules.Module import SPATIAL_AXES, Module, ModuleError, checkInt
 
 
 class PadMode(str, enum.Enum):
@@ -35,12 +32,9 @@ class PadND(Module):
         if isinstance(pad, (tuple, list)):
             if len(pad) != 2 * nd:
                 raise ModuleError(f"pad must be an int or a tuple of {2 * nd} ints (got {len(pad)}: {tuple(pad)})")
-            values = [checkInt(p, "pad") for p in pad]
+            values = [checkInt(p, "pad", 0) for p in pad]
         else:
-            values = [checkInt(pad, "pad")] * (2 * nd)
-        for p in values:
-            if p < 0:
-                raise ModuleError(f"pad must be at least 0 (got {p})")
+            values = [checkInt(pad, "pad", 0)] * (2 * nd)
         return tuple((values[2 * i], values[2 * i + 1]) for i in range(nd))
 
     def updateData(self, data):
@@ -59,20 +53,20 @@ class PadND(Module):
         self.checkRank(shape, self.nd + 2, "Data")
         if self.mode is PadMode.reflect:
             # A reflection without the edge needs a pad shorter than the map.
-            for axis, n, (a, b) in zip(_AXES[self.nd], shape[2:], self.pad):
+            for axis, n, (a, b) in zip(SPATIAL_AXES[self.nd], shape[2:], self.pad):
                 if n <= max(a, b):
                     raise ModuleError(
                         f"Data maps {axis} is too small for reflect padding "
                         f"(got {n}, expected at least {max(a, b) + 1})"
                     )
         elif self.mode is PadMode.edge:
-            for axis, n in zip(_AXES[self.nd], shape[2:]):
+            for axis, n in zip(SPATIAL_AXES[self.nd], shape[2:]):
                 if n < 1:
                     raise ModuleError(f"Data maps {axis} is too small for edge padding (got {n}, expected at least 1)")
 
     def checkGradShape(self, shape):
         self.checkRank(shape, self.nd + 2, "Grad")
-        for axis, n, (a, b) in zip(_AXES[self.nd], shape[2:], self.pad):
+        for axis, n, (a, b) in zip(SPATIAL_AXES[self.nd], shape[2:], self.pad):
             if n < a + b + 1:
                 raise ModuleError(f"Grad maps {axis} is too small (got {n}, expected at least {a + b + 1})")
         super().checkGradShape(shape)

@@ -4,10 +4,7 @@
 ``pad`` must be smaller than ``size`` so that no window lies entirely in the padding.
 """
 
-from PuzzleLib.Modules.ConvND import ntuple
-from PuzzleLib.Modules.Module import Module, ModuleError
-
-_AXES = {1: ("size",), 2: ("height", "width"), 3: ("depth", "height", "width")}
+from PuzzleLib.Modules.Module import Module, ModuleError, ntuple, windowInShape, windowOutShape
 
 
 class PoolND(Module):
@@ -26,18 +23,14 @@ class PoolND(Module):
         return self.size, self.stride, self.pad
 
     def dataShapeFrom(self, shape):
-        spatial = tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip(shape[2:], self.size, self.stride, self.pad))
-        return tuple(shape[:2]) + spatial
+        return tuple(shape[:2]) + windowOutShape(shape[2:], self.size, self.stride, self.pad)
 
     def gradShapeFrom(self, shape):
-        spatial = tuple((n - 1) * s - 2 * p + k for n, k, s, p in zip(shape[2:], self.size, self.stride, self.pad))
-        return tuple(shape[:2]) + spatial
+        return tuple(shape[:2]) + windowInShape(shape[2:], self.size, self.stride, self.pad)
 
     def checkDataShape(self, shape):
         self.checkRank(shape, self.nd + 2, "Data")
-        for axis, n, k, p in zip(_AXES[self.nd], shape[2:], self.size, self.pad):
-            if n + 2 * p < k:
-                raise ModuleError(f"Data maps {axis} is too small (got {n + 2 * p}, expected at least {k})")
+        self.checkWindowFits(shape, self.size, self.pad)
 
     def checkGradShape(self, shape):
         self.checkRank(shape, self.nd + 2, "Grad")

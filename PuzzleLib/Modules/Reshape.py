@@ -5,8 +5,7 @@ The gradient is reshaped back to the input's shape.
 
 import math
 
-from PuzzleLib.Modules.ConvND import checkInt
-from PuzzleLib.Modules.Module import Module, ModuleError
+from PuzzleLib.Modules.Module import Module, ModuleError, checkInt
 
 
 class Reshape(Module):

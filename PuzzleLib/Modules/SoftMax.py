@@ -1,7 +1,7 @@
 """Softmax over axis 1 (classes, or maps of (N, C, ...) data), each position independently."""
 
 from PuzzleLib.Backend import Norm
-from PuzzleLib.Modules.Module import Module, ModuleError
+from PuzzleLib.Modules.Module import Module
 
 
 class SoftMax(Module):
@@ -21,10 +21,8 @@ class SoftMax(Module):
         return tuple(shape)
 
     def checkDataShape(self, shape):
-        if len(shape) < 2:
-            raise ModuleError(f"Data must be at least 2d tensor (got {len(shape)}d tensor of shape {tuple(shape)})")
+        self.checkMinRank(shape, 2, "Data")
 
     def checkGradShape(self, shape):
-        if len(shape) < 2:
-            raise ModuleError(f"Grad must be at least 2d tensor (got {len(shape)}d tensor of shape {tuple(shape)})")
+        self.checkMinRank(shape, 2, "Grad")
         super().checkGradShape(shape)
