@@ -11,7 +11,7 @@ Every accumulation runs in a fixed order: results are identical run to run.
 
 import numpy as np
 
-from PuzzleLib.Engines.cpu.conv_common import outputShape, tapRange
+from PuzzleLib.Engines.cpu.conv_common import outputShape, prod, tapRange
 
 try:
     from numba import njit
@@ -76,6 +76,84 @@ def _forward5(x, w, bias, y, st, pd, dl):
                     y[b, oc, od, oh, :] = acc
 
 
+def _fillPlane(buf, src, pD, pH, pd, plane, pitch, c0, c1):
+    """Copy one input plane src (D, H, W) into the interior of the flat zero-bordered buffer."""
+    dd_, hh_ = src.shape[0], src.shape[1]
+    if c1 <= c0:
+        return
+    for d in range(pD):
+        sd = d - pd[0]
+        if sd < 0 or sd >= dd_:
+            continue
+        for h in range(pH):
+            sh = h - pd[1]
+            if sh < 0 or sh >= hh_:
+                continue
+            start = np.uintp(d * plane + h * pitch + c0 + pd[2])
+            row = src[sd, sh]
+            for j in range(np.uintp(c1 - c0)):
+                buf[start + j] = row[np.uintp(c0) + j]
+
+
+def _laneSum(a, lanes):
+    """Sum of a in a fixed order that vectorises: 16 interleaved partial sums, then those in turn."""
+    lanes[:] = 0
+    full = a.shape[0] // 16 * 16
+    for base in range(0, full, 16):
+        for k in range(16):
+            lanes[k] += a[base + k]
+    total = lanes[0]
+    for k in range(1, 16):
+        total += lanes[k]
+    for i in range(full, a.shape[0]):
+        total += a[i]
+    return total
+
+
+def _backwardParamsFlat5(x, dy, dw, pd, dl):
+    """Unit-stride weight gradient on flattened planes (see _forwardFlat5): per output map, the products
+    of the gradient plane (laid out on the padded pitch, gaps zero) with each shifted input plane are
+    accumulated elementwise, then summed in a fixed order."""
+    n_, c_ = x.shape[0], x.shape[1]
+    o_, cg, kd_, kh_, kw_ = dw.shape
+    od_, oh_, ow_ = dy.shape[2], dy.shape[3], dy.shape[4]
+    og = o_ // (c_ // cg)
+    pD, pH, pW = od_ + dl[0] * (kd_ - 1), oh_ + dl[1] * (kh_ - 1), ow_ + dl[2] * (kw_ - 1)
+    plane, pitch = pH * pW, pW
+    length = (od_ - 1) * plane + (oh_ - 1) * pitch + ow_
+    buf = np.zeros(pD * plane, dtype=x.dtype)
+    grad = np.zeros(length, dtype=x.dtype)
+    taps = kd_ * kh_ * kw_
+    acc = np.empty((cg, taps, length), dtype=dw.dtype)
+    lanes = np.empty(16, dtype=dw.dtype)
+    c0, c1 = max(0, -pd[2]), min(x.shape[4], pW - pd[2])
+    for oc in range(o_):
+        g = oc // og
+        acc[:] = 0
+        for b in range(n_):
+            for od in range(od_):
+                for oh in range(oh_):
+                    grad[od * plane + oh * pitch:od * plane + oh * pitch + ow_] = dy[b, oc, od, oh]
+            for c in range(cg):
+                _fillPlane(buf, x[b, g * cg + c], pD, pH, pd, plane, pitch, c0, c1)
+                t = 0
+                for kd in range(kd_):
+                    for kh in range(kh_):
+                        for kw in range(kw_):
+                            off = np.uintp(kd * dl[0] * plane + kh * dl[1] * pitch + kw * dl[2])
+                            a = acc[c, t]
+                            for i in range(np.uintp(length)):
+                                a[i] += grad[i] * buf[off + i]
+                            t += 1
+        for c in range(cg):
+            t = 0
+            for kd in range(kd_):
+                for kh in range(kh_):
+                    for kw in range(kw_):
+                        dw[oc, c, kd, kh, kw] = _laneSum(acc[c, t], lanes)
+                        t += 1
+
+
 def _forwardFlat5(x, w, bias, y, pd, dl):
     """Unit-stride forward on flattened planes: each input plane is copied into a zero-bordered buffer,
     after which every kernel tap is one long multiply-add with a constant shift (output computed on the
@@ -96,19 +174,7 @@ def _forwardFlat5(x, w, bias, y, pd, dl):
             g = oc // og
             acc[:] = bias[oc]
             for c in range(cg):
-                ic = g * cg + c
-                for d in range(pD):
-                    sd = d - pd[0]
-                    if sd < 0 or sd >= dd_:
-                        continue
-                    for h in range(pH):
-                        sh = h - pd[1]
-                        if sh < 0 or sh >= hh_ or c1 <= c0:
-                            continue
-                        start = np.uintp(d * plane + h * pitch + c0 + pd[2])
-                        src = x[b, ic, sd, sh]
-                        for j in range(np.uintp(c1 - c0)):
-                            buf[start + j] = src[np.uintp(c0) + j]
+                _fillPlane(buf, x[b, g * cg + c], pD, pH, pd, plane, pitch, c0, c1)
                 for kd in range(kd_):
                     for kh in range(kh_):
                         for kw in range(kw_):
@@ -204,7 +270,10 @@ if njit is not None:
     _ranges = njit(cache=True)(_ranges)
     _span = njit(cache=True, inline="always")(_span)
     _forward5 = njit(cache=True, nogil=True)(_forward5)
+    _fillPlane = njit(cache=True, nogil=True)(_fillPlane)
+    _laneSum = njit(cache=True, nogil=True)(_laneSum)
     _forwardFlat5 = njit(cache=True, nogil=True)(_forwardFlat5)
+    _backwardParamsFlat5 = njit(cache=True, nogil=True)(_backwardParamsFlat5)
     _backwardData5 = njit(cache=True, nogil=True)(_backwardData5)
     _backwardParams5 = njit(cache=True, nogil=True)(_backwardParams5)
 
@@ -289,8 +358,14 @@ def backwardParams(x, dy, wShape, stride, pad, dilation, groups):
     if not useNumba:
         return _numpyBackwardParams(x, dy, wShape, stride, pad, dilation, groups)
     dw = np.empty(wShape, dtype=x.dtype)
-    _backwardParams5(_as5(np.ascontiguousarray(x)), _as5(np.ascontiguousarray(dy)), _as5(dw),
-                     *_params3(stride, pad, dilation))
+    x5, dy5, dw5 = _as5(_contiguous(x)), _as5(_contiguous(dy)), _as5(dw)
+    st, pd, dl = _params3(stride, pad, dilation)
+    # The flat kernel keeps (C/groups * taps) accumulator planes; fall back to rows when that is large.
+    accBytes = wShape[1] * prod(wShape[2:]) * prod(x5.shape[2:]) * x.itemsize
+    if st == (1, 1, 1) and accBytes <= (16 << 20):
+        _backwardParamsFlat5(x5, dy5, dw5, pd, dl)
+    else:
+        _backwardParams5(x5, dy5, dw5, st, pd, dl)
     return dw
 
 
