@@ -132,3 +132,10 @@ def test_bad_dtype_and_constructor():
         Linear(2, 2, wscale="big")
     with pytest.raises(ModuleError, match="outsize must be at least 1 .got 0"):
         Linear(2, 0)
+
+
+def test_setvar_refuses_wrong_dtype_and_keeps_state():
+    linear = Linear(3, 2, empty=True)
+    with pytest.raises(ModuleError, match="float32.*float64"):
+        linear.setVar("W", Variable(np.zeros((3, 2), np.float64)))
+    assert linear.vars == {} and linear.W is None

@@ -51,10 +51,8 @@ class BatchNorm2D(Module):
     def statShape(self):
         return (1, self.maps, 1, 1)
 
-    def setVar(self, name, var):
-        if name in ("scale", "bias") and isinstance(var, Variable) and var.data.shape != self.statShape:
-            raise ModuleError(f"Variable {name!r} must have shape {self.statShape}, got {var.data.shape}")
-        super().setVar(name, var)
+    def paramShapes(self):
+        return {"scale": self.statShape, "bias": self.statShape}
 
     def setAttr(self, name, attr):
         shape = getattr(attr, "shape", None)

@@ -3,8 +3,6 @@
 import math
 import numbers
 
-import numpy as np
-
 from PuzzleLib.Backend import Dnn, gpuarray
 from PuzzleLib.Modules.Module import (
     SPATIAL_AXES,
@@ -63,14 +61,8 @@ class ConvND(Module):
     def bshape(self):
         return (1, self.outmaps) + (1,) * self.nd
 
-    def setVar(self, name, var):
-        expected = {"W": self.wshape, "b": self.bshape}.get(name)
-        if expected is not None and isinstance(var, Variable):
-            if var.data.shape != expected:
-                raise ModuleError(f"Variable {name!r} must have shape {expected}, got {var.data.shape}")
-            if var.data.dtype != np.float32:
-                raise ModuleError(f"Variable {name!r} must have dtype float32, got {var.data.dtype}")
-        super().setVar(name, var)
+    def paramShapes(self):
+        return {"W": self.wshape, "b": self.bshape}
 
     # -- compute --------------------------------------------------------------------------------
     def _params(self):

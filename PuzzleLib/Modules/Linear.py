@@ -43,11 +43,8 @@ class Linear(Module):
     def bshape(self):
         return (self.outsize,)
 
-    def setVar(self, name, var):
-        expected = {"W": self.wshape, "b": self.bshape}.get(name)
-        if expected is not None and isinstance(var, Variable) and var.data.shape != expected:
-            raise ModuleError(f"Variable {name!r} must have shape {expected}, got {var.data.shape}")
-        super().setVar(name, var)
+    def paramShapes(self):
+        return {"W": self.wshape, "b": self.bshape}
 
     # -- compute --------------------------------------------------------------------------------
     def updateData(self, data):

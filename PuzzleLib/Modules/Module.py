@@ -212,6 +212,12 @@ class Module:
     def setVar(self, name, var):
         if not isinstance(var, Variable):
             raise ModuleError(f"setVar expects a Variable for {name!r}, got {type(var).__name__}")
+        expected = self.paramShapes().get(name)
+        if expected is not None:
+            if var.data.shape != expected:
+                raise ModuleError(f"Variable {name!r} must have shape {expected}, got {var.data.shape}")
+            if var.data.dtype != self.calctype:
+                raise ModuleError(f"Variable {name!r} must have dtype {np.dtype(self.calctype)}, got {var.data.dtype}")
         old = self.vars.get(name)
         if old is not None and not Config.disableModuleCompatChecks:
             if old.data.shape != var.data.shape:
@@ -220,6 +226,10 @@ class Module:
                 raise ModuleError(f"Variable {name!r} must have dtype {old.data.dtype}, got {var.data.dtype}")
         self.vars[name] = var
         object.__setattr__(self, name, var.data)
+
+    def paramShapes(self):
+        """{name: shape} of the parameters this module defines; setVar refuses any other shape or dtype."""
+        return {}
 
     def getVar(self, name):
         return self.vars[name]
