@@ -237,17 +237,24 @@ def probeDirection(fn, forget, tracemallocToo):
     return rec
 
 
-def probeHeld(calls, conv):
+def probeHeld(calls, conv, optimizeShape=None):
     """Ours: numpy memory the engine still holds after a direction's calls (workspace caches), by tracemalloc.
 
     Tracing starts before the first call, so buffers an engine allocates once and keeps are seen; the
     module's own new results (``.data``, ``.grad``, which the PuzzleLib contract keeps) are subtracted.
+    With --optimize, what optimizeForShape leaves held counts against every direction.
     """
     import tracemalloc
 
     out = {}
     tracemalloc.start()
     try:
+        optimizeHeld = 0
+        if optimizeShape is not None:
+            before = _numpyBytes(tracemalloc)
+            _peers.runOptimize(conv, optimizeShape)
+            gc.collect()
+            optimizeHeld = max(0, _numpyBytes(tracemalloc) - before)
         for d in DIRECTIONS:
             gc.collect()
             before, resultsBefore = _numpyBytes(tracemalloc), _resultBytes(conv)
@@ -255,7 +262,8 @@ def probeHeld(calls, conv):
             calls[d]()
             gc.collect()
             grown = _numpyBytes(tracemalloc) - before - (_resultBytes(conv) - resultsBefore)
-            out[d] = {"held_bytes": max(0, grown)}
+            out[d] = {"held_bytes": max(0, grown) + optimizeHeld, "optimize_held_bytes": optimizeHeld,
+                      "algos": _peers.algosOf(conv)}
     finally:
         tracemalloc.stop()
     return out
@@ -285,8 +293,8 @@ def probe(engine, caseIds, args):
         c = CASE_IDS[cid]
         arrays = makeArrays(c, np)
         if engine == "oursHeld":
-            calls, _, conv, _ = _peers.setupOurs(c, arrays, optimize=args.optimize)
-            out[cid] = probeHeld(calls, conv)
+            calls, _, conv, _ = _peers.setupOurs(c, arrays, optimize=False)
+            out[cid] = probeHeld(calls, conv, arrays["x"].shape if args.optimize else None)
             continue
         if engine == "ours":
             calls, _, conv, _ = _peers.setupOurs(c, arrays, optimize=args.optimize)
@@ -408,6 +416,8 @@ def printCase(c, rec, engines):
     bad = {d: v["max_rel_error"] for d, v in rec["check"].items() if v["max_rel_error"] > 1e-3}
     if bad:
         print(f"  WARNING: ours differs from the peer: {bad}")
+    if rec.get("optimize") and rec["optimize"].get("available"):
+        print(f"  optimizeForShape: {rec['optimize']['seconds']:.2f} s (first calls then come after it)")
     if rec.get("algos"):
         print(f"  algorithms: {rec['algos']}")
     noisy = [f"{e}/{SHORT[d]} {s:.0%}" for e, ds in rec["spread"].items() for d, s in ds.items() if s > 0.1]
