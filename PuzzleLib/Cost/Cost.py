@@ -13,9 +13,7 @@ Subclasses implement ``calcGrad`` (error and gradient), ``calcVal`` and the chec
 
 import numpy as np
 
-from PuzzleLib.Backend import gpuarray
-from PuzzleLib.Backend.gpuarray import GPUArray
-from PuzzleLib.Modules.Module import ModuleError
+from PuzzleLib.Modules.Module import ModuleError, asArray
 
 # Prediction dtypes a loss accepts: the engine's calculation type, and float64 for checks.
 _FLOAT_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -130,11 +128,7 @@ class Cost:
 
     @staticmethod
     def _asArray(ary, what):
-        if isinstance(ary, GPUArray):
-            return ary
-        if isinstance(ary, np.ndarray):
-            return gpuarray.wrap(ary)
-        raise CostError(f"{what} must be a GPUArray or a numpy array (got {type(ary).__name__})")
+        return asArray(ary, what, CostError)
 
 
 class RegressionCost(Cost):

@@ -52,6 +52,15 @@ def ntuple(value, nd, what, minimum):
     return (checkInt(value, what, minimum),) * nd
 
 
+def asArray(ary, what, error):
+    """A GPUArray as is, a numpy array wrapped without a copy; ``error`` for anything else."""
+    if isinstance(ary, GPUArray):
+        return ary
+    if isinstance(ary, np.ndarray):
+        return gpuarray.wrap(ary)
+    raise error(f"{what} must be a GPUArray or a numpy array (got {type(ary).__name__})")
+
+
 def windowOutShape(spatial, size, stride, pad, dilation=None):
     """Output extent per axis of a sliding window (convolution, pooling) over padded maps."""
     dilation = (1,) * len(size) if dilation is None else dilation
@@ -166,11 +175,7 @@ class Module:
 
     @staticmethod
     def _asArray(ary, what):
-        if isinstance(ary, GPUArray):
-            return ary
-        if isinstance(ary, np.ndarray):
-            return gpuarray.wrap(ary)
-        raise ModuleError(f"{what} must be a GPUArray or a numpy array (got {type(ary).__name__})")
+        return asArray(ary, what, ModuleError)
 
     def updateData(self, data):
         raise NotImplementedError(f"{type(self).__name__} does not implement updateData")
