@@ -110,8 +110,13 @@ def test_zero_grad_params_and_update_params():
 def test_zero_grad_params_skips_variables_without_grad():
     mod = Scale(2)
     mod.setVar("frozen", Variable(gpuarray.zeros((2,)), withgrad=False))
+    mod.vars["a"].grad.fill(1.0)
     mod.zeroGradParams()
+    assert not mod.vars["a"].grad.get().any()
+    mod.vars["a"].grad.fill(0.5)
     mod.updateParams(1.0)
+    np.testing.assert_array_equal(mod.vars["frozen"].data.get(), np.zeros(2))
+    np.testing.assert_array_equal(mod.a.get(), np.full((1, 2), 2.5))
 
 
 def test_train_eval_reset():
