@@ -7,7 +7,9 @@ touches the output range whose input index is in bounds (``tapRange``).
 """
 
 import math
+import os
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -94,6 +96,35 @@ class _Workspace:
 
 
 workspace = _Workspace()
+
+
+# Threads for the compiled memory-bound kernels (Winograd transforms, direct loops); they release the
+# GIL, and each thread owns a disjoint range of output maps, so results do not depend on the count.
+THREADS = max(1, int(os.environ.get("PUZZLELIB_CONV_THREADS", min(2, os.cpu_count() or 1))))
+# Below this many multiply-adds a kernel runs in the calling thread: a hand-off costs tens of us.
+PARALLEL_WORK = 1 << 20
+
+_pool = None
+
+
+def threadCount(items, work):
+    return max(1, min(THREADS, items)) if work >= PARALLEL_WORK else 1
+
+
+def parallel(fn, items, work):
+    """fn(lo, hi) over [0, items) split into contiguous ranges, one per thread (the caller runs the first)."""
+    global _pool
+    count = threadCount(items, work)
+    if count == 1:
+        fn(0, items)
+        return
+    if _pool is None or _pool._max_workers < count - 1:
+        _pool = ThreadPoolExecutor(max_workers=count - 1, thread_name_prefix="puzzlelib-conv")
+    bounds = [items * i // count for i in range(count + 1)]
+    futures = [_pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, count)]
+    fn(bounds[0], bounds[1])
+    for future in futures:
+        future.result()
 
 
 def prod(values):

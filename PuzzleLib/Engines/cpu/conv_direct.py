@@ -11,7 +11,7 @@ Every accumulation runs in a fixed order: results are identical run to run.
 
 import numpy as np
 
-from PuzzleLib.Engines.cpu.conv_common import outputShape, prod, tapRange
+from PuzzleLib.Engines.cpu.conv_common import outputShape, parallel, prod, tapRange, threadCount
 
 try:
     from numba import njit
@@ -39,7 +39,7 @@ def _span(lo, hi, offset, stride):
     return np.uintp(lo), np.uintp(lo * stride + offset), np.uintp(hi - lo), np.uintp(stride)
 
 
-def _forward5(x, w, bias, y, st, pd, dl):
+def _forward5(x, w, bias, y, st, pd, dl, o0, o1):
     n_, c_, dd_, hh_, ww_ = x.shape
     o_, cg, kd_, kh_, kw_ = w.shape
     od_, oh_, ow_ = y.shape[2], y.shape[3], y.shape[4]
@@ -47,7 +47,7 @@ def _forward5(x, w, bias, y, st, pd, dl):
     lo, hi, off = _ranges(ww_, ow_, kw_, st[2], pd[2], dl[2])
     acc = np.empty(ow_, dtype=y.dtype)
     for b in range(n_):
-        for oc in range(o_):
+        for oc in range(o0, o1):
             g = oc // og
             for od in range(od_):
                 for oh in range(oh_):
@@ -110,7 +110,7 @@ def _laneSum(a, lanes):
     return total
 
 
-def _backwardParamsFlat5(x, dy, dw, pd, dl):
+def _backwardParamsFlat5(x, dy, dw, pd, dl, o0, o1):
     """Unit-stride weight gradient on flattened planes (see _forwardFlat5): per output map, the products
     of the gradient plane (laid out on the padded pitch, gaps zero) with each shifted input plane are
     accumulated elementwise, then summed in a fixed order."""
@@ -127,7 +127,7 @@ def _backwardParamsFlat5(x, dy, dw, pd, dl):
     acc = np.empty((cg, taps, length), dtype=dw.dtype)
     lanes = np.empty(16, dtype=dw.dtype)
     c0, c1 = max(0, -pd[2]), min(x.shape[4], pW - pd[2])
-    for oc in range(o_):
+    for oc in range(o0, o1):
         g = oc // og
         acc[:] = 0
         for b in range(n_):
@@ -154,7 +154,7 @@ def _backwardParamsFlat5(x, dy, dw, pd, dl):
                         t += 1
 
 
-def _forwardFlat5(x, w, bias, y, pd, dl):
+def _forwardFlat5(x, w, bias, y, pd, dl, o0, o1):
     """Unit-stride forward on flattened planes: each input plane is copied into a zero-bordered buffer,
     after which every kernel tap is one long multiply-add with a constant shift (output computed on the
     padded row pitch, then compacted). Long contiguous loops vectorise well even for small maps."""
@@ -170,7 +170,7 @@ def _forwardFlat5(x, w, bias, y, pd, dl):
     # Input columns [c0, c1) land at buffer columns [c0 + pd[2], c1 + pd[2]); rows likewise.
     c0, c1 = max(0, -pd[2]), min(ww_, pW - pd[2])
     for b in range(n_):
-        for oc in range(o_):
+        for oc in range(o0, o1):
             g = oc // og
             acc[:] = bias[oc]
             for c in range(cg):
@@ -221,7 +221,7 @@ def _backwardData5(dy, w, dx, st, pd, dl):
                                             row[base + j * step] += wv * grow[first + j]
 
 
-def _backwardParams5(x, dy, dw, st, pd, dl):
+def _backwardParams5(x, dy, dw, st, pd, dl, o0, o1):
     n_, c_, dd_, hh_, ww_ = x.shape
     o_, cg, kd_, kh_, kw_ = dw.shape
     od_, oh_, ow_ = dy.shape[2], dy.shape[3], dy.shape[4]
@@ -229,7 +229,7 @@ def _backwardParams5(x, dy, dw, st, pd, dl):
     lo, hi, off = _ranges(ww_, ow_, kw_, st[2], pd[2], dl[2])
     # Per output map, products are accumulated elementwise along the output row, summed at the end.
     acc = np.empty((cg, kd_, kh_, kw_, ow_), dtype=dw.dtype)
-    for oc in range(o_):
+    for oc in range(o0, o1):
         g = oc // og
         acc[:] = 0
         for b in range(n_):
@@ -335,7 +335,9 @@ def forward(x, w, bias, stride, pad, dilation, groups):
     st, pd, dl = params
     kernel = _forwardFlat5 if st == (1, 1, 1) else _forward5
     args = (pd, dl) if st == (1, 1, 1) else params
-    kernel(_contiguous(x).reshape(x5), _contiguous(w).reshape(w5), bias.reshape(-1), y.reshape(y5), *args)
+    xv, wv, bv, yv = _contiguous(x).reshape(x5), _contiguous(w).reshape(w5), bias.reshape(-1), y.reshape(y5)
+    # Output maps are split between threads (the kernels release the GIL); each map is one thread's.
+    parallel(lambda o0, o1: kernel(xv, wv, bv, yv, *args, o0, o1), w.shape[0], y.size * prod(w.shape[1:]))
     return y
 
 
@@ -362,10 +364,11 @@ def backwardParams(x, dy, wShape, stride, pad, dilation, groups):
     st, pd, dl = _params3(stride, pad, dilation)
     # The flat kernel keeps (C/groups * taps) accumulator planes; fall back to rows when that is large.
     accBytes = wShape[1] * prod(wShape[2:]) * prod(x5.shape[2:]) * x.itemsize
-    if st == (1, 1, 1) and accBytes <= (16 << 20):
-        _backwardParamsFlat5(x5, dy5, dw5, pd, dl)
+    work = dy.size * prod(wShape[1:])
+    if st == (1, 1, 1) and accBytes * threadCount(wShape[0], work) <= (32 << 20):
+        parallel(lambda o0, o1: _backwardParamsFlat5(x5, dy5, dw5, pd, dl, o0, o1), wShape[0], work)
     else:
-        _backwardParams5(x5, dy5, dw5, st, pd, dl)
+        parallel(lambda o0, o1: _backwardParams5(x5, dy5, dw5, st, pd, dl, o0, o1), wShape[0], work)
     return dw
 
 

@@ -18,10 +18,12 @@ Backward-data of a stride-1 convolution is the forward convolution of the gradie
 flipped, transposed kernel and padding 2 - pad (negative padding crops), so the same code serves it.
 """
 
+import functools
+
 import numpy as np
 
 from PuzzleLib.Engines.cpu import conv_common
-from PuzzleLib.Engines.cpu.conv_common import workspace
+from PuzzleLib.Engines.cpu.conv_common import parallel, workspace
 
 try:
     from numba import njit
@@ -62,20 +64,20 @@ def applies(kernel, stride, dilation):
     return len(kernel) == 2 and tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
 
 
-def _inputTransform(x, V, ph, pw, th, tw, q0, q1, cst):
+def _inputTransform(x, V, ph, pw, th, tw, q0, q1, cst, c0, c1):
     """V[a * 6 + b, c, (q - q0) * tw + tx] = (B^T d B)[a, b] for the tile (row q = n * th + ty, column tx).
 
     Per (channel, row of tiles): the 6 input rows are copied into a zero-bordered buffer, transformed
     down the rows (B^T, vectorised along the row), then along each tile's 6 columns (B).
     """
-    c_, h, w = x.shape[1], x.shape[2], x.shape[3]
+    h, w = x.shape[2], x.shape[3]
     wp = 4 * tw + 2
     rows = np.zeros((6, wp), dtype=x.dtype)
     t = np.empty((6, wp), dtype=x.dtype)
     kLo, kHi = max(0, pw), min(wp, w + pw)
     # Constants typed like the data, so float32 stays float32 (a literal would promote to float64).
     two, four, five = cst[0], cst[1], cst[2]
-    for c in range(c_):
+    for c in range(c0, c1):
         for q in range(q0, q1):
             b, ty = q // th, q % th
             for i in range(6):
@@ -108,13 +110,13 @@ def _inputTransform(x, V, ph, pw, th, tw, q0, q1, cst):
                     V[a * 6 + 5, c, base + tx] = four * e1 - five * e3 + e5
 
 
-def _outputTransform(M, y, bias, th, tw, q0, q1, cst):
+def _outputTransform(M, y, bias, th, tw, q0, q1, cst, o0, o1):
     """y[n, o, 4 ty + i, 4 tx + j] = (A^T m A)[i, j] + bias[o] for the tiles of rows [q0, q1)."""
-    o_, oh, ow = y.shape[1], y.shape[2], y.shape[3]
+    oh, ow = y.shape[2], y.shape[3]
     t = np.empty((4, 6, tw), dtype=y.dtype)
     yrow = np.empty(4 * tw, dtype=y.dtype)
     two, four, eight = cst[0], cst[1], cst[3]
-    for o in range(o_):
+    for o in range(o0, o1):
         bv = bias[o]
         for q in range(q0, q1):
             b, ty = q // th, q % th
@@ -193,9 +195,10 @@ def forward(x, w, bias, pad, groups, tileBytes=None):
         p = (q1 - q0) * tw
         v = workspace.get("wino-v", (36, c, p), x.dtype)
         m = workspace.get("wino-m", (36, o, p), x.dtype)
-        _inputTransform(xc, v, pad[0], pad[1], th, tw, q0, q1, cst)
+        # Channels (then output maps) are split between threads; the transforms release the GIL.
+        parallel(functools.partial(_inputTransform, xc, v, pad[0], pad[1], th, tw, q0, q1, cst), c, v.size)
         np.matmul(u, v.reshape(36, groups, c // groups, p), out=m.reshape(36, groups, o // groups, p))
-        _outputTransform(m, y, biasv, th, tw, q0, q1, cst)
+        parallel(functools.partial(_outputTransform, m, y, biasv, th, tw, q0, q1, cst), o, m.size)
     return y
 
 
