@@ -7,7 +7,7 @@ Algorithms (each direction: "forward", "backwardData", "backwardParams"):
 
 - ``gemm``: 1x1 kernel, unit stride, no padding: a (grouped, batched) GEMM on the input itself.
 - ``im2col``: any convolution: tiled column buffer (bounded, reused) + batched GEMM (conv_im2col).
-- ``winograd``: 2-D 3x3, unit stride and dilation, forward and backward-data: F(4x4, 3x3)
+- ``winograd``: 2-D 3x3, unit stride and dilation, all three directions: F(4x4, 3x3)
   (conv_winograd); its error is larger than the others' (bound stated there).
 - ``direct``: direct loops, meant for depthwise and small-group convolutions (conv_direct).
 
@@ -38,7 +38,7 @@ def algorithms(direction, xShape, wShape, stride, pad, dilation, groups):
     names = []
     if isPointwise(kernel, stride, pad):
         names.append("gemm")
-    if direction != "backwardParams" and conv_winograd.available and conv_winograd.applies(kernel, stride, dilation):
+    if conv_winograd.available and conv_winograd.applies(kernel, stride, dilation):
         names.append("winograd")
     names.append("im2col")
     names.append("direct")
@@ -70,11 +70,12 @@ def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
         return "direct"
     if cg * prod(kernel) <= 8 and o // groups <= 8:
         return "direct"
-    if direction != "backwardParams" and conv_winograd.available and conv_winograd.applies(kernel, stride, dilation):
+    if conv_winograd.available and conv_winograd.applies(kernel, stride, dilation):
         outSpatial = outputShape(xShape[2:], kernel, stride, pad, dilation)
         # Enough channels for the 36 GEMMs to run near peak, enough pixels for the tiles to pay off.
-        # Measured (benchmarks/engine_micro.py): wins on 64->64 56x56, loses on 4 groups of 32 and on 7x7 maps.
-        if cg >= 48 and o // groups >= 48 and min(outSpatial) >= 12:
+        # Measured (benchmarks/engine_micro.py): wins clearly on 64->64 56x56 in every direction, ties on
+        # 4 groups of 32 (wins on the weight gradient), loses on 7x7 maps (tiles wasted, large kernel transform).
+        if cg >= 32 and o // groups >= 32 and min(outSpatial) >= 12:
             return "winograd"
     return "im2col"
 
@@ -91,9 +92,10 @@ def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, group
     if algo == "direct":
         return 0
     if algo == "winograd":
-        channels = (c, o) if direction == "forward" else (o, c)
-        padded = pad if direction == "forward" else tuple(2 - p for p in pad)
-        spatial = xShape[2:] if direction == "forward" else outSpatial
+        asForward = direction != "backwardData"
+        channels = (c, o) if asForward else (o, c)
+        padded = pad if asForward else tuple(2 - p for p in pad)
+        spatial = xShape[2:] if asForward else outSpatial
         elements = conv_winograd.workspaceBytes((n, channels[0]) + tuple(spatial), channels[1], padded)
         return (elements + 36 * o * (c // groups)) * itemsize
     # im2col: one tile of columns (bounded), plus the transposed gradient tile for the weights.
@@ -145,6 +147,8 @@ def backwardParams(x, dy, wShape, withBias, stride, pad, dilation, groups, algo=
         dw = conv_im2col.im2colBackwardParams(x, dy, wShape, stride, pad, dilation, groups)
     elif algo == "direct":
         dw = conv_direct.backwardParams(x, dy, wShape, stride, pad, dilation, groups)
+    elif algo == "winograd" and _winogradApplies(wShape, stride, dilation):
+        dw = conv_winograd.backwardParams(x, dy, wShape, pad, groups)
     else:
         raise _badAlgo("backwardParams", algo, x.shape, wShape, stride, pad, dilation, groups)
     return dw, conv_im2col.biasGrad(dy) if withBias else None

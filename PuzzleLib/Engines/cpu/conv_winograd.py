@@ -144,9 +144,52 @@ def _outputTransform(M, y, bias, th, tw, q0, q1, cst, o0, o1):
                 y[b, o, row, :] = yrow[:ow]
 
 
+def _gradTransform(dy, Mg, th, tw, q0, q1, cst, o0, o1):
+    """Mg[a * 6 + b, o, (q - q0) * tw + tx] = (A g A^T)[a, b] for the 4x4 gradient tile g (zero past the map).
+
+    The adjoint of the output transform: the weight gradient in the transformed domain is the
+    elementwise product of this with the input transform, summed over tiles.
+    """
+    oh, ow = dy.shape[2], dy.shape[3]
+    wide = 4 * tw
+    rows = np.zeros((4, wide), dtype=dy.dtype)
+    r = np.empty((6, wide), dtype=dy.dtype)
+    two, four, eight = cst[0], cst[1], cst[3]
+    for o in range(o0, o1):
+        for q in range(q0, q1):
+            b, ty = q // th, q % th
+            for i in range(4):
+                row = ty * 4 + i
+                if row < oh:
+                    rows[i, :ow] = dy[b, o, row]
+                else:
+                    rows[i, :] = 0
+            for k in range(wide):
+                g0, g1, g2, g3 = rows[0, k], rows[1, k], rows[2, k], rows[3, k]
+                r[0, k] = g0
+                r[1, k] = g0 + g1 + g2 + g3
+                r[2, k] = g0 - g1 + g2 - g3
+                r[3, k] = g0 + two * g1 + four * g2 + eight * g3
+                r[4, k] = g0 - two * g1 + four * g2 - eight * g3
+                r[5, k] = g3
+            base = (q - q0) * tw
+            for a in range(6):
+                for tx in range(tw):
+                    k = 4 * tx
+                    e0, e1, e2, e3 = r[a, k], r[a, k + 1], r[a, k + 2], r[a, k + 3]
+                    p = base + tx
+                    Mg[a * 6, o, p] = e0
+                    Mg[a * 6 + 1, o, p] = e0 + e1 + e2 + e3
+                    Mg[a * 6 + 2, o, p] = e0 - e1 + e2 - e3
+                    Mg[a * 6 + 3, o, p] = e0 + two * e1 + four * e2 + eight * e3
+                    Mg[a * 6 + 4, o, p] = e0 - two * e1 + four * e2 - eight * e3
+                    Mg[a * 6 + 5, o, p] = e3
+
+
 if available:
     _inputTransform = njit(cache=True, nogil=True)(_inputTransform)
     _outputTransform = njit(cache=True, nogil=True)(_outputTransform)
+    _gradTransform = njit(cache=True, nogil=True)(_gradTransform)
 
 
 def kernelTransform(w, groups):
@@ -208,3 +251,34 @@ def backwardData(dy, w, xShape, pad, groups, tileBytes=None):
     dx = forward(dy, flippedKernel(w, groups), None, (2 - pad[0], 2 - pad[1]), groups, tileBytes)
     assert dx.shape == tuple(xShape)
     return dx
+
+
+def backwardParams(x, dy, wShape, pad, groups, tileBytes=None):
+    """Weight gradient (O, C // groups, 3, 3): dW = G^T [sum over tiles (A g A^T) * (B^T d B)] G.
+
+    36 GEMMs over the tiles, (O, tiles) @ (tiles, C), accumulated chunk by chunk in a fixed order.
+    """
+    n, c = x.shape[:2]
+    o = dy.shape[1]
+    og, cg = o // groups, c // groups
+    oh, ow = dy.shape[2], dy.shape[3]
+    th, tw = -(-oh // M_OUT), -(-ow // M_OUT)
+    xc, dyc = np.ascontiguousarray(x), np.ascontiguousarray(dy)
+    cst = np.array([2, 4, 5, 8], dtype=x.dtype)
+    du = np.zeros((36, groups, og, cg), dtype=x.dtype)
+    total = n * th
+    step = _chunkRows(total, tw, c, o, x.itemsize, tileBytes or 2 * conv_common.TILE_BYTES)
+    for q0 in range(0, total, step):
+        q1 = min(total, q0 + step)
+        p = (q1 - q0) * tw
+        v = workspace.get("wino-v", (36, c, p), x.dtype)
+        mg = workspace.get("wino-m", (36, o, p), x.dtype)
+        parallel(functools.partial(_inputTransform, xc, v, pad[0], pad[1], th, tw, q0, q1, cst), c, v.size)
+        parallel(functools.partial(_gradTransform, dyc, mg, th, tw, q0, q1, cst), o, mg.size)
+        du += np.matmul(mg.reshape(36, groups, og, p), v.reshape(36, groups, cg, p).transpose(0, 1, 3, 2))
+    g = _G.astype(x.dtype)
+    du = du.reshape(6, 6, o, cg)
+    # dW[o, c, i, j] = sum_ab G[a, i] dU[a, b, o, c] G[b, j]
+    t = np.tensordot(g, du, axes=([0], [0]))            # (3, 6, O, Cg)
+    dw = np.tensordot(t, g, axes=([1], [0]))            # (3, O, Cg, 3)
+    return np.ascontiguousarray(dw.transpose(1, 2, 0, 3)).reshape(wShape)
