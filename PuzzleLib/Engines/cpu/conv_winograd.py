@@ -1,21 +1,23 @@
-"""Winograd F(4x4, 3x3) for 2-D 3x3 stride-1 convolutions without dilation (forward and backward-data).
+"""Winograd F(4x4, 3x3) for 2-D 3x3 stride-1 convolutions without dilation, in all three directions.
 
 Each 4x4 block of outputs is computed from a 6x6 input tile: V = B^T d B (input transform),
 U = G g G^T (kernel transform), then for each of the 36 tile positions one GEMM
 M[k] = U[k] (O, C) @ V[k] (C, tiles), and Y = A^T M A (output transform). That is 36 multiplies per
 16 outputs and input channel instead of 144: the GEMM work drops 4x.
-
-The transforms are memory-bound loops over tiles, compiled with numba (cache on disk), vectorised
-along the row of tiles. Tiles are processed in chunks of tile rows (across batch items) so the
-V and M buffers stay under a bound; they are reused across calls.
-
-Accuracy: the transforms use the points 0, +-1, +-2 and coefficients up to 8 (1/24 in G), which
-amplify rounding: the error is larger than a direct convolution's. Relative to max|y| it stays
-below about 1e-5 in float32 (2e-14 in float64) for inputs and weights of comparable magnitude;
-tests assert 5e-5 (float32) and 1e-12 (float64) against a float64 direct reference.
-
 Backward-data of a stride-1 convolution is the forward convolution of the gradient with the
 flipped, transposed kernel and padding 2 - pad (negative padding crops), so the same code serves it.
+The weight gradient is the adjoint: dW = G^T [sum over tiles (A g A^T) * V] G, 36 GEMMs
+(O, tiles) @ (tiles, C).
+
+The transforms are memory-bound loops over tiles, compiled with numba (cache on disk), vectorised
+along rows of tiles. Tiles are processed in chunks of tile rows (across batch items) so the V and M
+buffers stay under a bound; they are reused across calls.
+
+Accuracy: the points 0, +-1, +-2 bring coefficients up to 8 (and 1/24 in G), which amplify rounding,
+so the error is about 10x a direct convolution's. Measured against a float64 direct reference
+(standard normal data, 16 to 256 input channels), max |error| / max |result| was at most 7e-6 in
+float32 and 1.2e-14 in float64 in every direction (im2col: 5e-7 and 1e-15). The tests assert the
+stated bound, 5e-5 (float32) and 1e-12 (float64).
 """
 
 import functools
