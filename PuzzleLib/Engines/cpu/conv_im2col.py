@@ -14,7 +14,15 @@ Backward-params folds the batch into the GEMM's inner dimension, tile by tile.
 
 import numpy as np
 
-from PuzzleLib.Engines.cpu.conv_common import outputShape, prod, rowTiles, tapRange, workspace
+from PuzzleLib.Engines.cpu import conv_common
+from PuzzleLib.Engines.cpu.conv_common import outputShape, parallel, prod, rowTiles, tapRange, workspace
+
+try:
+    from numba import njit
+except ImportError:  # pragma: no cover - numba is a dependency; the numpy gather is the fallback
+    njit = None
+
+useNumba = njit is not None
 
 
 # -- 1x1 convolutions ----------------------------------------------------------------------------
@@ -117,6 +125,8 @@ def _rowBytes(ck, outSpatial, itemsize):
 
 # -- forward -----------------------------------------------------------------------------------------
 def im2colForward(x, w, bias, stride, pad, dilation, groups, tileBytes=None):
+    if tileBytes is None and _fastApplies(x):
+        return _fastForward(x, w, bias, stride, pad, dilation, groups)
     n, c = x.shape[:2]
     o = w.shape[0]
     kernel = w.shape[2:]
@@ -188,6 +198,8 @@ def _col2imBackwardData(dy, w, xShape, stride, pad, dilation, groups, tileBytes)
 
 # -- backward params ---------------------------------------------------------------------------------
 def im2colBackwardParams(x, dy, wShape, stride, pad, dilation, groups, tileBytes=None):
+    if tileBytes is None and _fastApplies(x):
+        return _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups)
     n, c = x.shape[:2]
     o = dy.shape[1]
     kernel = tuple(wShape[2:])
@@ -211,3 +223,171 @@ def im2colBackwardParams(x, dy, wShape, stride, pad, dilation, groups, tileBytes
 
 def biasGrad(dy):
     return dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
+
+
+# -- compiled gather (numba): contiguous row copies into small, cache-sized tiles --------------------------
+# The numpy gather above makes one strided copy per kernel tap over the whole tile; with few channels
+# (3 -> 64, 7x7 taps) or many taps (3x3x3) those copies are small and slow, and the 8 MiB tile leaves the
+# GEMM reading from memory. The compiled gather copies one output row (the last spatial axis) at a time,
+# split between threads over (channel, tap) rows, into a tile small enough to stay in cache for the GEMM.
+# A stride > 1 along the last axis is turned into unit stride by de-interleaving the input once
+# (xs[..., phase, j] = x[..., j * s + phase]), so every row copy is contiguous and vectorises.
+FAST_TILE_BYTES = 2 << 20
+
+
+def _gatherRows5(xs, cols, phase, base, lo, hi, st, pd, dl, kshape, oshape, n0, r0, r1, k0, k1):
+    """cols[b, k, (r - r0) * OW + ow] for tap rows k in [k0, k1) and output rows r (= od * OH + oh) in [r0, r1).
+
+    xs is (N, C, D, H, S, Wq) (S = stride of the last axis, de-interleaved); along that axis tap kw reads
+    xs[..., phase[kw], base[kw] + ow] for ow in [lo[kw], hi[kw]) and is zero elsewhere. Indexing is on
+    flat views with precomputed offsets: the rows are short (tens of elements), per-row cost matters.
+    """
+    nb, ck, tileLen = cols.shape
+    dd_, hh_, ss_, wq_ = xs.shape[2], xs.shape[3], xs.shape[4], xs.shape[5]
+    kd_, kh_, kw_ = kshape[0], kshape[1], kshape[2]
+    oh_, ow_ = oshape[1], oshape[2]
+    taps = kd_ * kh_ * kw_
+    rowPitch = ss_ * wq_
+    planePitch = hh_ * rowPitch
+    chanPitch = dd_ * planePitch
+    itemPitch = xs.shape[1] * chanPitch
+    src = xs.reshape(-1)
+    dst = cols.reshape(-1)
+    zero = cols.dtype.type(0)
+    for k in range(k0, k1):
+        c = k // taps
+        t = k % taps
+        kd = t // (kh_ * kw_)
+        kh = (t // kw_) % kh_
+        kw = t % kw_
+        l0, l1 = lo[kw], hi[kw]
+        tapBase = c * chanPitch + phase[kw] * wq_ + base[kw]
+        for b in range(nb):
+            out = (b * ck + k) * tileLen
+            itemBase = (n0 + b) * itemPitch + tapBase
+            od = r0 // oh_
+            oh = r0 % oh_
+            for _ in range(r1 - r0):
+                idd = od * st[0] + kd * dl[0] - pd[0]
+                ih = oh * st[1] + kh * dl[1] - pd[1]
+                if idd < 0 or idd >= dd_ or ih < 0 or ih >= hh_ or l1 <= l0:
+                    for j in range(ow_):
+                        dst[out + j] = zero
+                else:
+                    for j in range(l0):
+                        dst[out + j] = zero
+                    first = np.uintp(out + l0)
+                    at = np.uintp(itemBase + idd * planePitch + ih * rowPitch + l0)
+                    for j in range(np.uintp(l1 - l0)):
+                        dst[first + j] = src[at + j]
+                    for j in range(l1, ow_):
+                        dst[out + j] = zero
+                out += ow_
+                oh += 1
+                if oh == oh_:
+                    oh = 0
+                    od += 1
+
+
+def _deinterleave5(x, xs, s, c0, c1):
+    """xs[n, c, d, h, p, j] = x[n, c, d, h, j * s + p] for channels [c0, c1) (entries past the row untouched)."""
+    w_ = x.shape[4]
+    for b in range(x.shape[0]):
+        for c in range(c0, c1):
+            for d in range(x.shape[2]):
+                for h in range(x.shape[3]):
+                    row = x[b, c, d, h]
+                    for p in range(s):
+                        dest = xs[b, c, d, h, p]
+                        count = (w_ - p + s - 1) // s
+                        for j in range(count):
+                            dest[j] = row[j * s + p]
+
+
+if useNumba:
+    _gatherRows5 = njit(cache=True, nogil=True)(_gatherRows5)
+    _deinterleave5 = njit(cache=True, nogil=True)(_deinterleave5)
+
+
+def _fastApplies(x):
+    return useNumba and 3 <= x.ndim <= 5
+
+
+def _fastPlan(x, kernel, stride, pad, dilation):
+    """5-D views and per-tap tables of the compiled gather (lower ranks get unit leading axes)."""
+    lead = 5 - x.ndim
+    x5 = _contiguous(x).reshape(x.shape[:2] + (1,) * lead + x.shape[2:])
+    k5 = (1,) * lead + tuple(kernel)
+    st, pd, dl = ((1,) * lead + tuple(stride), (0,) * lead + tuple(pad), (1,) * lead + tuple(dilation))
+    o5 = outputShape(x5.shape[2:], k5, st, pd, dl)
+    s = st[2]
+    if s == 1:
+        xs = x5.reshape(x5.shape[:4] + (1, x5.shape[4]))
+    else:
+        xs = workspace.get("im2col-phases", x5.shape[:4] + (s, -(-x5.shape[4] // s)), x.dtype)
+        parallel(lambda c0, c1: _deinterleave5(x5, xs, s, c0, c1), x5.shape[1], x5.size)
+    phase, base, lo, hi = (np.empty(k5[2], dtype=np.int64) for _ in range(4))
+    for kw in range(k5[2]):
+        l0, l1, _ = tapRange(x5.shape[4], o5[2], kw, s, pd[2], dl[2])
+        offset = kw * dl[2] - pd[2]
+        phase[kw], base[kw] = offset % s, offset // s
+        lo[kw], hi[kw] = l0, l1
+    return xs, (phase, base, lo, hi, np.array(st), np.array(pd), np.array(dl), np.array(k5), np.array(o5)), o5
+
+
+def _fastTiles(n, o5, ck, itemsize):
+    return rowTiles(n, o5[0] * o5[1], ck * o5[2] * itemsize, min(FAST_TILE_BYTES, conv_common.TILE_BYTES))
+
+
+def _fastGather(xs, tables, cols, n0, r0, r1):
+    ck = cols.shape[1]
+    work = cols.size
+    parallel(lambda k0, k1: _gatherRows5(xs, cols, *tables, n0, r0, r1, k0, k1), ck, max(work, 1 << 20))
+
+
+def _contiguous(a):
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def _fastForward(x, w, bias, stride, pad, dilation, groups):
+    n, c = x.shape[:2]
+    o = w.shape[0]
+    kernel = w.shape[2:]
+    outSpatial = outputShape(x.shape[2:], kernel, stride, pad, dilation)
+    y = np.empty((n, o) + outSpatial, dtype=x.dtype)
+    if min(outSpatial + (n,)) <= 0:
+        return y
+    ck = c * prod(kernel)
+    xs, tables, o5 = _fastPlan(x, kernel, stride, pad, dilation)
+    wg = _contiguous(w).reshape(groups, o // groups, ck // groups)
+    yg = y.reshape(n, groups, o // groups, -1)
+    rowLen = o5[2]
+    for n0, n1, r0, r1 in _fastTiles(n, o5, ck, x.itemsize):
+        cols = workspace.get("im2col-fast", (n1 - n0, ck, (r1 - r0) * rowLen), x.dtype)
+        _fastGather(xs, tables, cols, n0, r0, r1)
+        np.matmul(wg, cols.reshape(n1 - n0, groups, ck // groups, -1),
+                  out=yg[n0:n1, :, :, r0 * rowLen:r1 * rowLen])
+    _addBias(y, bias)
+    return y
+
+
+def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
+    n, c = x.shape[:2]
+    o = dy.shape[1]
+    kernel = tuple(wShape[2:])
+    ck = c * prod(kernel)
+    og, kg = o // groups, ck // groups
+    xs, tables, o5 = _fastPlan(x, kernel, stride, pad, dilation)
+    rowLen = o5[2]
+    dyg = _contiguous(dy).reshape(n, groups, og, -1)
+    dw = np.zeros((groups, og, kg), dtype=x.dtype)
+    for n0, n1, r0, r1 in _fastTiles(n, o5, ck, x.itemsize):
+        nb = n1 - n0
+        cols = workspace.get("im2col-fast", (nb, ck, (r1 - r0) * rowLen), x.dtype)
+        _fastGather(xs, tables, cols, n0, r0, r1)
+        part = workspace.get("im2col-fast-dw", (nb, groups, og, kg), x.dtype)
+        # (O/g, pixels) @ (pixels, K/g) per item and group; items summed in a fixed order.
+        np.matmul(dyg[n0:n1, :, :, r0 * rowLen:r1 * rowLen],
+                  cols.reshape(nb, groups, kg, -1).transpose(0, 1, 3, 2), out=part)
+        dw += part.sum(axis=0)
+    return dw.reshape(wShape)
