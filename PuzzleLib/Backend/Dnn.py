@@ -2,7 +2,8 @@
 
 ``stride``, ``pad`` and ``dilation`` are ints or tuples with one entry per spatial axis.
 ``algo`` names the engine algorithm for that direction (None: the engine's heuristic);
-``convNdAlgorithms`` lists those that apply and ``timeConvAlgorithms`` measures them.
+``convNdAlgorithms`` lists those that apply, ``timeConvAlgorithms`` measures them and
+``optimizeConvAlgorithm`` picks the one to keep for a shape.
 Parameter gradients are accumulated as ``scale * new + momentum * old``.
 """
 
@@ -50,7 +51,7 @@ def convNdAlgorithms(direction, shape, Wshape, stride=1, pad=0, dilation=1, grou
 
 
 def timeConvAlgorithms(direction, shape, Wshape, stride=1, pad=0, dilation=1, groups=1, dtype=None,
-                       memlimit=None, withBias=True, repeats=3):
+                       memlimit=None, withBias=True, repeats=5):
     """[(algo, seconds, workspace bytes)], fastest first, leaving out those needing more than memlimit bytes."""
     nd = len(Wshape) - 2
     conv = getEngine().conv
@@ -58,6 +59,18 @@ def timeConvAlgorithms(direction, shape, Wshape, stride=1, pad=0, dilation=1, gr
     return conv.timeAlgorithms(direction, tuple(shape), tuple(Wshape), _tuple(stride, nd), _tuple(pad, nd),
                                _tuple(dilation, nd), groups, memlimit=memlimit, repeats=repeats,
                                withBias=withBias, **kwargs)
+
+
+def optimizeConvAlgorithm(direction, shape, Wshape, stride=1, pad=0, dilation=1, groups=1, dtype=None,
+                          memlimit=None, withBias=True):
+    """The algorithm to keep for this shape in ``direction``: measured, within memlimit bytes, never one
+    measured slower than the engine's default choice; the smallest-workspace one when none fits."""
+    nd = len(Wshape) - 2
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    algo, _ = getEngine().conv.optimizeAlgorithm(direction, tuple(shape), tuple(Wshape), _tuple(stride, nd),
+                                                 _tuple(pad, nd), _tuple(dilation, nd), groups, memlimit=memlimit,
+                                                 withBias=withBias, **kwargs)
+    return algo
 
 
 def _store(dest, new, scale, momentum):

@@ -85,15 +85,16 @@ class ConvND(Module):
 
     def optimizeForShape(self, shape, memlimit=None):
         """Time the engine's algorithms for inputs of this shape; keep per direction the fastest whose
-        workspace fits ``memlimit`` bytes (None: any). The choice is used by every later call."""
+        workspace fits ``memlimit`` bytes (None: any), never one measured slower than the default choice
+        (with nothing fitting, the one with the smallest workspace). The choice is used by every later call;
+        the timing leaves no memory held."""
         shape = tuple(shape)
         self.checkDataShape(shape)
-        chosen = []
-        for direction in (Dnn.FORWARD, Dnn.BACKWARD_DATA, Dnn.BACKWARD_PARAMS):
-            results = Dnn.timeConvAlgorithms(direction, shape, self.wshape, **self._params(), dtype=self.calctype,
-                                             memlimit=memlimit, withBias=self.useBias)
-            chosen.append(results[0][0] if results else None)
-        self.fwdAlgo, self.bwdDataAlgo, self.bwdFilterAlgo = chosen
+        self.fwdAlgo, self.bwdDataAlgo, self.bwdFilterAlgo = (
+            Dnn.optimizeConvAlgorithm(direction, shape, self.wshape, **self._params(), dtype=self.calctype,
+                                      memlimit=memlimit, withBias=self.useBias)
+            for direction in (Dnn.FORWARD, Dnn.BACKWARD_DATA, Dnn.BACKWARD_PARAMS)
+        )
 
     # -- shapes ---------------------------------------------------------------------------------
     def dataShapeFrom(self, shape):

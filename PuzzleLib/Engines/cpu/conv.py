@@ -12,10 +12,12 @@ Algorithms (each direction: "forward", "backwardData", "backwardParams"):
 - ``direct``: direct loops, meant for depthwise and small-group convolutions (conv_direct).
 
 ``algo=None`` picks one with a fast heuristic (``chooseAlgorithm``); ``timeAlgorithms`` measures the
-candidates for one shape so a caller can keep the fastest within a memory budget. Every algorithm
+candidates for one shape and ``optimizeAlgorithm`` picks the one to keep within a memory budget (never
+one its own measurement found slower than the heuristic's). Scratch buffers live for one call only. Every algorithm
 is deterministic: the same inputs give bit-identical results on every call.
 """
 
+import statistics
 import time
 
 import numpy as np
@@ -27,7 +29,7 @@ DIRECTIONS = ("forward", "backwardData", "backwardParams")
 ALGORITHMS = ("gemm", "im2col", "winograd", "direct")
 
 __all__ = ["forward", "backwardData", "backwardParams", "outputShape", "algorithms", "chooseAlgorithm",
-           "workspaceBytes", "timeAlgorithms", "DIRECTIONS", "ALGORITHMS"]
+           "workspaceBytes", "timeAlgorithms", "optimizeAlgorithm", "DIRECTIONS", "ALGORITHMS"]
 
 
 # -- which algorithms apply ----------------------------------------------------------------------------
@@ -81,43 +83,60 @@ def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
 
 
 def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, groups, dtype=np.float32):
-    """Scratch memory (bytes) an algorithm needs beyond its inputs and its result."""
+    """Scratch memory (bytes) an algorithm needs beyond its inputs and its result (an estimate of the
+    largest buffers; every one is released when the call returns)."""
     itemsize = np.dtype(dtype).itemsize
+    xShape, wShape = tuple(xShape), tuple(wShape)
     n, c = xShape[:2]
-    o = wShape[0]
-    kernel = tuple(wShape[2:])
+    o, cg = wShape[:2]
+    kernel = wShape[2:]
     outSpatial = outputShape(xShape[2:], kernel, stride, pad, dilation)
+    weights = o * cg * prod(kernel) * itemsize
     if algo == "gemm":
-        return o * (c // groups) * itemsize * max(1, n) if direction == "backwardParams" else 0
+        return o * cg * itemsize * max(1, n) if direction == "backwardParams" else 0
     if algo == "direct":
         return 0
     if algo == "winograd":
-        asForward = direction != "backwardData"
-        channels = (c, o) if asForward else (o, c)
-        padded = pad if asForward else tuple(2 - p for p in pad)
-        spatial = xShape[2:] if asForward else outSpatial
-        elements = conv_winograd.workspaceBytes((n, channels[0]) + tuple(spatial), channels[1], padded)
-        return (elements + 36 * o * (c // groups)) * itemsize
-    # im2col: one tile of columns (bounded), plus the transposed gradient tile for the weights.
+        u = 36 * o * cg * itemsize
+        if direction == "backwardData":
+            dyShape = (n, o) + outSpatial
+            return conv_winograd.workspaceBytes(dyShape, c, tuple(2 - p for p in pad), itemsize) + u + weights
+        if direction == "forward":
+            return conv_winograd.workspaceBytes(xShape, o, pad, itemsize) + u
+        resultBytes = max(prod(xShape), n * o * prod(outSpatial)) * itemsize
+        return conv_winograd.workspaceBytes(xShape, o, pad, itemsize, resultBytes=resultBytes) + 2 * u
+    # im2col: one tile of columns, bounded per call (conv_common.tileBytesFor the call's result).
     ck = c * prod(kernel)
+    result = {"forward": n * o * prod(outSpatial), "backwardData": prod(xShape),
+              "backwardParams": o * cg * prod(kernel)}[direction] * itemsize
     total = n * prod(outSpatial) * ck * itemsize
-    limit = conv_common.TILE_BYTES
     perRow = ck * prod(outSpatial[1:]) * itemsize
-    return min(total, max(limit, perRow))
+    tile = min(total, max(conv_common.tileBytesFor(result), perRow))
+    if direction == "backwardData" and all(s == 1 for s in stride):
+        tile += weights  # the flipped kernel
+    if direction == "backwardParams":
+        tile += weights  # the per-tile product before it is summed
+    return tile
 
 
 # -- the three directions -----------------------------------------------------------------------------
+# Each direction bounds its tiles by its result's size and releases its scratch buffers on return.
 def forward(x, w, bias, stride, pad, dilation, groups, algo=None):
     if algo is None:
         algo = chooseAlgorithm("forward", x.shape, w.shape, stride, pad, dilation, groups)
-    if algo == "gemm" and isPointwise(w.shape[2:], stride, pad):
-        return conv_im2col.gemmForward(x, w, bias, groups)
-    if algo == "im2col":
-        return conv_im2col.im2colForward(x, w, bias, stride, pad, dilation, groups)
-    if algo == "winograd" and _winogradApplies(w.shape, stride, dilation):
-        return conv_winograd.forward(x, w, bias, pad, groups)
-    if algo == "direct":
+    if algo == "direct":  # no scratch buffers: straight through (small inputs are all overhead)
         return conv_direct.forward(x, w, bias, stride, pad, dilation, groups)
+    conv_common.beginCall(x.itemsize * x.shape[0] * w.shape[0] *
+                          prod(outputShape(x.shape[2:], w.shape[2:], stride, pad, dilation)))
+    try:
+        if algo == "gemm" and isPointwise(w.shape[2:], stride, pad):
+            return conv_im2col.gemmForward(x, w, bias, groups)
+        if algo == "im2col":
+            return conv_im2col.im2colForward(x, w, bias, stride, pad, dilation, groups)
+        if algo == "winograd" and _winogradApplies(w.shape, stride, dilation):
+            return conv_winograd.forward(x, w, bias, pad, groups)
+    finally:
+        conv_common.endCall()
     raise _badAlgo("forward", algo, x.shape, w.shape, stride, pad, dilation, groups)
 
 
@@ -125,14 +144,18 @@ def backwardData(dy, w, xShape, stride, pad, dilation, groups, algo=None):
     xShape = tuple(xShape)
     if algo is None:
         algo = chooseAlgorithm("backwardData", xShape, w.shape, stride, pad, dilation, groups)
-    if algo == "gemm" and isPointwise(w.shape[2:], stride, pad):
-        return conv_im2col.gemmBackwardData(dy, w, xShape, groups)
-    if algo == "im2col":
-        return conv_im2col.im2colBackwardData(dy, w, xShape, stride, pad, dilation, groups)
-    if algo == "winograd" and _winogradApplies(w.shape, stride, dilation):
-        return conv_winograd.backwardData(dy, w, xShape, pad, groups)
     if algo == "direct":
         return conv_direct.backwardData(dy, w, xShape, stride, pad, dilation, groups)
+    conv_common.beginCall(dy.itemsize * prod(xShape))
+    try:
+        if algo == "gemm" and isPointwise(w.shape[2:], stride, pad):
+            return conv_im2col.gemmBackwardData(dy, w, xShape, groups)
+        if algo == "im2col":
+            return conv_im2col.im2colBackwardData(dy, w, xShape, stride, pad, dilation, groups)
+        if algo == "winograd" and _winogradApplies(w.shape, stride, dilation):
+            return conv_winograd.backwardData(dy, w, xShape, pad, groups)
+    finally:
+        conv_common.endCall()
     raise _badAlgo("backwardData", algo, xShape, w.shape, stride, pad, dilation, groups)
 
 
@@ -141,16 +164,22 @@ def backwardParams(x, dy, wShape, withBias, stride, pad, dilation, groups, algo=
     wShape = tuple(wShape)
     if algo is None:
         algo = chooseAlgorithm("backwardParams", x.shape, wShape, stride, pad, dilation, groups)
-    if algo == "gemm" and isPointwise(wShape[2:], stride, pad):
-        dw = conv_im2col.gemmBackwardParams(x, dy, wShape, groups)
-    elif algo == "im2col":
-        dw = conv_im2col.im2colBackwardParams(x, dy, wShape, stride, pad, dilation, groups)
-    elif algo == "direct":
+    if algo == "direct":
         dw = conv_direct.backwardParams(x, dy, wShape, stride, pad, dilation, groups)
-    elif algo == "winograd" and _winogradApplies(wShape, stride, dilation):
-        dw = conv_winograd.backwardParams(x, dy, wShape, pad, groups)
-    else:
-        raise _badAlgo("backwardParams", algo, x.shape, wShape, stride, pad, dilation, groups)
+        return dw, conv_im2col.biasGrad(dy) if withBias else None
+    # The weight gradient is small; its tiles are bounded by the larger of the data it reads.
+    conv_common.beginCall(max(x.size, dy.size) * x.itemsize)
+    try:
+        if algo == "gemm" and isPointwise(wShape[2:], stride, pad):
+            dw = conv_im2col.gemmBackwardParams(x, dy, wShape, groups)
+        elif algo == "im2col":
+            dw = conv_im2col.im2colBackwardParams(x, dy, wShape, stride, pad, dilation, groups)
+        elif algo == "winograd" and _winogradApplies(wShape, stride, dilation):
+            dw = conv_winograd.backwardParams(x, dy, wShape, pad, groups)
+        else:
+            raise _badAlgo("backwardParams", algo, x.shape, wShape, stride, pad, dilation, groups)
+    finally:
+        conv_common.endCall()
     return dw, conv_im2col.biasGrad(dy) if withBias else None
 
 
@@ -171,42 +200,84 @@ def _badAlgo(direction, algo, xShape, wShape, stride, pad, dilation, groups):
 
 # -- measuring ----------------------------------------------------------------------------------------
 def timeAlgorithms(direction, xShape, wShape, stride, pad, dilation, groups, dtype=np.float32, memlimit=None,
-                   repeats=3, withBias=True):
+                   repeats=5, withBias=True, minSample=0.002):
     """Time every applicable algorithm on random data of this shape.
 
     Returns [(algo, seconds, workspace bytes)], fastest first; algorithms whose workspace exceeds
-    ``memlimit`` bytes are left out. Each is run once to warm up, then ``repeats`` times (median).
+    ``memlimit`` bytes are left out. Each candidate is called twice untimed first (numba compilation,
+    first-touch page faults), then the candidates are timed interleaved, ``repeats`` rounds in a rotating
+    order (so load from elsewhere hits them alike); a sample loops until it lasts ``minSample`` seconds;
+    the median sample counts. Nothing allocated here outlives the call.
     """
     _checkDirection(direction)
     xShape, wShape = tuple(xShape), tuple(wShape)
-    rng = np.random.default_rng(0)
-    outSpatial = outputShape(xShape[2:], wShape[2:], stride, pad, dilation)
-    x = rng.standard_normal(xShape).astype(dtype)
-    w = rng.standard_normal(wShape).astype(dtype)
-    dy = rng.standard_normal((xShape[0], wShape[0]) + outSpatial).astype(dtype)
-    bias = np.zeros(wShape[0], dtype=dtype) if withBias else None
-    calls = {
-        "forward": lambda a: forward(x, w, bias, stride, pad, dilation, groups, algo=a),
-        "backwardData": lambda a: backwardData(dy, w, xShape, stride, pad, dilation, groups, algo=a),
-        "backwardParams": lambda a: backwardParams(x, dy, wShape, withBias, stride, pad, dilation, groups, algo=a),
-    }
-    results = []
+    names = []
     for algo in algorithms(direction, xShape, wShape, stride, pad, dilation, groups):
         need = workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, groups, dtype)
-        if memlimit is not None and need > memlimit:
-            continue
-        call = calls[direction]
+        if memlimit is None or need <= memlimit:
+            names.append((algo, need))
+    if not names:
+        return []
+    call = _benchCall(direction, xShape, wShape, stride, pad, dilation, groups, dtype, withBias)
+    inner = {}
+    for algo, _ in names:
         call(algo)
-        times = []
-        for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        call(algo)
+        inner[algo] = max(1, min(1000, int(minSample / max(time.perf_counter() - start, 1e-7))))
+    samples = {algo: [] for algo, _ in names}
+    order = [algo for algo, _ in names]
+    for rep in range(max(1, repeats)):
+        shift = rep % len(order)
+        for algo in order[shift:] + order[:shift]:
             start = time.perf_counter()
-            call(algo)
-            times.append(time.perf_counter() - start)
-        results.append((algo, sorted(times)[len(times) // 2], need))
+            for _ in range(inner[algo]):
+                call(algo)
+            samples[algo].append((time.perf_counter() - start) / inner[algo])
+    results = [(algo, statistics.median(samples[algo]), need) for algo, need in names]
     results.sort(key=lambda r: r[1])
     return results
 
 
+def optimizeAlgorithm(direction, xShape, wShape, stride, pad, dilation, groups, dtype=np.float32, memlimit=None,
+                      repeats=5, withBias=True, margin=0.03):
+    """The algorithm to keep for this shape: (algo, timings as from timeAlgorithms).
+
+    The heuristic's pick is always among the candidates (when it fits ``memlimit``) and is kept unless
+    another measured at least ``margin`` faster, so noise cannot swap in a slower algorithm. When
+    nothing fits ``memlimit``, the algorithm with the smallest workspace is returned.
+    """
+    xShape, wShape = tuple(xShape), tuple(wShape)
+    results = timeAlgorithms(direction, xShape, wShape, stride, pad, dilation, groups, dtype=dtype,
+                             memlimit=memlimit, repeats=repeats, withBias=withBias)
+    if not results:
+        names = algorithms(direction, xShape, wShape, stride, pad, dilation, groups)
+        smallest = min(names, key=lambda a: workspaceBytes(direction, a, xShape, wShape, stride, pad, dilation,
+                                                           groups, dtype))
+        return smallest, results
+    default = chooseAlgorithm(direction, xShape, wShape, stride, pad, dilation, groups)
+    best, bestTime, _ = results[0]
+    byName = {r[0]: r[1] for r in results}
+    if default in byName and best != default and bestTime > byName[default] * (1 - margin):
+        best = default
+    return best, results
+
+
+def _benchCall(direction, xShape, wShape, stride, pad, dilation, groups, dtype, withBias):
+    rng = np.random.default_rng(0)
+    outSpatial = outputShape(xShape[2:], wShape[2:], stride, pad, dilation)
+    w = rng.standard_normal(wShape).astype(dtype)
+    if direction == "forward":
+        x = rng.standard_normal(xShape).astype(dtype)
+        bias = np.zeros(wShape[0], dtype=dtype) if withBias else None
+        return lambda a: forward(x, w, bias, stride, pad, dilation, groups, algo=a)
+    dy = rng.standard_normal((xShape[0], wShape[0]) + outSpatial).astype(dtype)
+    if direction == "backwardData":
+        return lambda a: backwardData(dy, w, xShape, stride, pad, dilation, groups, algo=a)
+    x = rng.standard_normal(xShape).astype(dtype)
+    return lambda a: backwardParams(x, dy, wShape, withBias, stride, pad, dilation, groups, algo=a)
+
+
 def clearWorkspace():
-    """Drop the cached scratch buffers (they are re-created on demand)."""
+    """Drop the scratch buffers (each call already releases its own; kept for callers that want to be sure)."""
     workspace.clear()

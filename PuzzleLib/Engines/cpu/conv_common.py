@@ -8,18 +8,45 @@ touches the output range whose input index is in bounds (``tapRange``).
 
 import math
 import os
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-# Upper bound of one column tile (im2col buffer, Winograd transform buffers): large enough for the
-# GEMM to run near peak, small enough that the buffer does not grow with the batch or the image.
-TILE_BYTES = 8 << 20
+# Upper bound of one column tile (im2col buffer): large enough for the GEMM to run near peak, small
+# enough that the buffer does not grow with the batch or the image. A call may use less (``tileBytes``).
+TILE_BYTES = 4 << 20
+# Lower bound of the per-call tile: below it the GEMMs get too thin to run near peak.
+MIN_TILE_BYTES = 1 << 20
+# Winograd's transform buffers (V and M together) per chunk of tiles: small enough to stay in L2/L3
+# between the transform and the GEMM, which measured as fast as 16 MiB chunks (benchmarks/engine_micro.py).
+WINOGRAD_BYTES = 1 << 20
 
-# The workspace cache keeps at most this many buffers / bytes (least recently used go first).
-_CACHE_ENTRIES = 8
-_CACHE_BYTES = 128 << 20
+
+def tileBytesFor(resultBytes):
+    """The column-tile bound of one call: about half the call's result, within [MIN_TILE_BYTES, TILE_BYTES].
+
+    Scratch memory then stays proportional to what the call returns anyway (as torch/oneDNN's does).
+    """
+    return min(TILE_BYTES, max(min(MIN_TILE_BYTES, TILE_BYTES), resultBytes // 2))
+
+
+class _Call:
+    """The tile bound of the engine call in progress (None outside one: TILE_BYTES applies)."""
+    tileBytes = None
+
+
+_call = _Call()
+
+
+def beginCall(resultBytes):
+    """Start an engine call: its tiles are bounded by ``tileBytesFor(resultBytes)``. Pair with ``endCall``."""
+    _call.tileBytes = tileBytesFor(resultBytes)
+
+
+def endCall():
+    """End an engine call: drop its scratch buffers, so nothing is held between calls."""
+    _call.tileBytes = None
+    workspace.release()
 
 
 def outputShape(spatial, kernel, stride, pad, dilation):
@@ -47,7 +74,7 @@ def rowTiles(n, rows, bytesPerRow, limit=None):
 
     Whole batch items are grouped while one item fits; otherwise each item is cut along its rows.
     """
-    limit = TILE_BYTES if limit is None else limit
+    limit = (_call.tileBytes or TILE_BYTES) if limit is None else limit
     perItem = bytesPerRow * rows
     if perItem <= limit:
         step = max(1, min(n, limit // max(perItem, 1)))
@@ -57,42 +84,40 @@ def rowTiles(n, rows, bytesPerRow, limit=None):
 
 
 class _Workspace:
-    """Per-shape scratch buffers, reused across calls so large buffers are not page-faulted every time.
+    """Scratch buffers of one engine call: one flat buffer per tag, grown to the largest request.
 
-    Buffers are keyed by (tag, shape, dtype); callers must not return them to the user.
-    Not thread-safe (the engine is single-threaded; BLAS threads inside a GEMM do not touch it).
+    Requests of any shape under a tag are views of that tag's buffer (a shorter last tile reuses it).
+    ``release`` drops every buffer: the engine calls it when a convolution returns, so no scratch
+    memory is held between calls (glibc hands a freed block of this size straight back to the next
+    call's malloc, so this costs no page faults in a steady loop). Callers must not return these
+    views to the user. Not thread-safe (the engine is driven by one thread; BLAS and the compiled
+    kernels' threads only touch views they are handed).
     """
 
     def __init__(self):
-        self._buffers = OrderedDict()
-        self._bytes = 0
+        self._buffers = {}
 
     def get(self, tag, shape, dtype, zero=False):
-        key = (tag, tuple(shape), np.dtype(dtype))
-        buf = self._buffers.get(key)
-        if buf is None:
-            buf = np.zeros(shape, dtype=dtype)
-            self._buffers[key] = buf
-            self._bytes += buf.nbytes
-            self._evict()
-        else:
-            self._buffers.move_to_end(key)
-            if zero:
-                buf.fill(0)
-        return buf
+        dtype = np.dtype(dtype)
+        count = math.prod(shape)
+        buf = self._buffers.get(tag)
+        if buf is None or buf.dtype != dtype or buf.size < count:
+            # np.empty, not zeros: every user overwrites its view (calloc would memset recycled memory).
+            buf = self._buffers[tag] = np.empty(max(count, 1), dtype=dtype)
+        view = buf[:count].reshape(shape)
+        if zero:
+            view.fill(0)
+        return view
 
-    def _evict(self):
-        while len(self._buffers) > 1 and (len(self._buffers) > _CACHE_ENTRIES or self._bytes > _CACHE_BYTES):
-            _, old = self._buffers.popitem(last=False)
-            self._bytes -= old.nbytes
+    def release(self):
+        self._buffers.clear()
 
     def clear(self):
         self._buffers.clear()
-        self._bytes = 0
 
     @property
     def nbytes(self):
-        return self._bytes
+        return sum(buf.nbytes for buf in self._buffers.values())
 
 
 workspace = _Workspace()

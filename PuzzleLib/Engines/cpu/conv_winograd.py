@@ -11,7 +11,8 @@ The weight gradient is the adjoint: dW = G^T [sum over tiles (A g A^T) * V] G, 3
 
 The transforms are memory-bound loops over tiles, compiled with numba (cache on disk), vectorised
 along rows of tiles. Tiles are processed in chunks of tile rows (across batch items) so the V and M
-buffers stay under a bound; they are reused across calls.
+buffers stay under a bound (``chunkBytes``: at most 1 MiB, a quarter of the call's result); they are
+reused across the chunks of one call and released when it returns.
 
 Accuracy: the points 0, +-1, +-2 bring coefficients up to 8 (and 1/24 in G), which amplify rounding,
 so the error is about 10x a direct convolution's. Measured against a float64 direct reference
@@ -208,11 +209,21 @@ def _chunkRows(rows, tw, c, o, itemsize, limit):
     return max(1, min(rows, limit // max(perRow, 1)))
 
 
-def workspaceBytes(xShape, o, pad, tileBytes=None):
+def chunkBytes(resultBytes):
+    """Bound of the V and M buffers of one call: small chunks stay in cache between the transforms and
+    the GEMMs (measured no slower than 16 MiB ones), and scratch stays well under the call's result."""
+    return min(conv_common.WINOGRAD_BYTES, max(1, resultBytes // 4))
+
+
+def workspaceBytes(xShape, o, pad, itemsize=4, resultBytes=None, tileBytes=None):
+    """Bytes of the V and M buffers of forward (and backward-data, with its own shapes) on this input."""
     n, c, h, w = xShape
     th, tw = _tiles(h, w, pad)
-    rows = _chunkRows(n * th, tw, c, o, np.dtype(np.float32).itemsize, tileBytes or 2 * conv_common.TILE_BYTES)
-    return 36 * (c + o) * tw * rows
+    if tileBytes is None:
+        tileBytes = chunkBytes(n * o * (h + 2 * pad[0] - 2) * (w + 2 * pad[1] - 2) * itemsize
+                               if resultBytes is None else resultBytes)
+    rows = _chunkRows(n * th, tw, c, o, itemsize, tileBytes)
+    return 36 * (c + o) * tw * rows * itemsize
 
 
 def _tiles(h, w, pad):
@@ -234,7 +245,7 @@ def forward(x, w, bias, pad, groups, tileBytes=None):
     xc = np.ascontiguousarray(x)
     cst = np.array([2, 4, 5, 8], dtype=x.dtype)
     total = n * th
-    step = _chunkRows(total, tw, c, o, x.itemsize, tileBytes or 2 * conv_common.TILE_BYTES)
+    step = _chunkRows(total, tw, c, o, x.itemsize, tileBytes or chunkBytes(y.nbytes))
     for q0 in range(0, total, step):
         q1 = min(total, q0 + step)
         p = (q1 - q0) * tw
@@ -269,7 +280,7 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None):
     cst = np.array([2, 4, 5, 8], dtype=x.dtype)
     du = np.zeros((36, groups, og, cg), dtype=x.dtype)
     total = n * th
-    step = _chunkRows(total, tw, c, o, x.itemsize, tileBytes or 2 * conv_common.TILE_BYTES)
+    step = _chunkRows(total, tw, c, o, x.itemsize, tileBytes or chunkBytes(max(x.nbytes, dy.nbytes)))
     for q0 in range(0, total, step):
         q1 = min(total, q0 + step)
         p = (q1 - q0) * tw
@@ -277,7 +288,9 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None):
         mg = workspace.get("wino-m", (36, o, p), x.dtype)
         parallel(functools.partial(_inputTransform, xc, v, pad[0], pad[1], th, tw, q0, q1, cst), c, v.size)
         parallel(functools.partial(_gradTransform, dyc, mg, th, tw, q0, q1, cst), o, mg.size)
-        du += np.matmul(mg.reshape(36, groups, og, p), v.reshape(36, groups, cg, p).transpose(0, 1, 3, 2))
+        part = workspace.get("wino-du", du.shape, x.dtype)
+        np.matmul(mg.reshape(36, groups, og, p), v.reshape(36, groups, cg, p).transpose(0, 1, 3, 2), out=part)
+        du += part
     g = _G.astype(x.dtype)
     du = du.reshape(6, 6, o, cg)
     # dW[o, c, i, j] = sum_ab G[a, i] dU[a, b, o, c] G[b, j]

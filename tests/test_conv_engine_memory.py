@@ -1,0 +1,166 @@
+"""The convolution engine's scratch memory and its algorithm optimiser.
+
+Scratch buffers live for one call: nothing is held between calls, and a call's buffers stay within the
+stated bounds. optimizeForShape keeps a valid choice, gives the default's results, respects memlimit and
+leaves no memory held.
+"""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from PuzzleLib.Backend import gpuarray
+from PuzzleLib.Engines.cpu import conv, conv_common, conv_winograd
+from PuzzleLib.Modules.Conv2D import Conv2D
+
+_NUMPY_DOMAIN = 389047  # numpy reports its data buffers to tracemalloc under this domain
+
+
+def _numpyBytes():
+    snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.DomainFilter(True, _NUMPY_DOMAIN)])
+    return sum(stat.size for stat in snap.statistics("filename"))
+
+
+def _refForward(x, w, pad):
+    """Float64 3x3 (or any kernel) stride-1 cross-correlation, one tap at a time."""
+    x, w = x.astype(np.float64), w.astype(np.float64)
+    kh, kw = w.shape[2:]
+    xp = np.pad(x, [(0, 0), (0, 0), (pad, pad), (pad, pad)])
+    oh, ow = xp.shape[2] - kh + 1, xp.shape[3] - kw + 1
+    y = np.zeros((x.shape[0], w.shape[0], oh, ow))
+    for i in range(kh):
+        for j in range(kw):
+            y += np.einsum("nchw,oc->nohw", xp[:, :, i:i + oh, j:j + ow], w[:, :, i, j])
+    return y
+
+
+SHAPES = [  # (x shape, w shape, pad, algo)
+    ((4, 16, 30, 30), (16, 16, 3, 3), 1, "winograd"),
+    ((3, 8, 21, 17), (12, 8, 3, 3), 1, "im2col"),
+    ((2, 32, 9, 9), (32, 32, 1, 1), 0, "gemm"),
+]
+
+
+@pytest.mark.parametrize("xShape,wShape,pad,algo", SHAPES)
+def test_noWorkspaceHeldBetweenCalls(xShape, wShape, pad, algo):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(xShape).astype(np.float32)
+    w = rng.standard_normal(wShape).astype(np.float32)
+    b = rng.standard_normal(wShape[0]).astype(np.float32)
+    params = ((1, 1), (pad, pad), (1, 1), 1)
+    y = conv.forward(x, w, b, *params, algo=algo)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    tracemalloc.start()
+    try:
+        before = _numpyBytes()
+        outs = [conv.forward(x, w, b, *params, algo=algo), conv.backwardData(dy, w, x.shape, *params, algo=algo),
+                *conv.backwardParams(x, dy, w.shape, True, *params, algo=algo)]
+        kept = _numpyBytes() - before - sum(o.nbytes for o in outs)
+    finally:
+        tracemalloc.stop()
+    assert conv_common.workspace.nbytes == 0
+    assert kept <= 4096, f"{kept} bytes held after the calls"
+    tol = 5e-5 if algo == "winograd" else 1e-5
+    ref = _refForward(x, w, pad) + b.reshape(1, -1, 1, 1)
+    np.testing.assert_allclose(outs[0], ref, atol=tol * np.abs(ref).max())
+
+
+def test_winogradScratchWithinBound():
+    """The transform buffers of one call stay under chunkBytes (1 MiB, a quarter of the result) plus a row."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((8, 32, 40, 40)).astype(np.float32)
+    w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
+    conv.forward(x, w, None, (1, 1), (1, 1), (1, 1), 1, algo="winograd")
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        y = conv.forward(x, w, None, (1, 1), (1, 1), (1, 1), 1, algo="winograd")
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    rowBytes = 36 * 64 * 10 * 4  # one row of 10 tiles, V and M
+    bound = conv_winograd.chunkBytes(y.nbytes) + rowBytes + 36 * 32 * 32 * 4 + (64 << 10)
+    assert peak - y.nbytes <= bound
+    assert conv.workspaceBytes("forward", "winograd", x.shape, w.shape, (1, 1), (1, 1), (1, 1), 1) <= bound
+    np.testing.assert_allclose(y, _refForward(x, w, 1), atol=5e-5 * np.abs(y).max())
+
+
+def test_im2colTileFollowsResult():
+    """im2col's per-call tile is about half its result, within [MIN_TILE_BYTES, TILE_BYTES]."""
+    assert conv_common.tileBytesFor(0) == conv_common.MIN_TILE_BYTES
+    assert conv_common.tileBytesFor(1 << 40) == conv_common.TILE_BYTES
+    assert conv_common.tileBytesFor(5 << 20) == 5 << 19
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 24, 40, 40)).astype(np.float32)
+    w = rng.standard_normal((8, 24, 3, 3)).astype(np.float32)
+    conv.forward(x, w, None, (1, 1), (1, 1), (2, 2), 1, algo="im2col")
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        y = conv.forward(x, w, None, (1, 1), (1, 1), (2, 2), 1, algo="im2col")
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    columns = 4 * 24 * 9 * y.shape[2] * y.shape[3] * 4  # the whole column matrix: 5.9 MiB
+    # A tile of about MIN_TILE_BYTES, plus whatever the gather path copies of the (small) input.
+    assert peak - y.nbytes <= conv_common.MIN_TILE_BYTES + x.nbytes + (64 << 10) < columns
+
+
+# -- optimizeForShape ----------------------------------------------------------------------------------------
+def _module(seed=1):
+    np.random.seed(seed)
+    return Conv2D(16, 16, 3, pad=1)
+
+
+def test_optimizeKeepsValidChoiceAndDefaultResults():
+    module = _module()
+    x = gpuarray.to_gpu(np.random.standard_normal((2, 16, 14, 14)).astype(np.float32))
+    dy = gpuarray.to_gpu(np.random.standard_normal((2, 16, 14, 14)).astype(np.float32))
+    default = module(x).get()
+    module.backward(dy)
+    defaultGrads = module.grad.get(), module.vars["W"].grad.get().copy()
+    tracemalloc.start()
+    try:
+        before = _numpyBytes()
+        module.optimizeForShape(x.shape)
+        held = _numpyBytes() - before
+    finally:
+        tracemalloc.stop()
+    assert held <= 4096 and conv_common.workspace.nbytes == 0
+    for direction, algo in zip(conv.DIRECTIONS, (module.fwdAlgo, module.bwdDataAlgo, module.bwdFilterAlgo)):
+        assert algo in conv.algorithms(direction, x.shape, module.wshape, (1, 1), (1, 1), (1, 1), 1)
+    y = module(x).get()
+    module.zeroGradParams()
+    module.backward(dy)
+    # Winograd differs from the others within its stated bound (5e-5 of the largest value), nothing more.
+    for got, want in [(y, default), (module.grad.get(), defaultGrads[0]), (module.vars["W"].grad.get(),
+                                                                          defaultGrads[1])]:
+        np.testing.assert_allclose(got, want, atol=5e-5 * np.abs(want).max())
+    again = module(x).get()
+    assert np.array_equal(again, y)
+
+
+def test_optimizeNeverSlowerThanDefaultByItsOwnMeasure():
+    shape, wShape, params = (2, 16, 14, 14), (16, 16, 3, 3), ((1, 1), (1, 1), (1, 1), 1)
+    for direction in conv.DIRECTIONS:
+        algo, results = conv.optimizeAlgorithm(direction, shape, wShape, *params, repeats=3)
+        times = {r[0]: r[1] for r in results}
+        default = conv.chooseAlgorithm(direction, shape, wShape, *params)
+        assert algo in times and times[algo] <= times[default]
+
+
+def test_optimizeMemlimitForcesSmallestWorkspace():
+    module = _module()
+    module.optimizeForShape((2, 16, 14, 14), memlimit=1)
+    assert (module.fwdAlgo, module.bwdDataAlgo, module.bwdFilterAlgo) == ("direct",) * 3
+    # A limit nothing fits still gives a valid (smallest-workspace) choice, never None.
+    algo, results = conv.optimizeAlgorithm("forward", (2, 16, 14, 14), (16, 16, 3, 3), (1, 1), (1, 1), (1, 1), 1,
+                                           memlimit=-1)
+    assert results == [] and algo == "direct"
+    x = gpuarray.to_gpu(np.random.standard_normal((2, 16, 14, 14)).astype(np.float32))
+    y = module(x).get()
+    ref = _refForward(x.get(), module.W.get(), 1)
+    np.testing.assert_allclose(y, ref, atol=1e-5 * np.abs(ref).max())
