@@ -249,3 +249,62 @@ def test_optimizeForShapeKeepsChoiceAndResult():
     assert (module.fwdAlgo, module.bwdDataAlgo, module.bwdFilterAlgo) == ("direct",) * 3
     module.backward(gpuarray.to_gpu(np.ones(module.data.shape, dtype=np.float32)))
     np.testing.assert_allclose(module.vars["b"].grad.get().ravel(), np.full(16, 200.0))
+
+
+# -- compiled im2col gather and 3-D Winograd (depth slices stacked as channels) ------------------------------
+STRIDED_LAST = [
+    (2, 3, (17,), 4, (5,), (3,), (2,), (2,), 1),                   # 1-D, stride 3 de-interleaved, dilation
+    (2, 3, (23, 22), 5, (7, 7), (2, 2), (3, 3), (1, 1), 1),        # the 7x7 stride-2 stem on an odd map
+    (1, 6, (9, 10), 4, (3, 2), (1, 4), (0, 5), (2, 1), 2),         # stride beyond the kernel, pad beyond it
+    (2, 4, (5, 6, 7), 6, (2, 3, 3), (2, 1, 2), (1, 1, 2), (1, 2, 1), 2),
+]
+WINOGRAD3D = [
+    (2, 4, (5, 6, 7), 6, (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 2),
+    (1, 3, (4, 5, 5), 2, (2, 3, 3), (1, 1, 1), (0, 2, 0), (1, 1, 1), 1),
+    (2, 3, (3, 4, 4), 3, (3, 3, 3), (1, 1, 1), (2, 1, 1), (1, 1, 1), 1),   # depth pad beyond the kernel
+    (1, 8, (6, 9, 5), 8, (1, 3, 3), (1, 1, 1), (0, 1, 0), (1, 1, 1), 1),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", STRIDED_LAST)
+def test_im2colCompiledGather(case, dtype):
+    from PuzzleLib.Engines.cpu import conv_im2col
+    assert conv_im2col.useNumba
+    _check("im2col", case, dtype, TOL32 if dtype == np.float32 else TOL64)
+
+
+@pytest.mark.parametrize("case", [STRIDED_LAST[1], STRIDED_LAST[3], GENERAL[3]])
+def test_im2colNumpyFallback(case, monkeypatch):
+    from PuzzleLib.Engines.cpu import conv_im2col
+    monkeypatch.setattr(conv_im2col, "useNumba", False)
+    _check("im2col", case, np.float64, TOL64)
+
+
+@pytest.mark.skipif(not conv_winograd.available, reason="numba is not installed")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", WINOGRAD3D)
+def test_winograd3d(case, dtype):
+    # Same stated bound as the 2-D Winograd (its sums are over kD * C/groups stacked channels).
+    assert "winograd" in conv.algorithms("forward", (1, case[1]) + case[2], (case[3], case[1] // case[8]) + case[4],
+                                         *case[5:])
+    _check("winograd", case, dtype, 5e-5 if dtype == np.float32 else 1e-12, scaled=True)
+
+
+@pytest.mark.parametrize("algo,case", [("im2col", STRIDED_LAST[1]), ("im2col", STRIDED_LAST[3]),
+                                       ("winograd", WINOGRAD3D[0])])
+def test_deterministicCompiled(algo, case):
+    x, w, b, dy, (stride, pad, dilation, groups) = _data(case, np.float32)
+    first = conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation, groups, algo=algo)[0]
+    firstY = conv.forward(x, w, b, stride, pad, dilation, groups, algo=algo)
+    for _ in range(2):
+        assert np.array_equal(conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation, groups, algo=algo)[0],
+                              first)
+        assert np.array_equal(conv.forward(x, w, b, stride, pad, dilation, groups, algo=algo), firstY)
+
+
+def test_heuristicPicksWinograd3d():
+    args = ((1, 1, 1), (1, 1, 1), (1, 1, 1), 1)
+    assert conv.chooseAlgorithm("forward", (2, 32, 16, 32, 32), (32, 32, 3, 3, 3), *args) == "winograd"
+    assert conv.chooseAlgorithm("forward", (2, 32, 16, 32, 32), (32, 32, 3, 3, 3), (1, 1, 1), (1, 1, 1), (2, 1, 1),
+                                1) == "im2col"

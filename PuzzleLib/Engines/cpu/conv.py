@@ -8,7 +8,8 @@ Algorithms (each direction: "forward", "backwardData", "backwardParams"):
 - ``gemm``: 1x1 kernel, unit stride, no padding: a (grouped, batched) GEMM on the input itself.
 - ``im2col``: any convolution: tiled column buffer (bounded, reused) + batched GEMM (conv_im2col).
 - ``winograd``: 2-D 3x3, unit stride and dilation, all three directions: F(4x4, 3x3)
-  (conv_winograd); its error is larger than the others' (bound stated there).
+  (conv_winograd); its error is larger than the others' (bound stated there). 3-D (kD, 3, 3) kernels
+  with unit stride and dilation run through it with the depth slices stacked as channels (conv_winograd3d).
 - ``direct``: direct loops, meant for depthwise and small-group convolutions (conv_direct).
 
 ``algo=None`` picks one with a fast heuristic (``chooseAlgorithm``); ``timeAlgorithms`` measures the
@@ -22,7 +23,7 @@ import time
 
 import numpy as np
 
-from PuzzleLib.Engines.cpu import conv_common, conv_direct, conv_im2col, conv_winograd
+from PuzzleLib.Engines.cpu import conv_common, conv_direct, conv_im2col, conv_winograd, conv_winograd3d
 from PuzzleLib.Engines.cpu.conv_common import isPointwise, outputShape, prod, workspace
 
 DIRECTIONS = ("forward", "backwardData", "backwardParams")
@@ -40,7 +41,7 @@ def algorithms(direction, xShape, wShape, stride, pad, dilation, groups):
     names = []
     if isPointwise(kernel, stride, pad):
         names.append("gemm")
-    if conv_winograd.available and conv_winograd.applies(kernel, stride, dilation):
+    if _winogradApplies(wShape, stride, dilation):
         names.append("winograd")
     names.append("im2col")
     names.append("direct")
@@ -72,7 +73,7 @@ def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
         return "direct"
     if cg * prod(kernel) <= 8 and o // groups <= 8:
         return "direct"
-    if conv_winograd.available and conv_winograd.applies(kernel, stride, dilation):
+    if _winogradApplies(wShape, stride, dilation):
         outSpatial = outputShape(xShape[2:], kernel, stride, pad, dilation)
         # Enough channels for the 36 GEMMs to run near peak, enough pixels for the tiles to pay off.
         # Measured (benchmarks/engine_micro.py): wins clearly on 64->64 56x56 in every direction, ties on
@@ -96,6 +97,8 @@ def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, group
         return o * cg * itemsize * max(1, n) if direction == "backwardParams" else 0
     if algo == "direct":
         return 0
+    if algo == "winograd" and len(kernel) == 3:
+        return conv_winograd3d.workspaceBytes(xShape, wShape, pad, groups, itemsize) + weights
     if algo == "winograd":
         u = 36 * o * cg * itemsize
         if direction == "backwardData":
@@ -134,7 +137,7 @@ def forward(x, w, bias, stride, pad, dilation, groups, algo=None):
         if algo == "im2col":
             return conv_im2col.im2colForward(x, w, bias, stride, pad, dilation, groups)
         if algo == "winograd" and _winogradApplies(w.shape, stride, dilation):
-            return conv_winograd.forward(x, w, bias, pad, groups)
+            return _winograd(w.shape).forward(x, w, bias, pad, groups)
     finally:
         conv_common.endCall()
     raise _badAlgo("forward", algo, x.shape, w.shape, stride, pad, dilation, groups)
@@ -153,7 +156,7 @@ def backwardData(dy, w, xShape, stride, pad, dilation, groups, algo=None):
         if algo == "im2col":
             return conv_im2col.im2colBackwardData(dy, w, xShape, stride, pad, dilation, groups)
         if algo == "winograd" and _winogradApplies(w.shape, stride, dilation):
-            return conv_winograd.backwardData(dy, w, xShape, pad, groups)
+            return _winograd(w.shape).backwardData(dy, w, xShape, pad, groups)
     finally:
         conv_common.endCall()
     raise _badAlgo("backwardData", algo, xShape, w.shape, stride, pad, dilation, groups)
@@ -175,7 +178,7 @@ def backwardParams(x, dy, wShape, withBias, stride, pad, dilation, groups, algo=
         elif algo == "im2col":
             dw = conv_im2col.im2colBackwardParams(x, dy, wShape, stride, pad, dilation, groups)
         elif algo == "winograd" and _winogradApplies(wShape, stride, dilation):
-            dw = conv_winograd.backwardParams(x, dy, wShape, pad, groups)
+            dw = _winograd(wShape).backwardParams(x, dy, wShape, pad, groups)
         else:
             raise _badAlgo("backwardParams", algo, x.shape, wShape, stride, pad, dilation, groups)
     finally:
@@ -184,7 +187,13 @@ def backwardParams(x, dy, wShape, withBias, stride, pad, dilation, groups, algo=
 
 
 def _winogradApplies(wShape, stride, dilation):
-    return conv_winograd.available and conv_winograd.applies(wShape[2:], stride, dilation)
+    return conv_winograd.available and (conv_winograd.applies(wShape[2:], stride, dilation)
+                                        or conv_winograd3d.applies(wShape[2:], stride, dilation))
+
+
+def _winograd(wShape):
+    """2-D 3x3 kernels: conv_winograd; 3-D (kD, 3, 3) kernels: conv_winograd3d (depth slices stacked)."""
+    return conv_winograd3d if len(wShape) == 5 else conv_winograd
 
 
 def _checkDirection(direction):

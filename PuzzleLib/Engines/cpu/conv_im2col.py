@@ -14,7 +14,6 @@ Backward-params folds the batch into the GEMM's inner dimension, tile by tile.
 
 import numpy as np
 
-from PuzzleLib.Engines.cpu import conv_common
 from PuzzleLib.Engines.cpu.conv_common import outputShape, parallel, prod, rowTiles, tapRange, workspace
 
 try:
@@ -229,10 +228,10 @@ def biasGrad(dy):
 # The numpy gather above makes one strided copy per kernel tap over the whole tile; with few channels
 # (3 -> 64, 7x7 taps) or many taps (3x3x3) those copies are small and slow, and the 8 MiB tile leaves the
 # GEMM reading from memory. The compiled gather copies one output row (the last spatial axis) at a time,
-# split between threads over (channel, tap) rows, into a tile small enough to stay in cache for the GEMM.
+# split between threads over (channel, tap) rows, into a tile small enough to stay in cache for the GEMM
+# (the call's bound from conv_common.rowTiles: 1 to 4 MiB, which measured alike).
 # A stride > 1 along the last axis is turned into unit stride by de-interleaving the input once
 # (xs[..., phase, j] = x[..., j * s + phase]), so every row copy is contiguous and vectorises.
-FAST_TILE_BYTES = 2 << 20
 
 
 def _gatherRows5(xs, cols, phase, base, lo, hi, st, pd, dl, kshape, oshape, n0, r0, r1, k0, k1):
@@ -336,7 +335,7 @@ def _fastPlan(x, kernel, stride, pad, dilation):
 
 
 def _fastTiles(n, o5, ck, itemsize):
-    return rowTiles(n, o5[0] * o5[1], ck * o5[2] * itemsize, min(FAST_TILE_BYTES, conv_common.TILE_BYTES))
+    return rowTiles(n, o5[0] * o5[1], ck * o5[2] * itemsize)
 
 
 def _fastGather(xs, tables, cols, n0, r0, r1):
