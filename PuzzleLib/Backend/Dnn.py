@@ -14,32 +14,39 @@ from PuzzleLib.Backend.gpuarray import GPUArray
 FORWARD, BACKWARD_DATA, BACKWARD_PARAMS = "forward", "backwardData", "backwardParams"
 
 
+# The module passes tuples already; _tuple is only called for ints and lists (small inputs are all overhead).
 def convNd(data, W, bias=None, stride=1, pad=0, dilation=1, groups=1, algo=None):
-    nd = W.ndim - 2
-    y = getEngine().conv.forward(
-        data.ary, W.ary, None if bias is None else bias.ary.reshape(-1),
-        _tuple(stride, nd), _tuple(pad, nd), _tuple(dilation, nd), groups, algo,
-    )
-    return GPUArray(y)
+    w = W.ary
+    nd = w.ndim - 2
+    return GPUArray(getEngine().conv.forward(
+        data.ary, w, None if bias is None else bias.ary.reshape(-1),
+        stride if type(stride) is tuple else _tuple(stride, nd), pad if type(pad) is tuple else _tuple(pad, nd),
+        dilation if type(dilation) is tuple else _tuple(dilation, nd), groups, algo,
+    ))
 
 
 def convNdBackwardData(grad, W, data, stride=1, pad=0, dilation=1, groups=1, algo=None):
-    nd = W.ndim - 2
+    w = W.ary
+    nd = w.ndim - 2
     return GPUArray(getEngine().conv.backwardData(
-        grad.ary, W.ary, data.shape, _tuple(stride, nd), _tuple(pad, nd), _tuple(dilation, nd), groups, algo,
+        grad.ary, w, data.ary.shape,
+        stride if type(stride) is tuple else _tuple(stride, nd), pad if type(pad) is tuple else _tuple(pad, nd),
+        dilation if type(dilation) is tuple else _tuple(dilation, nd), groups, algo,
     ))
 
 
 def convNdBackwardParams(data, grad, W, bias=None, stride=1, pad=0, dilation=1, groups=1,
                          wgrad=None, bgrad=None, scale=1.0, momentum=0.0, algo=None):
     """Weight and bias gradients; written into wgrad/bgrad (accumulating) when given."""
-    nd = W.ndim - 2
+    w = W.ary
+    nd = w.ndim - 2
     dw, db = getEngine().conv.backwardParams(
-        data.ary, grad.ary, W.shape, bias is not None, _tuple(stride, nd), _tuple(pad, nd), _tuple(dilation, nd),
-        groups, algo,
+        data.ary, grad.ary, w.shape, bias is not None,
+        stride if type(stride) is tuple else _tuple(stride, nd), pad if type(pad) is tuple else _tuple(pad, nd),
+        dilation if type(dilation) is tuple else _tuple(dilation, nd), groups, algo,
     )
     wgrad = _store(wgrad, dw, scale, momentum)
-    bgrad = None if db is None else _store(bgrad, db.reshape(bias.shape), scale, momentum)
+    bgrad = None if db is None else _store(bgrad, db.reshape(bias.ary.shape), scale, momentum)
     return wgrad, bgrad
 
 

@@ -50,12 +50,14 @@ def algorithms(direction, xShape, wShape, stride, pad, dilation, groups):
 
 def chooseAlgorithm(direction, xShape, wShape, stride, pad, dilation, groups):
     """The heuristic's pick; memoised per shape (the cache is bounded)."""
-    key = (direction, tuple(xShape), tuple(wShape), stride, pad, dilation, groups)
+    if type(xShape) is not tuple or type(wShape) is not tuple:
+        xShape, wShape = tuple(xShape), tuple(wShape)
+    key = (direction, xShape, wShape, stride, pad, dilation, groups)
     algo = _choices.get(key)
     if algo is None:
         if len(_choices) > 1024:
             _choices.clear()
-        algo = _choices[key] = _heuristic(direction, tuple(xShape), tuple(wShape), stride, pad, dilation, groups)
+        algo = _choices[key] = _heuristic(direction, xShape, wShape, stride, pad, dilation, groups)
     return algo
 
 
