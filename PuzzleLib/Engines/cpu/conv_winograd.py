@@ -61,6 +61,8 @@ _AT = np.array([
 ], dtype=np.float64)
 
 M_OUT, TILE = 4, 6
+# Tile positions per GEMM batch when a weight-gradient chunk is added to the running sum (divides 36).
+_DU_BLOCK = 12
 
 
 def applies(kernel, stride, dilation):
@@ -196,12 +198,15 @@ if available:
 
 
 def kernelTransform(w, groups):
-    """U (36, groups, O // groups, C // groups) = G g G^T for every (o, c)."""
+    """U (36, groups, O // groups, C // groups) = G g G^T for every (o, c).
+
+    Built in U's own layout (no transposed copy at the end): at most U plus half of it is alive at once.
+    """
     g = _G.astype(w.dtype)
     o, cg = w.shape[:2]
-    t = np.tensordot(w, g, axes=([3], [1]))             # (O, Cg, 3, 6)
-    u = np.tensordot(g, t, axes=([1], [2]))             # (6, O, Cg, 6)
-    return np.ascontiguousarray(u.transpose(0, 3, 1, 2)).reshape(36, groups, o // groups, cg)
+    t = np.tensordot(g, np.ascontiguousarray(w.transpose(2, 3, 0, 1)), axes=([1], [0]))  # (6, 3, O, Cg)
+    u = np.matmul(g, t.reshape(6, 3, o * cg))                                           # (6, 6, O * Cg)
+    return u.reshape(36, groups, o // groups, cg)
 
 
 def _chunkRows(rows, tw, c, o, itemsize, limit):
@@ -278,7 +283,7 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None):
     th, tw = -(-oh // M_OUT), -(-ow // M_OUT)
     xc, dyc = np.ascontiguousarray(x), np.ascontiguousarray(dy)
     cst = np.array([2, 4, 5, 8], dtype=x.dtype)
-    du = np.zeros((36, groups, og, cg), dtype=x.dtype)
+    du = np.empty((36, groups, og, cg), dtype=x.dtype)
     total = n * th
     step = _chunkRows(total, tw, c, o, x.itemsize, tileBytes or chunkBytes(max(x.nbytes, dy.nbytes)))
     for q0 in range(0, total, step):
@@ -288,12 +293,24 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None):
         mg = workspace.get("wino-m", (36, o, p), x.dtype)
         parallel(functools.partial(_inputTransform, xc, v, pad[0], pad[1], th, tw, q0, q1, cst), c, v.size)
         parallel(functools.partial(_gradTransform, dyc, mg, th, tw, q0, q1, cst), o, mg.size)
-        part = workspace.get("wino-du", du.shape, x.dtype)
-        np.matmul(mg.reshape(36, groups, og, p), v.reshape(36, groups, cg, p).transpose(0, 1, 3, 2), out=part)
-        du += part
-    g = _G.astype(x.dtype)
-    du = du.reshape(6, 6, o, cg)
-    # dW[o, c, i, j] = sum_ab G[a, i] dU[a, b, o, c] G[b, j]
-    t = np.tensordot(g, du, axes=([0], [0]))            # (3, 6, O, Cg)
-    dw = np.tensordot(t, g, axes=([1], [0]))            # (3, O, Cg, 3)
-    return np.ascontiguousarray(dw.transpose(1, 2, 0, 3)).reshape(wShape)
+        mgs, vts = mg.reshape(36, groups, og, p), v.reshape(36, groups, cg, p).transpose(0, 1, 3, 2)
+        if q0 == 0:
+            np.matmul(mgs, vts, out=du)
+            continue
+        # Later chunks add their products a block of tile positions at a time: the temporary is a
+        # third of dU, not all of it (the GEMMs stay batched).
+        for k0 in range(0, 36, _DU_BLOCK):
+            part = workspace.get("wino-du", (_DU_BLOCK,) + du.shape[1:], x.dtype)
+            np.matmul(mgs[k0:k0 + _DU_BLOCK], vts[k0:k0 + _DU_BLOCK], out=part)
+            du[k0:k0 + _DU_BLOCK] += part
+    workspace.release()  # the transform buffers are dead; the kernel-space transform below needs its own
+    if total == 0:
+        du.fill(0)
+    gt = np.ascontiguousarray(_G.T.astype(x.dtype))  # (3, 6)
+    # dW[o, c, i, j] = sum_ab G[a, i] dU[a, b, o, c] G[b, j], as two products with no transposed copies
+    # (each temporary is dropped as soon as the next exists: at most dU plus half of it is alive).
+    t = np.matmul(gt, du.reshape(6, 6 * o * cg))                # (3, 6 * O * Cg): [i, b, oc]
+    del du
+    r = np.matmul(gt, t.reshape(3, 6, o * cg))                  # (3, 3, O * Cg): [i, j, oc]
+    del t
+    return np.ascontiguousarray(r.reshape(3, 3, o, cg).transpose(2, 3, 0, 1)).reshape(wShape)
