@@ -117,8 +117,8 @@ def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, group
     total = n * prod(outSpatial) * ck * itemsize
     perRow = ck * prod(outSpatial[1:]) * itemsize
     tile = min(total, max(conv_common.tileBytesFor(result), perRow))
-    if direction == "backwardData" and all(s == 1 for s in stride):
-        tile += weights  # the flipped kernel
+    if direction == "backwardData" and all(s == 1 for s in stride) and weights <= result:
+        tile += weights  # the flipped kernel (larger kernels go through col2im instead)
     if direction == "backwardParams":
         tile += weights  # the per-tile product before it is summed
     return tile
