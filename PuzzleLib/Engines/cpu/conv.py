@@ -109,15 +109,16 @@ def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, group
         if direction == "forward":
             return conv_winograd.workspaceBytes(xShape, o, pad, itemsize) + u
         resultBytes = max(prod(xShape), n * o * prod(outSpatial)) * itemsize
-        return conv_winograd.workspaceBytes(xShape, o, pad, itemsize, resultBytes=resultBytes) + 2 * u
+        return conv_winograd.workspaceBytes(xShape, o, pad, itemsize, resultBytes=resultBytes,
+                                            grad=True) + 2 * u
     # im2col: one tile of columns, bounded per call (conv_common.tileBytesFor the call's result).
     ck = c * prod(kernel)
     result = {"forward": n * o * prod(outSpatial), "backwardData": prod(xShape),
-              "backwardParams": o * cg * prod(kernel)}[direction] * itemsize
+              "backwardParams": max(prod(xShape), n * o * prod(outSpatial))}[direction] * itemsize  # as the calls
     total = n * prod(outSpatial) * ck * itemsize
     perRow = ck * prod(outSpatial[1:]) * itemsize
     tile = min(total, max(conv_common.tileBytesFor(result), perRow))
-    if direction == "backwardData" and all(s == 1 for s in stride) and weights <= result:
+    if direction == "backwardData" and all(s == 1 for s in stride) and weights <= prod(xShape) * itemsize:
         tile += weights  # the flipped kernel (larger kernels go through col2im instead)
     if direction == "backwardParams":
         tile += weights  # the per-tile product before it is summed

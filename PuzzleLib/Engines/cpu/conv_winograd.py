@@ -63,6 +63,8 @@ _AT = np.array([
 M_OUT, TILE = 4, 6
 # Tile positions per GEMM batch when a weight-gradient chunk is added to the running sum (divides 36).
 _DU_BLOCK = 12
+# Fewest tiles per weight-gradient chunk (the inner dimension of its GEMMs).
+_MIN_GRAD_TILES = 24
 
 
 def applies(kernel, stride, dilation):
@@ -220,14 +222,17 @@ def chunkBytes(resultBytes):
     return min(conv_common.WINOGRAD_BYTES, max(1, resultBytes // 4))
 
 
-def workspaceBytes(xShape, o, pad, itemsize=4, resultBytes=None, tileBytes=None):
-    """Bytes of the V and M buffers of forward (and backward-data, with its own shapes) on this input."""
+def workspaceBytes(xShape, o, pad, itemsize=4, resultBytes=None, tileBytes=None, grad=False):
+    """Bytes of the V and M buffers of forward (and backward-data, with its own shapes) on this input;
+    ``grad``: of the weight gradient's (at least _MIN_GRAD_TILES tiles per chunk)."""
     n, c, h, w = xShape
     th, tw = _tiles(h, w, pad)
     if tileBytes is None:
         tileBytes = chunkBytes(n * o * (h + 2 * pad[0] - 2) * (w + 2 * pad[1] - 2) * itemsize
                                if resultBytes is None else resultBytes)
     rows = _chunkRows(n * th, tw, c, o, itemsize, tileBytes)
+    if grad:
+        rows = min(n * th, max(rows, -(-_MIN_GRAD_TILES // tw)))
     return 36 * (c + o) * tw * rows * itemsize
 
 
@@ -286,6 +291,10 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None):
     du = np.empty((36, groups, og, cg), dtype=x.dtype)
     total = n * th
     step = _chunkRows(total, tw, c, o, x.itemsize, tileBytes or chunkBytes(max(x.nbytes, dy.nbytes)))
+    if tileBytes is None:
+        # The tiles are these GEMMs' inner dimension: fewer than a couple of dozen starve them (N1 56x56:
+        # one row of 14 tiles ran 2.6 ms, two rows 2.0 ms; benchmarks/conv.py case 9).
+        step = min(total, max(step, -(-_MIN_GRAD_TILES // tw)))
     for q0 in range(0, total, step):
         q1 = min(total, q0 + step)
         p = (q1 - q0) * tw
