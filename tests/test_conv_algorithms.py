@@ -308,3 +308,14 @@ def test_heuristicPicksWinograd3d():
     assert conv.chooseAlgorithm("forward", (2, 32, 16, 32, 32), (32, 32, 3, 3, 3), *args) == "winograd"
     assert conv.chooseAlgorithm("forward", (2, 32, 16, 32, 32), (32, 32, 3, 3, 3), (1, 1, 1), (1, 1, 1), (2, 1, 1),
                                 1) == "im2col"
+
+
+@pytest.mark.parametrize("case", [GENERAL[1], GENERAL[3], STRIDED_LAST[1], STRIDED_LAST[3]])
+def test_im2colWeightGradientBlocksAndChunks(case, monkeypatch):
+    # A tiny tile bound cuts the weight-gradient GEMM both along dw's rows (blocks within each group) and
+    # along the batch's pixels (partial products added): the result still matches the reference.
+    from PuzzleLib.Engines.cpu import conv_common
+    x, w, b, dy, (stride, pad, dilation, groups) = _data(case, np.float64)
+    monkeypatch.setattr(conv_common, "TILE_BYTES", 700)
+    dw, _ = conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups, algo="im2col")
+    np.testing.assert_allclose(dw, refBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0], **TOL64)

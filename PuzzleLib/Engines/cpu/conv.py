@@ -121,7 +121,7 @@ def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, group
     if direction == "backwardData" and all(s == 1 for s in stride) and weights <= prod(xShape) * itemsize:
         tile += weights  # the flipped kernel (larger kernels go through col2im instead)
     if direction == "backwardParams":
-        tile += weights  # the per-tile product before it is summed
+        tile += n * o * prod(outSpatial) * itemsize  # dy transposed to (O, N * pixels), at most one copy
     return tile
 
 

@@ -49,6 +49,11 @@ def endCall():
     workspace.release()
 
 
+def tileBytes():
+    """The column-tile bound in force: the call's (``beginCall``), else TILE_BYTES."""
+    return _call.tileBytes or TILE_BYTES
+
+
 def outputShape(spatial, kernel, stride, pad, dilation):
     return tuple(
         (size + 2 * p - d * (k - 1) - 1) // s + 1
@@ -74,7 +79,7 @@ def rowTiles(n, rows, bytesPerRow, limit=None):
 
     Whole batch items are grouped while one item fits; otherwise each item is cut along its rows.
     """
-    limit = (_call.tileBytes or TILE_BYTES) if limit is None else limit
+    limit = tileBytes() if limit is None else limit
     perItem = bytesPerRow * rows
     if perItem <= limit:
         step = max(1, min(n, limit // max(perItem, 1)))

@@ -14,7 +14,7 @@ Backward-params folds the batch into the GEMM's inner dimension, tile by tile.
 
 import numpy as np
 
-from PuzzleLib.Engines.cpu.conv_common import outputShape, parallel, prod, rowTiles, tapRange, workspace
+from PuzzleLib.Engines.cpu.conv_common import outputShape, parallel, prod, rowTiles, tapRange, tileBytes, workspace
 
 try:
     from numba import njit
@@ -373,22 +373,135 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
 
 
 def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
+    """Weight gradient as GEMMs whose inner dimension is the whole batch's pixels, written straight into dw.
+
+    The column matrix is cut along its rows (channel-taps of one group) instead of over batch items, so
+    each block's GEMM (O/g, N * pixels) @ (N * pixels, rows) is the final value of its slice of dw: no
+    per-item products to sum, no dw-sized temporaries (case 4: 8 of them, 9 MiB each). Only when the
+    batch's pixels are too many for even a narrow block in one tile is the inner dimension cut as well,
+    and then the partial products (one block, bounded) are added. Strided last axes are read in place.
+    """
     n, c = x.shape[:2]
     o = dy.shape[1]
     kernel = tuple(wShape[2:])
-    ck = c * prod(kernel)
-    og, kg = o // groups, ck // groups
-    xs, tables, o5 = _fastPlan(x, kernel, stride, pad, dilation)
-    rowLen = o5[2]
-    dyg = _contiguous(dy).reshape(n, groups, og, -1)
-    dw = np.zeros((groups, og, kg), dtype=x.dtype)
-    for n0, n1, r0, r1 in _fastTiles(n, o5, ck, x.itemsize):
-        nb = n1 - n0
-        cols = workspace.get("im2col-fast", (nb, ck, (r1 - r0) * rowLen), x.dtype)
-        _fastGather(xs, tables, cols, n0, r0, r1)
-        part = workspace.get("im2col-fast-dw", (nb, groups, og, kg), x.dtype)
-        # (O/g, pixels) @ (pixels, K/g) per item and group; items summed in a fixed order.
-        np.matmul(dyg[n0:n1, :, :, r0 * rowLen:r1 * rowLen],
-                  cols.reshape(nb, groups, kg, -1).transpose(0, 1, 3, 2), out=part)
-        dw += part.sum(axis=0)
+    taps = prod(kernel)
+    kg, og = (c // groups) * taps, o // groups
+    dw = np.empty((o, kg), dtype=x.dtype)
+    x5, tables, o5 = _fastPlanT(x, kernel, stride, pad, dilation)
+    pixels = prod(o5)
+    if n * pixels == 0 or kg == 0:
+        dw.fill(0)
+        return dw.reshape(wShape)
+    limit = tileBytes()
+    rowsWanted = min(kg, _DW_ROWS)
+    if n * pixels * rowsWanted * x.itemsize <= limit:
+        chunks = [(0, n, 0, o5[0] * o5[1])]  # the whole batch in one inner dimension
+    else:
+        chunks = rowTiles(n, o5[0] * o5[1], rowsWanted * o5[2] * x.itemsize, limit)
+    dyFlat = _contiguous(dy).reshape(n, o, pixels)
+    for index, (n0, n1, r0, r1) in enumerate(chunks):
+        nb, span = n1 - n0, (r1 - r0) * o5[2]
+        inner = nb * span
+        # dy of this chunk as (O, items * pixels): the GEMM's left operand (one copy of dy in all).
+        dyt = workspace.get("im2col-dw-dy", (o, nb, span), x.dtype)
+        np.copyto(dyt, dyFlat[n0:n1, :, r0 * o5[2]:r1 * o5[2]].transpose(1, 0, 2))
+        dyt = dyt.reshape(o, inner)
+        rows = max(1, min(kg, limit // max(inner * x.itemsize, 1)))
+        for g in range(groups):
+            for k0 in range(0, kg, rows):
+                k1 = min(kg, k0 + rows)
+                cols = workspace.get("im2col-dw-cols", (k1 - k0, inner), x.dtype)
+                _fastGatherT(x5, tables, cols, n0, nb, r0, r1, g * kg + k0, g * kg + k1)
+                target = dw[g * og:(g + 1) * og, k0:k1]
+                if index == 0:
+                    np.matmul(dyt[g * og:(g + 1) * og], cols.T, out=target)
+                else:
+                    part = workspace.get("im2col-dw-part", (og, k1 - k0), x.dtype)
+                    np.matmul(dyt[g * og:(g + 1) * og], cols.T, out=part)
+                    target += part
     return dw.reshape(wShape)
+
+
+# Rows (channel-taps) of the weight-gradient GEMM's output block below which it runs far from peak.
+_DW_ROWS = 256
+
+
+def _fastPlanT(x, kernel, stride, pad, dilation):
+    """5-D view of x (no copy when contiguous) and the per-tap tables of _gatherRowsT."""
+    lead = 5 - x.ndim
+    x5 = _contiguous(x).reshape(x.shape[:2] + (1,) * lead + x.shape[2:])
+    k5 = (1,) * lead + tuple(kernel)
+    st, pd, dl = ((1,) * lead + tuple(stride), (0,) * lead + tuple(pad), (1,) * lead + tuple(dilation))
+    o5 = outputShape(x5.shape[2:], k5, st, pd, dl)
+    start, lo, hi = (np.empty(k5[2], dtype=np.int64) for _ in range(3))
+    for kw in range(k5[2]):
+        lo[kw], hi[kw], start[kw] = tapRange(x5.shape[4], o5[2], kw, st[2], pd[2], dl[2])
+    return x5, (start, lo, hi, np.array(st), np.array(pd), np.array(dl), np.array(k5), np.array(o5)), o5
+
+
+def _fastGatherT(x5, tables, cols, n0, nb, r0, r1, k0, k1):
+    flat = cols.reshape(-1)
+    span = cols.shape[1] // max(nb, 1)
+    parallel(lambda a, b: _gatherRowsT(x5, flat, *tables, n0, nb, r0, r1, k0, cols.shape[1], span, k0 + a, k0 + b),
+             k1 - k0, max(cols.size, 1 << 20))
+
+
+def _gatherRowsT(x5, dst, start, lo, hi, st, pd, dl, kshape, oshape, n0, nb, r0, r1, kBase, kPitch, itemPitch,
+                 k0, k1):
+    """dst[(k - kBase) * kPitch + b * itemPitch + (r - r0) * OW + ow] = x[n0 + b, tap k of row r, column ow].
+
+    Rows k in [k0, k1) of the column matrix (k = channel * taps + tap), items [n0, n0 + nb), output rows
+    r (= od * OH + oh) in [r0, r1). Tap kw reads input columns start[kw] + (ow - lo[kw]) * stride for ow in
+    [lo[kw], hi[kw]) and is zero elsewhere; a strided last axis is read in place (no de-interleaved copy).
+    """
+    dd_, hh_, ww_ = x5.shape[2], x5.shape[3], x5.shape[4]
+    kd_, kh_, kw_ = kshape[0], kshape[1], kshape[2]
+    oh_, ow_ = oshape[1], oshape[2]
+    sw = st[2]
+    taps = kd_ * kh_ * kw_
+    planePitch = hh_ * ww_
+    chanPitch = dd_ * planePitch
+    itemSrc = x5.shape[1] * chanPitch
+    src = x5.reshape(-1)
+    zero = dst.dtype.type(0)
+    for k in range(k0, k1):
+        c = k // taps
+        t = k % taps
+        kd = t // (kh_ * kw_)
+        kh = (t // kw_) % kh_
+        kw = t % kw_
+        l0, l1 = lo[kw], hi[kw]
+        tapBase = c * chanPitch + start[kw]
+        for b in range(nb):
+            out = (k - kBase) * kPitch + b * itemPitch
+            itemBase = (n0 + b) * itemSrc + tapBase
+            od = r0 // oh_
+            oh = r0 % oh_
+            for _ in range(r1 - r0):
+                idd = od * st[0] + kd * dl[0] - pd[0]
+                ih = oh * st[1] + kh * dl[1] - pd[1]
+                if idd < 0 or idd >= dd_ or ih < 0 or ih >= hh_ or l1 <= l0:
+                    for j in range(ow_):
+                        dst[out + j] = zero
+                else:
+                    for j in range(l0):
+                        dst[out + j] = zero
+                    first = np.uintp(out + l0)
+                    at = np.uintp(itemBase + idd * planePitch + ih * ww_)
+                    if sw == 1:
+                        for j in range(np.uintp(l1 - l0)):
+                            dst[first + j] = src[at + j]
+                    else:
+                        for j in range(np.uintp(l1 - l0)):
+                            dst[first + j] = src[at + j * sw]
+                    for j in range(l1, ow_):
+                        dst[out + j] = zero
+                out += ow_
+                oh += 1
+                if oh == oh_:
+                    oh = 0
+                    od += 1
+
+
+if useNumba:
+    _gatherRowsT = njit(cache=True, nogil=True)(_gatherRowsT)
