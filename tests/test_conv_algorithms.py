@@ -319,3 +319,12 @@ def test_im2colWeightGradientBlocksAndChunks(case, monkeypatch):
     monkeypatch.setattr(conv_common, "TILE_BYTES", 700)
     dw, _ = conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups, algo="im2col")
     np.testing.assert_allclose(dw, refBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0], **TOL64)
+
+
+@pytest.mark.skipif(not conv_winograd.available, reason="numba is not installed")
+@pytest.mark.parametrize("case", WINOGRAD3D[:3])
+def test_winograd3dOneSlicePerChunk(case, monkeypatch):
+    # The stacked input is built one output depth slice at a time: same results as the reference.
+    from PuzzleLib.Engines.cpu import conv_winograd3d
+    monkeypatch.setattr(conv_winograd3d, "STACK_BYTES", 1)
+    _check("winograd", case, np.float64, 1e-12, scaled=True)

@@ -196,3 +196,32 @@ def test_im2colWeightGradientNoWeightSizedTemporaries(stride):
             window = xp[:, :, i:i + stride * 7:stride, j:j + stride * 7:stride]
             ref[:, :, i, j] = np.einsum("nchw,nohw->oc", window, dy.astype(np.float64))
     np.testing.assert_allclose(dw, ref, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.skipif(not conv_winograd.available, reason="numba is not installed")
+def test_winograd3dScratchBounded():
+    """3-D Winograd stacks kD input slices per output slice in bounded chunks and writes the result in
+    place: scratch stays under one stack chunk plus the transform buffers, far below the whole stack."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 16, 12, 24, 24)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((2, 16, 12, 24, 24)).astype(np.float32)
+    args = ((1, 1, 1), (1, 1, 1), (1, 1, 1), 1)
+    calls = {
+        "forward": lambda: conv.forward(x, w, None, *args, algo="winograd"),
+        "backwardData": lambda: conv.backwardData(dy, w, x.shape, *args, algo="winograd"),
+        "backwardParams": lambda: conv.backwardParams(x, dy, w.shape, False, *args, algo="winograd")[0],
+    }
+    wholeStack = 3 * x.nbytes
+    for direction, call in calls.items():
+        call()
+        tracemalloc.start()
+        try:
+            tracemalloc.reset_peak()
+            base = tracemalloc.get_traced_memory()[0]
+            result = call()
+            peak = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+        bound = conv.workspaceBytes(direction, "winograd", x.shape, w.shape, *args) + dy.nbytes // 12 + (64 << 10)
+        assert peak - result.nbytes <= bound < wholeStack, direction

@@ -100,7 +100,8 @@ def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, group
     if algo == "direct":
         return 0
     if algo == "winograd" and len(kernel) == 3:
-        return conv_winograd3d.workspaceBytes(xShape, wShape, pad, groups, itemsize) + weights
+        return conv_winograd3d.workspaceBytes(xShape, wShape, pad, groups, itemsize,
+                                              grad=direction == "backwardParams") + weights
     if algo == "winograd":
         u = 36 * o * cg * itemsize
         if direction == "backwardData":

@@ -241,16 +241,22 @@ def _tiles(h, w, pad):
     return -(-oh // M_OUT), -(-ow // M_OUT)
 
 
-def forward(x, w, bias, pad, groups, tileBytes=None):
-    """Forward 3x3 stride-1 convolution of x (N, C, H, W) with w (O, C // groups, 3, 3); pad may be negative."""
+def forward(x, w, bias, pad, groups, tileBytes=None, u=None, out=None):
+    """Forward 3x3 stride-1 convolution of x (N, C, H, W) with w (O, C // groups, 3, 3); pad may be negative.
+
+    ``u``: w's kernel transform when the caller already has it; ``out``: an (N, O, OH, OW) view (any
+    strides) to write into instead of a new array.
+    """
     n, c, h, wd = x.shape
     o = w.shape[0]
     oh, ow = h + 2 * pad[0] - 2, wd + 2 * pad[1] - 2
-    y = np.empty((n, o, oh, ow), dtype=x.dtype)
+    y = np.empty((n, o, oh, ow), dtype=x.dtype) if out is None else out
+    assert y.shape == (n, o, oh, ow)
     if n == 0 or oh <= 0 or ow <= 0:
         return y
     th, tw = _tiles(h, wd, pad)
-    u = kernelTransform(w, groups)
+    if u is None:
+        u = kernelTransform(w, groups)
     biasv = np.zeros(o, dtype=x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype).reshape(o)
     xc = np.ascontiguousarray(x)
     cst = np.array([2, 4, 5, 8], dtype=x.dtype)

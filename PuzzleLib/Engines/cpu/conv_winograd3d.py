@@ -7,14 +7,22 @@ channels for conv_winograd, which then does 4x fewer multiplies than im2col and 
 than a 27-tap column buffer. Groups stay contiguous: the stacked channels are ordered (group, kd, c).
 Backward-data is the forward convolution of the gradient with the flipped, transposed kernel; the
 weight gradient is conv_winograd's over the same stacked input. The error bound is conv_winograd's.
+
+The stack is never built whole (kD copies of the input): each call walks one batch item's output depth
+slices in chunks of at most ``STACK_BYTES`` of stacked input (one reused buffer, released on return),
+the forward writes each chunk straight into its place in the (N, O, OD, OH, OW) result, and the weight
+gradient adds the chunks' (small) kernel-space gradients in a fixed order.
 """
 
 import numpy as np
 
 from PuzzleLib.Engines.cpu import conv_winograd
-from PuzzleLib.Engines.cpu.conv_common import workspace
 
 available = conv_winograd.available
+
+# Bound of the stacked-input chunk of one call (at least one output slice is stacked at a time). The
+# N2 32->32 16x32x32 case ran as fast with 1 MiB chunks (2 slices) as with the whole stack (12 MiB).
+STACK_BYTES = 1 << 20
 
 
 def applies(kernel, stride, dilation):
@@ -22,21 +30,27 @@ def applies(kernel, stride, dilation):
             and tuple(dilation) == (1, 1, 1))
 
 
-def _stack(x, kd_, pd, groups):
-    """(N * OD, groups * kD * C/g, H, W): slice od + kd - pd of each group's channels, zero outside."""
-    n, c, d, h, w = x.shape
+def _chunks(n, od_, sliceBytes):
+    """[(item, d0, d1)]: output depth slices of each item, at most STACK_BYTES of stacked input each."""
+    step = max(1, min(od_, STACK_BYTES // max(sliceBytes, 1)))
+    return [(i, d0, min(od_, d0 + step)) for i in range(n) for d0 in range(0, od_, step)], step
+
+
+def _stackInto(buf, x, item, d0, d1, kd_, pd, groups):
+    """buf[j] (groups * kD * C/g, H, W) = slices d0 + j + kd - pd of item's channels, per group; zero outside."""
+    _, c, d, h, w = x.shape
     cg = c // groups
-    od_ = d + 2 * pd - kd_ + 1
-    xs = workspace.get("wino3d-stack", (n, od_, groups, kd_, cg, h, w), x.dtype)
-    src = x.reshape(n, groups, cg, d, h, w).transpose(0, 3, 1, 2, 4, 5)   # (N, D, groups, C/g, H, W)
+    xs = buf[:d1 - d0].reshape(d1 - d0, groups, kd_, cg, h, w)
+    src = x[item].reshape(groups, cg, d, h, w).transpose(2, 0, 1, 3, 4)  # (D, groups, C/g, H, W)
     for kd in range(kd_):
-        lo, hi = max(0, pd - kd), max(0, min(od_, d + pd - kd))
-        lo = min(lo, hi)
-        xs[:, :lo, :, kd] = 0
-        xs[:, hi:, :, kd] = 0
-        if hi > lo:
-            xs[:, lo:hi, :, kd] = src[:, lo + kd - pd:hi + kd - pd]
-    return xs.reshape(n * od_, groups * kd_ * cg, h, w), od_
+        lo, hi = max(d0, pd - kd), min(d1, d + pd - kd)  # output slices whose input slice is in bounds
+        if hi <= lo:
+            xs[:, :, kd] = 0
+            continue
+        xs[:lo - d0, :, kd] = 0
+        xs[hi - d0:, :, kd] = 0
+        xs[lo - d0:hi - d0, :, kd] = src[lo + kd - pd:hi + kd - pd]
+    return buf[:d1 - d0]
 
 
 def _stackedKernel(w, groups):
@@ -45,19 +59,24 @@ def _stackedKernel(w, groups):
     return np.ascontiguousarray(w.transpose(0, 2, 1, 3, 4)).reshape(o, kd_ * cg, 3, 3)
 
 
-def _unstack(y2, n, od_):
-    """(N * OD, O, OH, OW) -> (N, O, OD, OH, OW)."""
-    return np.ascontiguousarray(y2.reshape((n, od_) + y2.shape[1:]).transpose(0, 2, 1, 3, 4))
-
-
 def forward(x, w, bias, pad, groups):
-    n = x.shape[0]
-    xs, od_ = _stack(x, w.shape[2], pad[0], groups)
-    if od_ <= 0 or n == 0:
-        return np.empty((n, w.shape[0], max(od_, 0), x.shape[3] + 2 * pad[1] - 2, x.shape[4] + 2 * pad[2] - 2),
-                        dtype=x.dtype)
-    y2 = conv_winograd.forward(xs, _stackedKernel(w, groups), bias, (pad[1], pad[2]), groups)
-    return _unstack(y2, n, od_)
+    n, c, d, h, wd = x.shape
+    o, _, kd_ = w.shape[:3]
+    od_ = d + 2 * pad[0] - kd_ + 1
+    y = np.empty((n, o, max(od_, 0), h + 2 * pad[1] - 2, wd + 2 * pad[2] - 2), dtype=x.dtype)
+    if od_ <= 0 or n == 0 or min(y.shape[3:]) <= 0:
+        return y
+    w2 = _stackedKernel(w, groups)
+    u = conv_winograd.kernelTransform(w2, groups)
+    chunks, step = _chunks(n, od_, kd_ * c * h * wd * x.itemsize)
+    buf = np.empty((step, kd_ * c, h, wd), dtype=x.dtype)
+    # The Winograd chunks follow the whole call's result, not one stack chunk's.
+    winoBytes = conv_winograd.chunkBytes(y.nbytes)
+    for item, d0, d1 in chunks:
+        xs = _stackInto(buf, x, item, d0, d1, kd_, pad[0], groups)
+        out = y[item, :, d0:d1].transpose(1, 0, 2, 3)  # (slices, O, OH, OW) view of the result
+        conv_winograd.forward(xs, w2, bias, (pad[1], pad[2]), groups, winoBytes, u=u, out=out)
+    return y
 
 
 def backwardData(dy, w, xShape, pad, groups):
@@ -69,19 +88,41 @@ def backwardData(dy, w, xShape, pad, groups):
 
 
 def backwardParams(x, dy, wShape, pad, groups):
-    n, o, od_ = dy.shape[:3]
+    n, c, d, h, wd = x.shape
+    o, od_ = dy.shape[1:3]
     cg, kd_ = wShape[1], wShape[2]
-    xs, _ = _stack(x, kd_, pad[0], groups)
-    dy2 = np.ascontiguousarray(dy.transpose(0, 2, 1, 3, 4)).reshape((n * od_, o) + dy.shape[3:])
-    dw2 = conv_winograd.backwardParams(xs, dy2, (o, kd_ * cg, 3, 3), (pad[1], pad[2]), groups)
+    dw2 = np.zeros((o, kd_ * cg, 3, 3), dtype=x.dtype)
+    if n == 0 or od_ <= 0:
+        return dw2.reshape(o, kd_, cg, 3, 3).transpose(0, 2, 1, 3, 4).copy()
+    chunks, step = _chunks(n, od_, kd_ * c * h * wd * x.itemsize)
+    buf = np.empty((step, kd_ * c, h, wd), dtype=x.dtype)
+    dybuf = np.empty((step, o) + dy.shape[3:], dtype=x.dtype)
+    winoBytes = conv_winograd.chunkBytes(max(x.nbytes, dy.nbytes))
+    for item, d0, d1 in chunks:
+        xs = _stackInto(buf, x, item, d0, d1, kd_, pad[0], groups)
+        dys = dybuf[:d1 - d0]
+        np.copyto(dys, dy[item, :, d0:d1].transpose(1, 0, 2, 3))
+        dw2 += conv_winograd.backwardParams(xs, dys, dw2.shape, (pad[1], pad[2]), groups, winoBytes)
     return np.ascontiguousarray(dw2.reshape(o, kd_, cg, 3, 3).transpose(0, 2, 1, 3, 4))
 
 
-def workspaceBytes(xShape, wShape, pad, groups, itemsize):
-    """Stacked input plus conv_winograd's buffers for the stacked problem (elements * itemsize)."""
+def workspaceBytes(xShape, wShape, pad, groups, itemsize, grad=False):
+    """One stacked-input chunk plus conv_winograd's buffers for it (and, with ``grad``, the weight
+    gradient's dy chunk, transformed-gradient and per-chunk kernel-space gradient)."""
     n, c, d, h, w = xShape
-    kd_ = wShape[2]
+    o, kd_ = wShape[0], wShape[2]
     od_ = max(0, d + 2 * pad[0] - kd_ + 1)
-    stacked = n * od_ * kd_ * c * h * w
-    inner = conv_winograd.workspaceBytes((n * od_, kd_ * c, h, w), wShape[0], (pad[1], pad[2]))
-    return (stacked + inner + 36 * wShape[0] * kd_ * (c // groups)) * itemsize
+    sliceElems = kd_ * c * h * w
+    _, step = _chunks(1, max(od_, 1), sliceElems * itemsize)
+    oh, ow = max(0, h + 2 * pad[1] - 2), max(0, w + 2 * pad[2] - 2)
+    resultBytes = n * o * od_ * oh * ow * itemsize
+    u = 36 * o * kd_ * (c // groups) * itemsize
+    if not grad:
+        inner = conv_winograd.workspaceBytes((step, kd_ * c, h, w), o, (pad[1], pad[2]), itemsize,
+                                             resultBytes=resultBytes)
+        return step * sliceElems * itemsize + inner + u
+    winoBytes = conv_winograd.chunkBytes(max(n * c * d * h * w * itemsize, resultBytes))
+    inner = conv_winograd.workspaceBytes((step, kd_ * c, h, w), o, (pad[1], pad[2]), itemsize,
+                                         tileBytes=winoBytes)
+    dyChunk = step * o * oh * ow * itemsize
+    return step * sliceElems * itemsize + dyChunk + inner + 2 * u + o * kd_ * (c // groups) * 9 * itemsize
