@@ -328,3 +328,29 @@ def test_winograd3dOneSlicePerChunk(case, monkeypatch):
     from PuzzleLib.Engines.cpu import conv_winograd3d
     monkeypatch.setattr(conv_winograd3d, "STACK_BYTES", 1)
     _check("winograd", case, np.float64, 1e-12, scaled=True)
+
+
+@pytest.mark.skipif(not conv_direct.useNumba, reason="numba is not installed")
+@pytest.mark.parametrize("kernel", [(1, 1), (1, 2), (2, 2), (3, 3), (2, 5), (4, 4), (1, 3, 3), (3, 3, 3)])
+def test_directTapPassesEveryKernelSize(kernel):
+    # The direct kernels sum 9, then 3, then 1 taps per pass: every remainder mix matches the reference,
+    # forward and the unit-stride backward-data that reads the kernel flipped in place.
+    spatial = (7, 6) if len(kernel) == 2 else (4, 5, 6)
+    case = (2, 4, spatial, 4, kernel, (1,) * len(kernel), tuple(k // 2 for k in kernel), (1,) * len(kernel), 2)
+    x, w, b, dy, (stride, pad, dilation, groups) = _data(case, np.float64)
+    y = conv.forward(x, w, b, stride, pad, dilation, groups, algo="direct")
+    np.testing.assert_allclose(y, refForward(x, w, b, stride, pad, dilation, groups), **TOL64)
+    dy = np.random.default_rng(3).standard_normal(y.shape)
+    dx = conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="direct")
+    np.testing.assert_allclose(dx, refBackwardData(dy, w, x.shape, stride, pad, dilation, groups), **TOL64)
+
+
+@pytest.mark.skipif(not conv_direct.useNumba, reason="numba is not installed")
+def test_directBackwardDataSeesWeightsChangedInPlace():
+    # Nothing derived from w is kept between calls: an in-place update shows in the next gradient.
+    x, w, b, dy, (stride, pad, dilation, groups) = _data(GENERAL[5], np.float64)
+    first = conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="direct")
+    w *= -2.0
+    second = conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="direct")
+    np.testing.assert_allclose(second, refBackwardData(dy, w, x.shape, stride, pad, dilation, groups), **TOL64)
+    np.testing.assert_allclose(second, -2.0 * first, **TOL64)

@@ -154,12 +154,90 @@ def _backwardParamsFlat5(x, dy, dw, pd, dl, o0, o1):
                         t += 1
 
 
-def _forwardFlat5(x, w, bias, y, pd, dl, o0, o1):
+def _tapTable(w, row, col, flip, kd_, kh_, kw_, dl, plane, pitch, wt, offs):
+    """Weights of kernel w[row, col] (taps in row-major order; in reverse when ``flip``) and the flat
+    buffer offsets of the taps."""
+    t = 0
+    for kd in range(kd_):
+        for kh in range(kh_):
+            for kw in range(kw_):
+                if flip:
+                    wt[t] = w[row, col, kd_ - 1 - kd, kh_ - 1 - kh, kw_ - 1 - kw]
+                else:
+                    wt[t] = w[row, col, kd, kh, kw]
+                offs[t] = kd * dl[0] * plane + kh * dl[1] * pitch + kw * dl[2]
+                t += 1
+
+
+def _tapPasses(acc, buf, wt, offs, taps, length, init):
+    """acc (+)= sum over taps of wt[t] * buf[offs[t] + i], nine (then three, then one) taps per pass over acc.
+
+    One pass adds up to nine products per element before touching acc, so acc is loaded and stored once
+    per nine taps instead of once per tap (a 3x3 kernel is one pass). The order is fixed: deterministic.
+    With ``init`` the first pass writes acc (acc = init + products) instead of reading it.
+    """
+    n = np.uintp(length)
+    t = 0
+    first = True
+    while t < taps:
+        left = taps - t
+        if left >= 9:
+            w0, w1, w2, w3, w4, w5, w6, w7, w8 = (wt[t], wt[t + 1], wt[t + 2], wt[t + 3], wt[t + 4], wt[t + 5],
+                                                  wt[t + 6], wt[t + 7], wt[t + 8])
+            f0, f1, f2, f3, f4 = offs[t], offs[t + 1], offs[t + 2], offs[t + 3], offs[t + 4]
+            f5, f6, f7, f8 = offs[t + 5], offs[t + 6], offs[t + 7], offs[t + 8]
+            if first and init is not None:
+                for i in range(n):
+                    acc[i] = init + (w0 * buf[f0 + i] + w1 * buf[f1 + i] + w2 * buf[f2 + i] + w3 * buf[f3 + i]
+                                     + w4 * buf[f4 + i] + w5 * buf[f5 + i] + w6 * buf[f6 + i] + w7 * buf[f7 + i]
+                                     + w8 * buf[f8 + i])
+            else:
+                for i in range(n):
+                    acc[i] += (w0 * buf[f0 + i] + w1 * buf[f1 + i] + w2 * buf[f2 + i] + w3 * buf[f3 + i]
+                               + w4 * buf[f4 + i] + w5 * buf[f5 + i] + w6 * buf[f6 + i] + w7 * buf[f7 + i]
+                               + w8 * buf[f8 + i])
+            t += 9
+        elif left >= 3:
+            w0, w1, w2 = wt[t], wt[t + 1], wt[t + 2]
+            f0, f1, f2 = offs[t], offs[t + 1], offs[t + 2]
+            if first and init is not None:
+                for i in range(n):
+                    acc[i] = init + (w0 * buf[f0 + i] + w1 * buf[f1 + i] + w2 * buf[f2 + i])
+            else:
+                for i in range(n):
+                    acc[i] += w0 * buf[f0 + i] + w1 * buf[f1 + i] + w2 * buf[f2 + i]
+            t += 3
+        else:
+            w0 = wt[t]
+            f0 = offs[t]
+            if first and init is not None:
+                for i in range(n):
+                    acc[i] = init + w0 * buf[f0 + i]
+            else:
+                for i in range(n):
+                    acc[i] += w0 * buf[f0 + i]
+            t += 1
+        first = False
+    if first and init is not None:
+        acc[:length] = init
+
+
+def _forwardFlat5(x, w, bias, y, pd, dl, o0, o1, transposed):
     """Unit-stride forward on flattened planes: each input plane is copied into a zero-bordered buffer,
-    after which every kernel tap is one long multiply-add with a constant shift (output computed on the
-    padded row pitch, then compacted). Long contiguous loops vectorise well even for small maps."""
+    after which every kernel tap is a multiply-add with a constant shift (output computed on the
+    padded row pitch, then compacted); up to nine taps are summed per pass (_tapPasses). Long contiguous
+    loops vectorise well even for small maps.
+
+    ``transposed``: run the transposed convolution of kernel w (O, C/g, *k) instead, i.e. the kernel
+    (C, O/g, *k) flipped in space (backward-data with unit stride), reading w in place: no flipped copy
+    is made, and none is kept that could go stale when w is modified.
+    """
     n_, c_, dd_, hh_, ww_ = x.shape
-    o_, cg, kd_, kh_, kw_ = w.shape
+    kd_, kh_, kw_ = w.shape[2], w.shape[3], w.shape[4]
+    if transposed:
+        o_, cg = y.shape[1], w.shape[0] // (y.shape[1] // w.shape[1])
+    else:
+        o_, cg = w.shape[0], w.shape[1]
     od_, oh_, ow_ = y.shape[2], y.shape[3], y.shape[4]
     og = o_ // (c_ // cg)
     pD, pH, pW = od_ + dl[0] * (kd_ - 1), oh_ + dl[1] * (kh_ - 1), ow_ + dl[2] * (kw_ - 1)
@@ -167,21 +245,21 @@ def _forwardFlat5(x, w, bias, y, pd, dl, o0, o1):
     length = (od_ - 1) * plane + (oh_ - 1) * pitch + ow_
     buf = np.zeros(pD * plane, dtype=x.dtype)
     acc = np.empty(length, dtype=y.dtype)
+    taps = kd_ * kh_ * kw_
+    wt = np.empty(taps, dtype=y.dtype)
+    offs = np.empty(taps, dtype=np.uintp)
     # Input columns [c0, c1) land at buffer columns [c0 + pd[2], c1 + pd[2]); rows likewise.
     c0, c1 = max(0, -pd[2]), min(ww_, pW - pd[2])
     for b in range(n_):
         for oc in range(o0, o1):
             g = oc // og
-            acc[:] = bias[oc]
             for c in range(cg):
                 _fillPlane(buf, x[b, g * cg + c], pD, pH, pd, plane, pitch, c0, c1)
-                for kd in range(kd_):
-                    for kh in range(kh_):
-                        for kw in range(kw_):
-                            wv = w[oc, c, kd, kh, kw]
-                            off = np.uintp(kd * dl[0] * plane + kh * dl[1] * pitch + kw * dl[2])
-                            for i in range(np.uintp(length)):
-                                acc[i] += wv * buf[off + i]
+                if transposed:  # logical kernel[oc, c] = w[group's map c, oc's channel in group], flipped
+                    _tapTable(w, g * cg + c, oc - g * og, True, kd_, kh_, kw_, dl, plane, pitch, wt, offs)
+                else:
+                    _tapTable(w, oc, c, False, kd_, kh_, kw_, dl, plane, pitch, wt, offs)
+                _tapPasses(acc, buf, wt, offs, taps, length, bias[oc] if c == 0 else None)
             for od in range(od_):
                 for oh in range(oh_):
                     y[b, oc, od, oh, :] = acc[od * plane + oh * pitch:od * plane + oh * pitch + ow_]
@@ -272,6 +350,8 @@ if njit is not None:
     _forward5 = njit(cache=True, nogil=True)(_forward5)
     _fillPlane = njit(cache=True, nogil=True)(_fillPlane)
     _laneSum = njit(cache=True, nogil=True)(_laneSum)
+    _tapTable = njit(cache=True, nogil=True)(_tapTable)
+    _tapPasses = njit(cache=True, nogil=True)(_tapPasses)
     _forwardFlat5 = njit(cache=True, nogil=True)(_forwardFlat5)
     _backwardParamsFlat5 = njit(cache=True, nogil=True)(_backwardParamsFlat5)
     _backwardData5 = njit(cache=True, nogil=True)(_backwardData5)
@@ -307,7 +387,25 @@ def _plan(xShape, wShape, stride, pad, dilation):
     return plan
 
 
+def _planT(dyShape, wShape, xShape, pad, dilation):
+    """Per-shape constants of a unit-stride backward-data call (5-D views, transposed padding), memoised."""
+    key = (dyShape, wShape, xShape, pad, dilation)
+    plan = _plansT.get(key)
+    if plan is None:
+        if len(_plansT) > 256:
+            _plansT.clear()
+        lead = (1,) * (5 - len(xShape))
+        # Padding of the transposed convolution (negative: the gradient is cropped).
+        tpad = tuple(d * (k - 1) - p for k, p, d in zip(wShape[2:], pad, dilation))
+        _, pd, dl = _params3((1,) * len(pad), tpad, dilation)
+        plan = _plansT[key] = (dyShape[:2] + lead + dyShape[2:], wShape[:2] + lead + wShape[2:],
+                               xShape[:2] + lead + xShape[2:], pd, dl)
+    return plan
+
+
+_UNIT = {1: (1,), 2: (1, 1), 3: (1, 1, 1)}
 _plans = {}
+_plansT = {}
 _zeros = {}
 
 
@@ -333,23 +431,29 @@ def forward(x, w, bias, stride, pad, dilation, groups):
     elif bias.dtype != x.dtype or not bias.flags.c_contiguous:
         bias = np.ascontiguousarray(bias, dtype=x.dtype)
     st, pd, dl = params
-    kernel = _forwardFlat5 if st == (1, 1, 1) else _forward5
-    args = (pd, dl) if st == (1, 1, 1) else params
     xv, wv, bv, yv = _contiguous(x).reshape(x5), _contiguous(w).reshape(w5), bias.reshape(-1), y.reshape(y5)
     # Output maps are split between threads (the kernels release the GIL); each map is one thread's.
-    parallel(lambda o0, o1: kernel(xv, wv, bv, yv, *args, o0, o1), w.shape[0], y.size * prod(w.shape[1:]))
+    if st == (1, 1, 1):
+        parallel(lambda o0, o1: _forwardFlat5(xv, wv, bv, yv, pd, dl, o0, o1, False), w.shape[0],
+                 y.size * prod(w.shape[1:]))
+    else:
+        parallel(lambda o0, o1: _forward5(xv, wv, bv, yv, st, pd, dl, o0, o1), w.shape[0], y.size * prod(w.shape[1:]))
     return y
 
 
 def backwardData(dy, w, xShape, stride, pad, dilation, groups):
     if not useNumba:
         return _numpyBackwardData(dy, w, xShape, stride, pad, dilation, groups)
-    if all(s == 1 for s in stride):
-        # A gather (forward kernel on the flipped, transposed weights) beats the scatter-add loop.
-        from PuzzleLib.Engines.cpu.conv_im2col import flippedKernel, transposedPad
-
-        return forward(dy, flippedKernel(w, groups), None, stride, transposedPad(w.shape[2:], pad, dilation),
-                       dilation, groups)
+    if stride == _UNIT[len(stride)]:
+        # A gather (the forward kernel run as the transposed convolution, reading w flipped in place)
+        # beats the scatter-add loop.
+        dy5, w5, dx5, pd, dl = _planT(dy.shape, w.shape, xShape, pad, dilation)
+        dx = np.empty(xShape, dtype=dy.dtype)
+        dyv, wv, dxv = _contiguous(dy).reshape(dy5), _contiguous(w).reshape(w5), dx.reshape(dx5)
+        bias = _zeroBias(xShape[1], dy.dtype)
+        parallel(lambda c0, c1: _forwardFlat5(dyv, wv, bias, dxv, pd, dl, c0, c1, True), xShape[1],
+                 dy.size * prod(w.shape[1:]))
+        return dx
     dx = np.zeros(xShape, dtype=dy.dtype)
     _backwardData5(_as5(np.ascontiguousarray(dy)), _as5(np.ascontiguousarray(w)), _as5(dx),
                    *_params3(stride, pad, dilation))
