@@ -65,135 +65,207 @@ M_OUT, TILE = 4, 6
 _DU_BLOCK = 12
 # Fewest tiles per weight-gradient chunk (the inner dimension of its GEMMs).
 _MIN_GRAD_TILES = 24
+# Elements per vectorised pass of the transforms: channels are taken in blocks so a pass is this long
+# (a chunk's tiles alone can be fewer than one unrolled vector loop iteration, which then runs scalar).
+VECTOR_SPAN = 256
 
 
 def applies(kernel, stride, dilation):
     return len(kernel) == 2 and tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
 
 
+def _gatherEdge(xr, D, i, base, tx, pw, w, zero):
+    """D[i, j, base + tx] = the tile's column j of input row xr, zero in the padding."""
+    for j in range(6):
+        col = 4 * tx + j - pw
+        D[i, j, base + tx] = xr[col] if 0 <= col < w else zero
+
+
 def _inputTransform(x, V, ph, pw, th, tw, q0, q1, cst, c0, c1):
     """V[a * 6 + b, c, (q - q0) * tw + tx] = (B^T d B)[a, b] for the tile (row q = n * th + ty, column tx).
 
-    Per (channel, row of tiles): the 6 input rows are copied into a zero-bordered buffer, transformed
-    down the rows (B^T, vectorised along the row), then along each tile's 6 columns (B).
+    Per channel, three passes over the chunk's tiles: gather each tile's 6x6 patch into D[i, j, tile]
+    (the padding fused: zeros outside the map), transform down the patch rows (B^T), then along its
+    columns (B). The transforms are loops over the chunk's tiles with unit-stride loads and stores only,
+    which LLVM vectorises (no fast-math: every value is computed in the order written, so results are
+    the same on every run); V's rows are written whole and contiguous.
     """
     h, w = x.shape[2], x.shape[3]
-    wp = 4 * tw + 2
-    rows = np.zeros((6, wp), dtype=x.dtype)
-    t = np.empty((6, wp), dtype=x.dtype)
-    kLo, kHi = max(0, pw), min(wp, w + pw)
+    P = (q1 - q0) * tw
+    cb = max(1, min(c1 - c0, VECTOR_SPAN // max(P, 1)))
+    D = np.empty((6, 6, cb * P), dtype=x.dtype)
+    T = np.empty((6, 6, cb * P), dtype=x.dtype)
+    V2 = V.reshape(36, V.shape[1] * P)
     # Constants typed like the data, so float32 stays float32 (a literal would promote to float64).
     two, four, five = cst[0], cst[1], cst[2]
-    for c in range(c0, c1):
-        for q in range(q0, q1):
-            b, ty = q // th, q % th
-            for i in range(6):
-                r = ty * 4 + i - ph
-                row = rows[i]
-                if r < 0 or r >= h or kHi <= kLo:
-                    row[:] = 0
-                else:
-                    row[:kLo] = 0
-                    row[kLo:kHi] = x[b, c, r, kLo - pw:kHi - pw]
-                    row[kHi:] = 0
-            for k in range(wp):
-                d0, d1, d2, d3, d4, d5 = rows[0, k], rows[1, k], rows[2, k], rows[3, k], rows[4, k], rows[5, k]
-                t[0, k] = four * d0 - five * d2 + d4
-                t[1, k] = -(four * (d1 + d2)) + d3 + d4
-                t[2, k] = four * (d1 - d2) - d3 + d4
-                t[3, k] = two * (d3 - d1) - d2 + d4
-                t[4, k] = two * (d1 - d3) - d2 + d4
-                t[5, k] = four * d1 - five * d3 + d5
-            base = (q - q0) * tw
-            for a in range(6):
-                for tx in range(tw):
-                    k = 4 * tx
-                    e0, e1, e2, e3, e4, e5 = t[a, k], t[a, k + 1], t[a, k + 2], t[a, k + 3], t[a, k + 4], t[a, k + 5]
-                    V[a * 6, c, base + tx] = four * e0 - five * e2 + e4
-                    V[a * 6 + 1, c, base + tx] = -(four * (e1 + e2)) + e3 + e4
-                    V[a * 6 + 2, c, base + tx] = four * (e1 - e2) - e3 + e4
-                    V[a * 6 + 3, c, base + tx] = two * (e3 - e1) - e2 + e4
-                    V[a * 6 + 4, c, base + tx] = two * (e1 - e3) - e2 + e4
-                    V[a * 6 + 5, c, base + tx] = four * e1 - five * e3 + e5
+    zero = cst[0] - cst[0]
+    # Tiles whose six columns all lie inside the map: [txLo, txHi) (the others read the padding).
+    txLo = min(tw, max(0, (pw + 3) // 4))
+    txHi = max(txLo, min(tw, (w + pw - 6) // 4 + 1))
+    for cs in range(c0, c1, cb):
+        ce = min(c1, cs + cb)
+        for c in range(cs, ce):
+            for q in range(q0, q1):
+                b, ty = q // th, q % th
+                base = (c - cs) * P + (q - q0) * tw
+                for i in range(6):
+                    r = ty * 4 + i - ph
+                    if r < 0 or r >= h:
+                        for j in range(6):
+                            for tx in range(tw):
+                                D[i, j, base + tx] = zero
+                        continue
+                    xr = x[b, c, r]
+                    for tx in range(txLo, txHi):
+                        k = 4 * tx - pw
+                        for j in range(6):
+                            D[i, j, base + tx] = xr[k + j]
+                    for tx in range(txLo):
+                        _gatherEdge(xr, D, i, base, tx, pw, w, zero)
+                    for tx in range(txHi, tw):
+                        _gatherEdge(xr, D, i, base, tx, pw, w, zero)
+        L = (ce - cs) * P
+        for j in range(6):
+            d0, d1, d2, d3, d4, d5 = D[0, j], D[1, j], D[2, j], D[3, j], D[4, j], D[5, j]
+            t0, t1, t2, t3, t4, t5 = T[0, j], T[1, j], T[2, j], T[3, j], T[4, j], T[5, j]
+            for p in range(L):
+                t0[p] = four * d0[p] - five * d2[p] + d4[p]
+                t1[p] = -(four * (d1[p] + d2[p])) + d3[p] + d4[p]
+                t2[p] = four * (d1[p] - d2[p]) - d3[p] + d4[p]
+                t3[p] = two * (d3[p] - d1[p]) - d2[p] + d4[p]
+                t4[p] = two * (d1[p] - d3[p]) - d2[p] + d4[p]
+                t5[p] = four * d1[p] - five * d3[p] + d5[p]
+        o0 = cs * P
+        for a in range(6):
+            e0, e1, e2, e3, e4, e5 = T[a, 0], T[a, 1], T[a, 2], T[a, 3], T[a, 4], T[a, 5]
+            v0, v1, v2 = V2[a * 6, o0:o0 + L], V2[a * 6 + 1, o0:o0 + L], V2[a * 6 + 2, o0:o0 + L]
+            v3, v4, v5 = V2[a * 6 + 3, o0:o0 + L], V2[a * 6 + 4, o0:o0 + L], V2[a * 6 + 5, o0:o0 + L]
+            for p in range(L):
+                v0[p] = four * e0[p] - five * e2[p] + e4[p]
+                v1[p] = -(four * (e1[p] + e2[p])) + e3[p] + e4[p]
+                v2[p] = four * (e1[p] - e2[p]) - e3[p] + e4[p]
+                v3[p] = two * (e3[p] - e1[p]) - e2[p] + e4[p]
+                v4[p] = two * (e1[p] - e3[p]) - e2[p] + e4[p]
+                v5[p] = four * e1[p] - five * e3[p] + e5[p]
 
 
 def _outputTransform(M, y, bias, th, tw, q0, q1, cst, o0, o1):
-    """y[n, o, 4 ty + i, 4 tx + j] = (A^T m A)[i, j] + bias[o] for the tiles of rows [q0, q1)."""
+    """y[n, o, 4 ty + i, 4 tx + j] = (A^T m A)[i, j] + bias[o] for the tiles of rows [q0, q1).
+
+    Per output map: A^T down the columns of M's 6x6 tiles, then A along the rows plus the bias, both as
+    unit-stride loops over the chunk's tiles (vectorised), into Y[i, j, tile]; then Y is scattered into
+    the map (the parts of edge tiles past the map are dropped).
+    """
     oh, ow = y.shape[2], y.shape[3]
-    t = np.empty((4, 6, tw), dtype=y.dtype)
-    yrow = np.empty(4 * tw, dtype=y.dtype)
+    P = (q1 - q0) * tw
+    ob = max(1, min(o1 - o0, VECTOR_SPAN // max(P, 1)))
+    T = np.empty((4, 6, ob * P), dtype=y.dtype)
+    Y = np.empty((4, 4, ob * P), dtype=y.dtype)
+    M2 = M.reshape(36, M.shape[1] * P)
     two, four, eight = cst[0], cst[1], cst[3]
-    for o in range(o0, o1):
-        bv = bias[o]
-        for q in range(q0, q1):
-            b, ty = q // th, q % th
-            base = (q - q0) * tw
-            for bb in range(6):
-                for tx in range(tw):
-                    p = base + tx
-                    m0, m1, m2 = M[bb, o, p], M[6 + bb, o, p], M[12 + bb, o, p]
-                    m3, m4, m5 = M[18 + bb, o, p], M[24 + bb, o, p], M[30 + bb, o, p]
-                    t[0, bb, tx] = m0 + m1 + m2 + m3 + m4
-                    t[1, bb, tx] = m1 - m2 + two * (m3 - m4)
-                    t[2, bb, tx] = m1 + m2 + four * (m3 + m4)
-                    t[3, bb, tx] = m1 - m2 + eight * (m3 - m4) + m5
-            for i in range(4):
-                row = ty * 4 + i
-                if row >= oh:
-                    break
-                for tx in range(tw):
-                    e0, e1, e2 = t[i, 0, tx], t[i, 1, tx], t[i, 2, tx]
-                    e3, e4, e5 = t[i, 3, tx], t[i, 4, tx], t[i, 5, tx]
-                    yrow[4 * tx] = e0 + e1 + e2 + e3 + e4 + bv
-                    yrow[4 * tx + 1] = e1 - e2 + two * (e3 - e4) + bv
-                    yrow[4 * tx + 2] = e1 + e2 + four * (e3 + e4) + bv
-                    yrow[4 * tx + 3] = e1 - e2 + eight * (e3 - e4) + e5 + bv
-                y[b, o, row, :] = yrow[:ow]
+    full = min(tw, ow // 4)  # tiles whose four columns are all inside the map
+    for os_ in range(o0, o1, ob):
+        oe = min(o1, os_ + ob)
+        s0, L = os_ * P, (oe - os_) * P
+        for bb in range(6):
+            m0, m1, m2 = M2[bb, s0:s0 + L], M2[6 + bb, s0:s0 + L], M2[12 + bb, s0:s0 + L]
+            m3, m4, m5 = M2[18 + bb, s0:s0 + L], M2[24 + bb, s0:s0 + L], M2[30 + bb, s0:s0 + L]
+            r0, r1, r2, r3 = T[0, bb], T[1, bb], T[2, bb], T[3, bb]
+            for p in range(L):
+                r0[p] = m0[p] + m1[p] + m2[p] + m3[p] + m4[p]
+                r1[p] = m1[p] - m2[p] + two * (m3[p] - m4[p])
+                r2[p] = m1[p] + m2[p] + four * (m3[p] + m4[p])
+                r3[p] = m1[p] - m2[p] + eight * (m3[p] - m4[p]) + m5[p]
+        for i in range(4):
+            e0, e1, e2, e3, e4, e5 = T[i, 0], T[i, 1], T[i, 2], T[i, 3], T[i, 4], T[i, 5]
+            y0, y1, y2, y3 = Y[i, 0], Y[i, 1], Y[i, 2], Y[i, 3]
+            for o in range(os_, oe):
+                bv = bias[o]
+                for p in range((o - os_) * P, (o - os_ + 1) * P):
+                    y0[p] = e0[p] + e1[p] + e2[p] + e3[p] + e4[p] + bv
+                    y1[p] = e1[p] - e2[p] + two * (e3[p] - e4[p]) + bv
+                    y2[p] = e1[p] + e2[p] + four * (e3[p] + e4[p]) + bv
+                    y3[p] = e1[p] - e2[p] + eight * (e3[p] - e4[p]) + e5[p] + bv
+        for o in range(os_, oe):
+            for q in range(q0, q1):
+                b, ty = q // th, q % th
+                base = (o - os_) * P + (q - q0) * tw
+                for i in range(4):
+                    row = ty * 4 + i
+                    if row >= oh:
+                        break
+                    yr = y[b, o, row]
+                    for tx in range(full):
+                        for j in range(4):
+                            yr[4 * tx + j] = Y[i, j, base + tx]
+                    for tx in range(full, tw):
+                        for j in range(4):
+                            if 4 * tx + j < ow:
+                                yr[4 * tx + j] = Y[i, j, base + tx]
 
 
 def _gradTransform(dy, Mg, th, tw, q0, q1, cst, o0, o1):
     """Mg[a * 6 + b, o, (q - q0) * tw + tx] = (A g A^T)[a, b] for the 4x4 gradient tile g (zero past the map).
 
     The adjoint of the output transform: the weight gradient in the transformed domain is the
-    elementwise product of this with the input transform, summed over tiles.
+    elementwise product of this with the input transform, summed over tiles. Gather, then two
+    unit-stride passes over the chunk's tiles, as in the input transform.
     """
     oh, ow = dy.shape[2], dy.shape[3]
-    wide = 4 * tw
-    rows = np.zeros((4, wide), dtype=dy.dtype)
-    r = np.empty((6, wide), dtype=dy.dtype)
+    P = (q1 - q0) * tw
+    ob = max(1, min(o1 - o0, VECTOR_SPAN // max(P, 1)))
+    G = np.empty((4, 4, ob * P), dtype=dy.dtype)
+    R = np.empty((6, 4, ob * P), dtype=dy.dtype)
+    Mg2 = Mg.reshape(36, Mg.shape[1] * P)
     two, four, eight = cst[0], cst[1], cst[3]
-    for o in range(o0, o1):
-        for q in range(q0, q1):
-            b, ty = q // th, q % th
-            for i in range(4):
-                row = ty * 4 + i
-                if row < oh:
-                    rows[i, :ow] = dy[b, o, row]
-                else:
-                    rows[i, :] = 0
-            for k in range(wide):
-                g0, g1, g2, g3 = rows[0, k], rows[1, k], rows[2, k], rows[3, k]
-                r[0, k] = g0
-                r[1, k] = g0 + g1 + g2 + g3
-                r[2, k] = g0 - g1 + g2 - g3
-                r[3, k] = g0 + two * g1 + four * g2 + eight * g3
-                r[4, k] = g0 - two * g1 + four * g2 - eight * g3
-                r[5, k] = g3
-            base = (q - q0) * tw
-            for a in range(6):
-                for tx in range(tw):
-                    k = 4 * tx
-                    e0, e1, e2, e3 = r[a, k], r[a, k + 1], r[a, k + 2], r[a, k + 3]
-                    p = base + tx
-                    Mg[a * 6, o, p] = e0
-                    Mg[a * 6 + 1, o, p] = e0 + e1 + e2 + e3
-                    Mg[a * 6 + 2, o, p] = e0 - e1 + e2 - e3
-                    Mg[a * 6 + 3, o, p] = e0 + two * e1 + four * e2 + eight * e3
-                    Mg[a * 6 + 4, o, p] = e0 - two * e1 + four * e2 - eight * e3
-                    Mg[a * 6 + 5, o, p] = e3
+    zero = cst[0] - cst[0]
+    full = min(tw, ow // 4)
+    for os_ in range(o0, o1, ob):
+        oe = min(o1, os_ + ob)
+        s0, L = os_ * P, (oe - os_) * P
+        for o in range(os_, oe):
+            for q in range(q0, q1):
+                b, ty = q // th, q % th
+                base = (o - os_) * P + (q - q0) * tw
+                for i in range(4):
+                    row = ty * 4 + i
+                    if row >= oh:
+                        for j in range(4):
+                            for tx in range(tw):
+                                G[i, j, base + tx] = zero
+                        continue
+                    gr = dy[b, o, row]
+                    for tx in range(full):
+                        for j in range(4):
+                            G[i, j, base + tx] = gr[4 * tx + j]
+                    for tx in range(full, tw):
+                        for j in range(4):
+                            G[i, j, base + tx] = gr[4 * tx + j] if 4 * tx + j < ow else zero
+        for j in range(4):
+            g0, g1, g2, g3 = G[0, j], G[1, j], G[2, j], G[3, j]
+            s0_, s1, s2, s3, s4, s5 = R[0, j], R[1, j], R[2, j], R[3, j], R[4, j], R[5, j]
+            for p in range(L):
+                s0_[p] = g0[p]
+                s1[p] = g0[p] + g1[p] + g2[p] + g3[p]
+                s2[p] = g0[p] - g1[p] + g2[p] - g3[p]
+                s3[p] = g0[p] + two * g1[p] + four * g2[p] + eight * g3[p]
+                s4[p] = g0[p] - two * g1[p] + four * g2[p] - eight * g3[p]
+                s5[p] = g3[p]
+        for a in range(6):
+            e0, e1, e2, e3 = R[a, 0], R[a, 1], R[a, 2], R[a, 3]
+            m0, m1, m2 = Mg2[a * 6, s0:s0 + L], Mg2[a * 6 + 1, s0:s0 + L], Mg2[a * 6 + 2, s0:s0 + L]
+            m3, m4, m5 = Mg2[a * 6 + 3, s0:s0 + L], Mg2[a * 6 + 4, s0:s0 + L], Mg2[a * 6 + 5, s0:s0 + L]
+            for p in range(L):
+                m0[p] = e0[p]
+                m1[p] = e0[p] + e1[p] + e2[p] + e3[p]
+                m2[p] = e0[p] - e1[p] + e2[p] - e3[p]
+                m3[p] = e0[p] + two * e1[p] + four * e2[p] + eight * e3[p]
+                m4[p] = e0[p] - two * e1[p] + four * e2[p] - eight * e3[p]
+                m5[p] = e3[p]
 
 
 if available:
+    _gatherEdge = njit(cache=True, nogil=True)(_gatherEdge)
     _inputTransform = njit(cache=True, nogil=True)(_inputTransform)
     _outputTransform = njit(cache=True, nogil=True)(_outputTransform)
     _gradTransform = njit(cache=True, nogil=True)(_gradTransform)
@@ -233,7 +305,9 @@ def workspaceBytes(xShape, o, pad, itemsize=4, resultBytes=None, tileBytes=None,
     rows = _chunkRows(n * th, tw, c, o, itemsize, tileBytes)
     if grad:
         rows = min(n * th, max(rows, -(-_MIN_GRAD_TILES // tw)))
-    return 36 * (c + o) * tw * rows * itemsize
+    # Each transform thread's two (36, span) scratch arrays (see VECTOR_SPAN).
+    scratch = conv_common.THREADS * 72 * max(VECTOR_SPAN, tw * rows) * itemsize
+    return 36 * (c + o) * tw * rows * itemsize + scratch
 
 
 def _tiles(h, w, pad):
