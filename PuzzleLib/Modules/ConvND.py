@@ -73,12 +73,14 @@ class ConvND(Module):
                                algo=self.fwdAlgo)
 
     def updateGrad(self, grad):
-        self.grad = Dnn.convNdBackwardData(grad, self.W, self.inData, **self._params(), algo=self.bwdDataAlgo)
+        # Positional arguments: this is per-call overhead on small inputs (the page example).
+        self.grad = Dnn.convNdBackwardData(grad, self.W, self.inData, self.stride, self.pad, self.dilation,
+                                           self.groups, self.bwdDataAlgo)
 
     def accGradParams(self, grad, scale=1.0, momentum=0.0):
         wvar, bvar = self.vars["W"], self.vars.get("b")
         Dnn.convNdBackwardParams(
-            self.inData, grad, self.W, self.b, **self._params(),
+            self.inData, grad, self.W, self.b, self.stride, self.pad, self.dilation, self.groups,
             wgrad=wvar.grad, bgrad=None if bvar is None else bvar.grad, scale=scale, momentum=momentum,
             algo=self.bwdFilterAlgo,
         )
