@@ -111,7 +111,7 @@ def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, group
             return conv_winograd.workspaceBytes(xShape, o, pad, itemsize) + u
         resultBytes = max(prod(xShape), n * o * prod(outSpatial)) * itemsize
         return conv_winograd.workspaceBytes(xShape, o, pad, itemsize, resultBytes=resultBytes,
-                                            grad=True) + 2 * u
+                                            grad=True, groups=groups) + 2 * u
     # im2col: one tile of columns, bounded per call (conv_common.tileBytesFor the call's result).
     ck = c * prod(kernel)
     result = {"forward": n * o * prod(outSpatial), "backwardData": prod(xShape),

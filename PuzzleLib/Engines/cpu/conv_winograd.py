@@ -21,12 +21,14 @@ float32 and 1.2e-14 in float64 in every direction (im2col: 5e-7 and 1e-15). The 
 stated bound, 5e-5 (float32) and 1e-12 (float64).
 """
 
-import functools
+import ctypes
+import glob
+import os
 
 import numpy as np
 
 from PuzzleLib.Engines.cpu import conv_common
-from PuzzleLib.Engines.cpu.conv_common import parallel, workspace
+from PuzzleLib.Engines.cpu.conv_common import THREADS, parallel, workspace
 
 try:
     from numba import njit
@@ -65,9 +67,13 @@ M_OUT, TILE = 4, 6
 _DU_BLOCK = 12
 # Fewest tiles per weight-gradient chunk (the inner dimension of its GEMMs).
 _MIN_GRAD_TILES = 24
+# Partial sums of the weight gradient (fixed, so the result does not depend on the thread count).
+_GRAD_PARTS = 2
 # Elements per vectorised pass of the transforms: channels are taken in blocks so a pass is this long
 # (a chunk's tiles alone can be fewer than one unrolled vector loop iteration, which then runs scalar).
 VECTOR_SPAN = 256
+# Bound of the V and M buffers of one call, all threads together (see chunkBytes).
+CHUNK_BYTES = 2 << 20
 
 
 def applies(kernel, stride, dilation):
@@ -289,12 +295,66 @@ def _chunkRows(rows, tw, c, o, itemsize, limit):
 
 
 def chunkBytes(resultBytes):
-    """Bound of the V and M buffers of one call: small chunks stay in cache between the transforms and
-    the GEMMs (measured no slower than 16 MiB ones), and scratch stays well under the call's result."""
-    return min(conv_common.WINOGRAD_BYTES, max(1, resultBytes // 4))
+    """Bound of the V and M buffers of one call (all threads): a chunk per thread small enough to stay in
+    its core's L2 between the transforms and the GEMMs (case 1 of benchmarks/conv.py ran 17 ms forward
+    with 1 MiB, 30 ms with 16 MiB), and scratch well under the call's result: half of it from 2 MiB up
+    (case 7 forward: 4.5 ms with a quarter, 3.4 ms with half), a quarter below (case 9 runs as fast with a
+    quarter, and its scratch then stays under torch's)."""
+    return min(CHUNK_BYTES, max(1, resultBytes // (2 if resultBytes >= CHUNK_BYTES else 4)))
 
 
-def workspaceBytes(xShape, o, pad, itemsize=4, resultBytes=None, tileBytes=None, grad=False):
+# -- threads: each runs whole chunks (transform, GEMMs, transform) with a single-threaded BLAS ---------
+# Splitting each transform between threads around a two-thread GEMM gained nothing: OpenBLAS's idle
+# workers spin after every GEMM and hold the second core. Whole chunks per thread, with BLAS set to one
+# thread for the call, run the transforms and the small GEMMs side by side (case 1 forward 11.4 -> 6.5 ms).
+def _findBlasThreads():
+    pattern = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs", "*openblas*.so*")
+    for path in sorted(glob.glob(pattern)):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:  # pragma: no cover - an unloadable library: no thread control
+            continue
+        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"),
+                               ("openblas", "")):
+            try:
+                setN = getattr(lib, f"{prefix}_set_num_threads{suffix}")
+                getN = getattr(lib, f"{prefix}_get_num_threads{suffix}")
+            except AttributeError:
+                continue
+            setN.argtypes, setN.restype, getN.restype = [ctypes.c_int], None, ctypes.c_int
+            return setN, getN
+    return None
+
+
+_blasThreads = _findBlasThreads()
+
+
+def _workers(chunks):
+    """Threads to run ``chunks`` chunks on: one without control of the BLAS threads."""
+    return max(1, min(THREADS, chunks)) if _blasThreads is not None else 1
+
+
+def _runChunks(fn, workers):
+    """fn(k) for k in range(workers), one per thread, with BLAS single-threaded meanwhile."""
+    if workers == 1:
+        fn(0)
+        return
+    setN, getN = _blasThreads
+    before = getN()
+    setN(1)
+    try:
+        parallel(lambda k0, k1: [fn(k) for k in range(k0, k1)], workers, 1 << 62)
+    finally:
+        setN(before)
+
+
+def _chunkRanges(total, step, workers):
+    """Chunks [(q0, q1)] of ``step`` tile rows, dealt out as contiguous runs, one run per worker."""
+    chunks = [(q0, min(total, q0 + step)) for q0 in range(0, total, step)]
+    return [chunks[len(chunks) * k // workers:len(chunks) * (k + 1) // workers] for k in range(workers)]
+
+
+def workspaceBytes(xShape, o, pad, itemsize=4, resultBytes=None, tileBytes=None, grad=False, groups=None):
     """Bytes of the V and M buffers of forward (and backward-data, with its own shapes) on this input;
     ``grad``: of the weight gradient's (at least _MIN_GRAD_TILES tiles per chunk)."""
     n, c, h, w = xShape
@@ -305,9 +365,18 @@ def workspaceBytes(xShape, o, pad, itemsize=4, resultBytes=None, tileBytes=None,
     rows = _chunkRows(n * th, tw, c, o, itemsize, tileBytes)
     if grad:
         rows = min(n * th, max(rows, -(-_MIN_GRAD_TILES // tw)))
-    # Each transform thread's two (36, span) scratch arrays (see VECTOR_SPAN).
-    scratch = conv_common.THREADS * 72 * max(VECTOR_SPAN, tw * rows) * itemsize
-    return 36 * (c + o) * tw * rows * itemsize + scratch
+    # Each thread's chunk (rounded to whole rows) and two (36, span) transform scratch arrays (VECTOR_SPAN).
+    threads = max(1, min(conv_common.THREADS, -(-n * th // rows))) if _blasThreads is not None else 1
+    rows = max(1, min(rows, _chunkRows(n * th, tw, c, o, itemsize, tileBytes // threads)))
+    if grad:
+        rows = min(n * th, max(rows, -(-_MIN_GRAD_TILES // tw)))
+    scratch = threads * 72 * max(VECTOR_SPAN, tw * rows) * itemsize
+    total = threads * 36 * (c + o) * tw * rows * itemsize + scratch
+    if grad:
+        # The second partial sum of dU and each thread's block of it (conv.workspaceBytes counts dU itself).
+        cg = c // (groups or 1)
+        total += 36 * o * cg * itemsize + threads * _DU_BLOCK * o * cg * itemsize
+    return total
 
 
 def _tiles(h, w, pad):
@@ -335,16 +404,24 @@ def forward(x, w, bias, pad, groups, tileBytes=None, u=None, out=None):
     xc = np.ascontiguousarray(x)
     cst = np.array([2, 4, 5, 8], dtype=x.dtype)
     total = n * th
-    step = _chunkRows(total, tw, c, o, x.itemsize, tileBytes or chunkBytes(y.nbytes))
-    for q0 in range(0, total, step):
-        q1 = min(total, q0 + step)
-        p = (q1 - q0) * tw
-        v = workspace.get("wino-v", (36, c, p), x.dtype)
-        m = workspace.get("wino-m", (36, o, p), x.dtype)
-        # Channels (then output maps) are split between threads; the transforms release the GIL.
-        parallel(functools.partial(_inputTransform, xc, v, pad[0], pad[1], th, tw, q0, q1, cst), c, v.size)
-        np.matmul(u, v.reshape(36, groups, c // groups, p), out=m.reshape(36, groups, o // groups, p))
-        parallel(functools.partial(_outputTransform, m, y, biasv, th, tw, q0, q1, cst), o, m.size)
+    limit = tileBytes or chunkBytes(y.nbytes)
+    workers = _workers(-(-total // _chunkRows(total, tw, c, o, x.itemsize, limit)))
+    step = _chunkRows(total, tw, c, o, x.itemsize, limit // workers)
+    runs = _chunkRanges(total, step, workers)
+    # Buffers are taken here, in the calling thread (the workspace is not thread-safe).
+    bufs = [(workspace.get(f"wino-v{k}", (36 * c * step * tw,), x.dtype),
+             workspace.get(f"wino-m{k}", (36 * o * step * tw,), x.dtype)) for k in range(workers)]
+
+    def work(k):
+        vb, mb = bufs[k]
+        for q0, q1 in runs[k]:
+            p = (q1 - q0) * tw
+            v, m = vb[:36 * c * p].reshape(36, c, p), mb[:36 * o * p].reshape(36, o, p)
+            _inputTransform(xc, v, pad[0], pad[1], th, tw, q0, q1, cst, 0, c)
+            np.matmul(u, v.reshape(36, groups, c // groups, p), out=m.reshape(36, groups, o // groups, p))
+            _outputTransform(m, y, biasv, th, tw, q0, q1, cst, 0, o)
+
+    _runChunks(work, workers)
     return y
 
 
@@ -368,30 +445,42 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None):
     th, tw = -(-oh // M_OUT), -(-ow // M_OUT)
     xc, dyc = np.ascontiguousarray(x), np.ascontiguousarray(dy)
     cst = np.array([2, 4, 5, 8], dtype=x.dtype)
-    du = np.empty((36, groups, og, cg), dtype=x.dtype)
     total = n * th
-    step = _chunkRows(total, tw, c, o, x.itemsize, tileBytes or chunkBytes(max(x.nbytes, dy.nbytes)))
+    limit = tileBytes or chunkBytes(max(x.nbytes, dy.nbytes))
+    step = _chunkRows(total, tw, c, o, x.itemsize, limit // _GRAD_PARTS)
     if tileBytes is None:
         # The tiles are these GEMMs' inner dimension: fewer than a couple of dozen starve them (N1 56x56:
         # one row of 14 tiles ran 2.6 ms, two rows 2.0 ms; benchmarks/conv.py case 9).
         step = min(total, max(step, -(-_MIN_GRAD_TILES // tw)))
-    for q0 in range(0, total, step):
-        q1 = min(total, q0 + step)
-        p = (q1 - q0) * tw
-        v = workspace.get("wino-v", (36, c, p), x.dtype)
-        mg = workspace.get("wino-m", (36, o, p), x.dtype)
-        parallel(functools.partial(_inputTransform, xc, v, pad[0], pad[1], th, tw, q0, q1, cst), c, v.size)
-        parallel(functools.partial(_gradTransform, dyc, mg, th, tw, q0, q1, cst), o, mg.size)
-        mgs, vts = mg.reshape(36, groups, og, p), v.reshape(36, groups, cg, p).transpose(0, 1, 3, 2)
-        if q0 == 0:
-            np.matmul(mgs, vts, out=du)
-            continue
-        # Later chunks add their products a block of tile positions at a time: the temporary is a
-        # third of dU, not all of it (the GEMMs stay batched).
-        for k0 in range(0, 36, _DU_BLOCK):
-            part = workspace.get("wino-du", (_DU_BLOCK,) + du.shape[1:], x.dtype)
-            np.matmul(mgs[k0:k0 + _DU_BLOCK], vts[k0:k0 + _DU_BLOCK], out=part)
-            du[k0:k0 + _DU_BLOCK] += part
+    # The chunks are summed in _GRAD_PARTS contiguous runs (each in order), then the runs in order; the
+    # chunks do not depend on the thread count either, so neither does the result.
+    workers = _workers(min(_GRAD_PARTS, -(-total // step)))
+    runs = _chunkRanges(total, step, _GRAD_PARTS)
+    sums = [np.zeros((36, groups, og, cg), dtype=x.dtype) if k else None for k in range(_GRAD_PARTS)]
+    bufs = [(workspace.get(f"wino-v{k}", (36 * c * step * tw,), x.dtype),
+             workspace.get(f"wino-m{k}", (36 * o * step * tw,), x.dtype),
+             workspace.get(f"wino-du{k}", (_DU_BLOCK, groups, og, cg), x.dtype)) for k in range(workers)]
+    du = sums[0] = np.zeros((36, groups, og, cg), dtype=x.dtype)
+
+    def work(k):
+        vb, mb, part = bufs[k]
+        for r in range(k, _GRAD_PARTS, workers):
+            acc = sums[r]
+            for q0, q1 in runs[r]:
+                p = (q1 - q0) * tw
+                v, mg = vb[:36 * c * p].reshape(36, c, p), mb[:36 * o * p].reshape(36, o, p)
+                _inputTransform(xc, v, pad[0], pad[1], th, tw, q0, q1, cst, 0, c)
+                _gradTransform(dyc, mg, th, tw, q0, q1, cst, 0, o)
+                mgs, vts = mg.reshape(36, groups, og, p), v.reshape(36, groups, cg, p).transpose(0, 1, 3, 2)
+                # A block of tile positions at a time: the temporary is a third of dU (GEMMs stay batched).
+                for k0 in range(0, 36, _DU_BLOCK):
+                    np.matmul(mgs[k0:k0 + _DU_BLOCK], vts[k0:k0 + _DU_BLOCK], out=part)
+                    acc[k0:k0 + _DU_BLOCK] += part
+
+    _runChunks(work, workers)
+    for r in range(1, _GRAD_PARTS):
+        du += sums[r]
+    sums.clear()  # the second partial sum is dead before the kernel-space transform
     workspace.release()  # the transform buffers are dead; the kernel-space transform below needs its own
     if total == 0:
         du.fill(0)
