@@ -354,3 +354,39 @@ def test_directBackwardDataSeesWeightsChangedInPlace():
     second = conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="direct")
     np.testing.assert_allclose(second, refBackwardData(dy, w, x.shape, stride, pad, dilation, groups), **TOL64)
     np.testing.assert_allclose(second, -2.0 * first, **TOL64)
+
+
+# -- Winograd: chunks run on threads with BLAS single-threaded --------------------------------------------
+WINOGRAD_CHUNKED = (3, 6, (21, 17), 5, (3, 3), (1, 1), (1, 1), (1, 1), 1)  # 3 x 6 x 5 tiles: many small chunks
+
+
+@pytest.mark.skipif(not conv_winograd.available, reason="numba is not installed")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_winogradChunksOnThreadsMatchReference(threads, monkeypatch):
+    # Tiny chunks (one tile row each) dealt out to the threads: every direction still meets the float64 bound,
+    # with the padding gathered into the transform, partial edge tiles and tile rows crossing batch items.
+    monkeypatch.setattr(conv_winograd, "THREADS", threads)
+    monkeypatch.setattr(conv_winograd, "chunkBytes", lambda resultBytes: 1)
+    _check("winograd", WINOGRAD_CHUNKED, np.float64, 1e-12, scaled=True)
+
+
+@pytest.mark.skipif(not conv_winograd.available, reason="numba is not installed")
+def test_winogradWeightGradientIndependentOfThreadCount(monkeypatch):
+    # The weight gradient sums its chunks in fixed partial sums: bit-identical with one thread or two.
+    x, w, b, dy, (stride, pad, dilation, groups) = _data(WINOGRAD_CHUNKED, np.float32)
+    monkeypatch.setattr(conv_winograd, "chunkBytes", lambda resultBytes: 1)
+    results = []
+    for threads in (1, 2, 2):
+        monkeypatch.setattr(conv_winograd, "THREADS", threads)
+        results.append(conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups, algo="winograd")[0])
+    assert np.array_equal(results[0], results[1]) and np.array_equal(results[1], results[2])
+
+
+@pytest.mark.skipif(conv_winograd._blasThreads is None, reason="no control of the BLAS threads")
+def test_winogradRestoresBlasThreads():
+    setN, getN = conv_winograd._blasThreads
+    before = getN()
+    x, w, b, dy, (stride, pad, dilation, groups) = _data(WINOGRAD[3], np.float32)
+    conv.forward(x, w, b, stride, pad, dilation, groups, algo="winograd")
+    conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation, groups, algo="winograd")
+    assert getN() == before
