@@ -390,3 +390,17 @@ def test_winogradRestoresBlasThreads():
     conv.forward(x, w, b, stride, pad, dilation, groups, algo="winograd")
     conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation, groups, algo="winograd")
     assert getN() == before
+
+
+@pytest.mark.skipif(not conv_winograd.available, reason="numba is not installed")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("runBytes", [1, 1 << 30])
+def test_winograd3dSharedSlicesMatchReference(threads, runBytes, monkeypatch):
+    # Forward (and backward-data through it) transforms each input slice once per run of output slices:
+    # runs of one output slice or all of them, on one or two threads, with groups and depth padding.
+    from PuzzleLib.Engines.cpu import conv_winograd3d
+    monkeypatch.setattr(conv_winograd, "THREADS", threads)
+    monkeypatch.setattr(conv_winograd3d, "STACK_BYTES", runBytes)
+    monkeypatch.setattr(conv_winograd, "chunkBytes", lambda resultBytes: 1)
+    _check("winograd", (2, 6, (5, 9, 6), 4, (3, 3, 3), (1, 1, 1), (1, 2, 0), (1, 1, 1), 2), np.float64, 1e-12,
+           scaled=True)

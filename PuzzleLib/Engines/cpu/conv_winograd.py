@@ -87,8 +87,12 @@ def _gatherEdge(xr, D, i, base, tx, pw, w, zero):
         D[i, j, base + tx] = xr[col] if 0 <= col < w else zero
 
 
-def _inputTransform(x, V, ph, pw, th, tw, q0, q1, cst, c0, c1):
-    """V[a * 6 + b, c, (q - q0) * tw + tx] = (B^T d B)[a, b] for the tile (row q = n * th + ty, column tx).
+def _inputTransform(x, V, off, gStride, cg, ph, pw, th, tw, q0, q1, cst, c0, c1):
+    """V[a * 6 + b, at(c) + (q - q0) * tw + tx] = (B^T d B)[a, b] for the tile (row q = n * th + ty, column tx).
+
+    V is (36, ...) flat per tile position; channel c's P = (q1 - q0) * tw tiles start at
+    at(c) = off + (c // cg) * gStride + (c % cg) * P (a plain (36, C, P) array: off 0, gStride cg * P;
+    conv_winograd3d lays out several depth slices per group).
 
     Per channel, three passes over the chunk's tiles: gather each tile's 6x6 patch into D[i, j, tile]
     (the padding fused: zeros outside the map), transform down the patch rows (B^T), then along its
@@ -101,15 +105,15 @@ def _inputTransform(x, V, ph, pw, th, tw, q0, q1, cst, c0, c1):
     cb = max(1, min(c1 - c0, VECTOR_SPAN // max(P, 1)))
     D = np.empty((6, 6, cb * P), dtype=x.dtype)
     T = np.empty((6, 6, cb * P), dtype=x.dtype)
-    V2 = V.reshape(36, V.shape[1] * P)
     # Constants typed like the data, so float32 stays float32 (a literal would promote to float64).
     two, four, five = cst[0], cst[1], cst[2]
     zero = cst[0] - cst[0]
     # Tiles whose six columns all lie inside the map: [txLo, txHi) (the others read the padding).
     txLo = min(tw, max(0, (pw + 3) // 4))
     txHi = max(txLo, min(tw, (w + pw - 6) // 4 + 1))
-    for cs in range(c0, c1, cb):
-        ce = min(c1, cs + cb)
+    cs = c0
+    while cs < c1:
+        ce = min(c1, cs + cb, (cs // cg + 1) * cg)  # a block stays within its group (contiguous in V)
         for c in range(cs, ce):
             for q in range(q0, q1):
                 b, ty = q // th, q % th
@@ -141,11 +145,11 @@ def _inputTransform(x, V, ph, pw, th, tw, q0, q1, cst, c0, c1):
                 t3[p] = two * (d3[p] - d1[p]) - d2[p] + d4[p]
                 t4[p] = two * (d1[p] - d3[p]) - d2[p] + d4[p]
                 t5[p] = four * d1[p] - five * d3[p] + d5[p]
-        o0 = cs * P
+        o0 = off + (cs // cg) * gStride + (cs % cg) * P
         for a in range(6):
             e0, e1, e2, e3, e4, e5 = T[a, 0], T[a, 1], T[a, 2], T[a, 3], T[a, 4], T[a, 5]
-            v0, v1, v2 = V2[a * 6, o0:o0 + L], V2[a * 6 + 1, o0:o0 + L], V2[a * 6 + 2, o0:o0 + L]
-            v3, v4, v5 = V2[a * 6 + 3, o0:o0 + L], V2[a * 6 + 4, o0:o0 + L], V2[a * 6 + 5, o0:o0 + L]
+            v0, v1, v2 = V[a * 6, o0:o0 + L], V[a * 6 + 1, o0:o0 + L], V[a * 6 + 2, o0:o0 + L]
+            v3, v4, v5 = V[a * 6 + 3, o0:o0 + L], V[a * 6 + 4, o0:o0 + L], V[a * 6 + 5, o0:o0 + L]
             for p in range(L):
                 v0[p] = four * e0[p] - five * e2[p] + e4[p]
                 v1[p] = -(four * (e1[p] + e2[p])) + e3[p] + e4[p]
@@ -153,10 +157,13 @@ def _inputTransform(x, V, ph, pw, th, tw, q0, q1, cst, c0, c1):
                 v3[p] = two * (e3[p] - e1[p]) - e2[p] + e4[p]
                 v4[p] = two * (e1[p] - e3[p]) - e2[p] + e4[p]
                 v5[p] = four * e1[p] - five * e3[p] + e5[p]
+        cs = ce
 
 
-def _outputTransform(M, y, bias, th, tw, q0, q1, cst, o0, o1):
+def _outputTransform(M, off, gStride, og, y, bias, th, tw, q0, q1, cst, o0, o1):
     """y[n, o, 4 ty + i, 4 tx + j] = (A^T m A)[i, j] + bias[o] for the tiles of rows [q0, q1).
+
+    M is (36, ...) flat per tile position, laid out as V in _inputTransform (maps in groups of og).
 
     Per output map: A^T down the columns of M's 6x6 tiles, then A along the rows plus the bias, both as
     unit-stride loops over the chunk's tiles (vectorised), into Y[i, j, tile]; then Y is scattered into
@@ -167,15 +174,15 @@ def _outputTransform(M, y, bias, th, tw, q0, q1, cst, o0, o1):
     ob = max(1, min(o1 - o0, VECTOR_SPAN // max(P, 1)))
     T = np.empty((4, 6, ob * P), dtype=y.dtype)
     Y = np.empty((4, 4, ob * P), dtype=y.dtype)
-    M2 = M.reshape(36, M.shape[1] * P)
     two, four, eight = cst[0], cst[1], cst[3]
     full = min(tw, ow // 4)  # tiles whose four columns are all inside the map
-    for os_ in range(o0, o1, ob):
-        oe = min(o1, os_ + ob)
-        s0, L = os_ * P, (oe - os_) * P
+    os_ = o0
+    while os_ < o1:
+        oe = min(o1, os_ + ob, (os_ // og + 1) * og)
+        s0, L = off + (os_ // og) * gStride + (os_ % og) * P, (oe - os_) * P
         for bb in range(6):
-            m0, m1, m2 = M2[bb, s0:s0 + L], M2[6 + bb, s0:s0 + L], M2[12 + bb, s0:s0 + L]
-            m3, m4, m5 = M2[18 + bb, s0:s0 + L], M2[24 + bb, s0:s0 + L], M2[30 + bb, s0:s0 + L]
+            m0, m1, m2 = M[bb, s0:s0 + L], M[6 + bb, s0:s0 + L], M[12 + bb, s0:s0 + L]
+            m3, m4, m5 = M[18 + bb, s0:s0 + L], M[24 + bb, s0:s0 + L], M[30 + bb, s0:s0 + L]
             r0, r1, r2, r3 = T[0, bb], T[1, bb], T[2, bb], T[3, bb]
             for p in range(L):
                 r0[p] = m0[p] + m1[p] + m2[p] + m3[p] + m4[p]
@@ -208,6 +215,7 @@ def _outputTransform(M, y, bias, th, tw, q0, q1, cst, o0, o1):
                         for j in range(4):
                             if 4 * tx + j < ow:
                                 yr[4 * tx + j] = Y[i, j, base + tx]
+        os_ = oe
 
 
 def _gradTransform(dy, Mg, th, tw, q0, q1, cst, o0, o1):
@@ -398,6 +406,7 @@ def forward(x, w, bias, pad, groups, tileBytes=None, u=None, out=None):
     if n == 0 or oh <= 0 or ow <= 0:
         return y
     th, tw = _tiles(h, wd, pad)
+    cg, og = c // groups, o // groups
     if u is None:
         u = kernelTransform(w, groups)
     biasv = np.zeros(o, dtype=x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype).reshape(o)
@@ -417,9 +426,9 @@ def forward(x, w, bias, pad, groups, tileBytes=None, u=None, out=None):
         for q0, q1 in runs[k]:
             p = (q1 - q0) * tw
             v, m = vb[:36 * c * p].reshape(36, c, p), mb[:36 * o * p].reshape(36, o, p)
-            _inputTransform(xc, v, pad[0], pad[1], th, tw, q0, q1, cst, 0, c)
-            np.matmul(u, v.reshape(36, groups, c // groups, p), out=m.reshape(36, groups, o // groups, p))
-            _outputTransform(m, y, biasv, th, tw, q0, q1, cst, 0, o)
+            _inputTransform(xc, v.reshape(36, c * p), 0, cg * p, cg, pad[0], pad[1], th, tw, q0, q1, cst, 0, c)
+            np.matmul(u, v.reshape(36, groups, cg, p), out=m.reshape(36, groups, og, p))
+            _outputTransform(m.reshape(36, o * p), 0, og * p, og, y, biasv, th, tw, q0, q1, cst, 0, o)
 
     _runChunks(work, workers)
     return y
@@ -469,7 +478,7 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None):
             for q0, q1 in runs[r]:
                 p = (q1 - q0) * tw
                 v, mg = vb[:36 * c * p].reshape(36, c, p), mb[:36 * o * p].reshape(36, o, p)
-                _inputTransform(xc, v, pad[0], pad[1], th, tw, q0, q1, cst, 0, c)
+                _inputTransform(xc, v.reshape(36, c * p), 0, cg * p, cg, pad[0], pad[1], th, tw, q0, q1, cst, 0, c)
                 _gradTransform(dyc, mg, th, tw, q0, q1, cst, 0, o)
                 mgs, vts = mg.reshape(36, groups, og, p), v.reshape(36, groups, cg, p).transpose(0, 1, 3, 2)
                 # A block of tile positions at a time: the temporary is a third of dU (GEMMs stay batched).

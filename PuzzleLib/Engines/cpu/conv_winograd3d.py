@@ -1,27 +1,29 @@
 """3-D convolutions with a (kD, 3, 3) kernel, unit stride and dilation, through the 2-D Winograd F(4x4, 3x3).
 
 Every output depth slice is a 2-D convolution of the kD input slices it covers, stacked as channels:
-y[n, :, od] = conv2d(concat_kd x[n, :, od + kd - pd], W'), W'[o, (kd, c)] = W[o, c, kd]. The stacked input
-(kD copies of the input, zero slices past the depth border) is one batch of N * OD images with kD * C
-channels for conv_winograd, which then does 4x fewer multiplies than im2col and a 3x shorter gather
-than a 27-tap column buffer. Groups stay contiguous: the stacked channels are ordered (group, kd, c).
-Backward-data is the forward convolution of the gradient with the flipped, transposed kernel; the
-weight gradient is conv_winograd's over the same stacked input. The error bound is conv_winograd's.
+y[n, :, od] = conv2d(concat_kd x[n, :, od + kd - pd], W'), W'[o, (kd, c)] = W[o, c, kd]. Groups stay
+contiguous: the stacked channels are ordered (group, kd, c).
 
-The stack is never built whole (kD copies of the input): each call walks one batch item's output depth
-slices in chunks of at most ``STACK_BYTES`` of stacked input (one reused buffer, released on return),
-the forward writes each chunk straight into its place in the (N, O, OD, OH, OW) result, and the weight
-gradient adds the chunks' (small) kernel-space gradients in a fixed order.
+Forward (and backward-data, the forward convolution of the gradient with the flipped, transposed kernel)
+never stacks copies: it takes one batch item's output slices in runs, transforms each input slice the run
+reads once (conv_winograd's input transform, into V laid out (36, groups, slices, C/g, tiles)), and the
+kD slices of an output slice are then one (kD * C/g, tiles) window of V for the GEMMs; runs go to threads
+as conv_winograd's chunks do. The weight gradient is conv_winograd's over the stacked input, built per
+item in chunks of at most ``STACK_BYTES`` (one reused buffer), the chunks' small kernel-space gradients
+added in a fixed order. The error bound is conv_winograd's.
 """
 
 import numpy as np
 
 from PuzzleLib.Engines.cpu import conv_winograd
+from PuzzleLib.Engines.cpu.conv_common import workspace
 
 available = conv_winograd.available
 
-# Bound of the stacked-input chunk of one call (at least one output slice is stacked at a time). The
-# N2 32->32 16x32x32 case ran as fast with 1 MiB chunks (2 slices) as with the whole stack (12 MiB).
+# Weight gradient: bound of the stacked-input chunk of one call (at least one output slice is stacked at a
+# time); the N2 32->32 16x32x32 case ran as fast with 1 MiB chunks (2 slices) as with the whole stack.
+# Forward: the least bound of one worker's run (transformed slices and products; conv_winograd.chunkBytes
+# of the result when larger); that case ran 7.0 ms with 2 MiB runs (2 slices), 5.4 ms with 4 MiB (6).
 STACK_BYTES = 1 << 20
 
 
@@ -59,23 +61,59 @@ def _stackedKernel(w, groups):
     return np.ascontiguousarray(w.transpose(0, 2, 1, 3, 4)).reshape(o, kd_ * cg, 3, 3)
 
 
+def _sliceChunks(n, od_, kd_, sliceBytes, outBytes, limit):
+    """[(item, d0, d1)]: runs of output slices whose transformed inputs (d1 - d0 + kD - 1 slices) and
+    products fit ``limit``; at least one output slice."""
+    step = max(1, min(od_, (limit - (kd_ - 1) * sliceBytes) // max(sliceBytes + outBytes, 1)))
+    return [(i, d0, min(od_, d0 + step)) for i in range(n) for d0 in range(0, od_, step)], step
+
+
 def forward(x, w, bias, pad, groups):
+    """Each input depth slice is transformed once per run of output slices and shared by the kD taps:
+    V is laid out (36, groups, slices, C/g, tiles), so the kD slices an output slice reads are one
+    (kD * C/g, tiles) matrix, a strided window of V, and one batched GEMM per run serves every output
+    slice and tap (no stacked copies of the input, kD x fewer input transforms)."""
     n, c, d, h, wd = x.shape
-    o, _, kd_ = w.shape[:3]
-    od_ = d + 2 * pad[0] - kd_ + 1
-    y = np.empty((n, o, max(od_, 0), h + 2 * pad[1] - 2, wd + 2 * pad[2] - 2), dtype=x.dtype)
+    o, cg, kd_ = w.shape[:3]
+    og, pd, ph, pw = o // groups, pad[0], pad[1], pad[2]
+    od_ = d + 2 * pd - kd_ + 1
+    y = np.empty((n, o, max(od_, 0), h + 2 * ph - 2, wd + 2 * pw - 2), dtype=x.dtype)
     if od_ <= 0 or n == 0 or min(y.shape[3:]) <= 0:
         return y
-    w2 = _stackedKernel(w, groups)
-    u = conv_winograd.kernelTransform(w2, groups)
-    chunks, step = _chunks(n, od_, kd_ * c * h * wd * x.itemsize)
-    buf = np.empty((step, kd_ * c, h, wd), dtype=x.dtype)
-    # The Winograd chunks follow the whole call's result, not one stack chunk's.
-    winoBytes = conv_winograd.chunkBytes(y.nbytes)
-    for item, d0, d1 in chunks:
-        xs = _stackInto(buf, x, item, d0, d1, kd_, pad[0], groups)
-        out = y[item, :, d0:d1].transpose(1, 0, 2, 3)  # (slices, O, OH, OW) view of the result
-        conv_winograd.forward(xs, w2, bias, (pad[1], pad[2]), groups, winoBytes, u=u, out=out)
+    u = conv_winograd.kernelTransform(_stackedKernel(w, groups), groups)[:, :, None]  # (36, G, 1, O/g, kD C/g)
+    th, tw = conv_winograd._tiles(h, wd, (ph, pw))
+    P = th * tw
+    sliceBytes, outBytes = 36 * c * P * x.itemsize, 36 * o * P * x.itemsize
+    chunks, step = _sliceChunks(n, od_, kd_, sliceBytes, outBytes, max(STACK_BYTES, conv_winograd.chunkBytes(y.nbytes)))
+    workers = conv_winograd._workers(len(chunks))
+    runs = [chunks[len(chunks) * k // workers:len(chunks) * (k + 1) // workers] for k in range(workers)]
+    biasv = np.zeros(o, dtype=x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype).reshape(o)
+    cst = np.array([2, 4, 5, 8], dtype=x.dtype)
+    bufs = [(workspace.get(f"wino3-v{k}", (36 * c * (step + kd_ - 1) * P,), x.dtype),
+             workspace.get(f"wino3-m{k}", (36 * o * step * P,), x.dtype)) for k in range(workers)]
+
+    def work(k):
+        vb, mb = bufs[k]
+        for item, d0, d1 in runs[k]:
+            s, nd = d1 - d0 + kd_ - 1, d1 - d0
+            v = vb[:36 * c * s * P].reshape(36, groups, s, cg, P)
+            m = mb[:36 * o * nd * P].reshape(36, groups, nd, og, P)
+            flatV, flatM = v.reshape(36, -1), m.reshape(36, -1)
+            for j in range(s):
+                src = d0 + j - pd
+                if 0 <= src < d:
+                    conv_winograd._inputTransform(x[item:item + 1, :, src], flatV, j * cg * P, s * cg * P, cg,
+                                                  ph, pw, th, tw, 0, th, cst, 0, c)
+                else:
+                    v[:, :, j] = 0
+            # Output slice j reads slices j .. j + kD - 1: rows (kd, c) of a window with V's own strides.
+            win = np.lib.stride_tricks.as_strided(v, (36, groups, nd, kd_ * cg, P), v.strides, writeable=False)
+            np.matmul(u, win, out=m)
+            for j in range(nd):
+                conv_winograd._outputTransform(flatM, j * og * P, nd * og * P, og, y[item:item + 1, :, d0 + j],
+                                               biasv, th, tw, 0, th, cst, 0, o)
+
+    conv_winograd._runChunks(work, workers)
     return y
 
 
@@ -107,8 +145,9 @@ def backwardParams(x, dy, wShape, pad, groups):
 
 
 def workspaceBytes(xShape, wShape, pad, groups, itemsize, grad=False):
-    """One stacked-input chunk plus conv_winograd's buffers for it (and, with ``grad``, the weight
-    gradient's dy chunk, transformed-gradient and per-chunk kernel-space gradient)."""
+    """Forward (and backward-data): the transformed slices and products of one run per worker, and the
+    kernel transform; ``grad``: one stacked-input chunk plus conv_winograd's buffers for it, the dy chunk,
+    transformed gradient and per-chunk kernel-space gradient."""
     n, c, d, h, w = xShape
     o, kd_ = wShape[0], wShape[2]
     od_ = max(0, d + 2 * pad[0] - kd_ + 1)
@@ -118,9 +157,14 @@ def workspaceBytes(xShape, wShape, pad, groups, itemsize, grad=False):
     resultBytes = n * o * od_ * oh * ow * itemsize
     u = 36 * o * kd_ * (c // groups) * itemsize
     if not grad:
-        inner = conv_winograd.workspaceBytes((step, kd_ * c, h, w), o, (pad[1], pad[2]), itemsize,
-                                             resultBytes=resultBytes)
-        return step * sliceElems * itemsize + inner + u
+        # forward: each worker's transformed slices and products for one run of output slices.
+        th, tw = conv_winograd._tiles(h, w, (pad[1], pad[2]))
+        sliceBytes, outBytes = 36 * c * th * tw * itemsize, 36 * o * th * tw * itemsize
+        chunks, run = _sliceChunks(n, max(od_, 1), kd_, sliceBytes, outBytes,
+                                   max(STACK_BYTES, conv_winograd.chunkBytes(resultBytes)))
+        workers = conv_winograd._workers(len(chunks))
+        scratch = workers * 72 * max(conv_winograd.VECTOR_SPAN, th * tw) * itemsize
+        return workers * ((run + kd_ - 1) * sliceBytes + run * outBytes) + scratch + 2 * u
     winoBytes = conv_winograd.chunkBytes(max(n * c * d * h * w * itemsize, resultBytes))
     inner = conv_winograd.workspaceBytes((step, kd_ * c, h, w), o, (pad[1], pad[2]), itemsize,
                                          tileBytes=winoBytes)
