@@ -404,3 +404,19 @@ def test_winograd3dSharedSlicesMatchReference(threads, runBytes, monkeypatch):
     monkeypatch.setattr(conv_winograd, "chunkBytes", lambda resultBytes: 1)
     _check("winograd", (2, 6, (5, 9, 6), 4, (3, 3, 3), (1, 1, 1), (1, 2, 0), (1, 1, 1), 2), np.float64, 1e-12,
            scaled=True)
+
+
+@pytest.mark.skipif(not conv_winograd.available, reason="numba is not installed")
+def test_winograd3dWeightGradientRunsIndependentOfThreadCount(monkeypatch):
+    # One output slice per run, runs split into fixed partial sums: the same bits on one thread or two,
+    # and within the bound of the float64 reference.
+    case = (2, 4, (5, 7, 6), 6, (3, 3, 3), (1, 1, 1), (1, 1, 0), (1, 1, 1), 2)
+    x, w, b, dy, (stride, pad, dilation, groups) = _data(case, np.float64)
+    monkeypatch.setattr(conv_winograd, "chunkBytes", lambda resultBytes: 1)
+    results = []
+    for threads in (1, 2):
+        monkeypatch.setattr(conv_winograd, "THREADS", threads)
+        results.append(conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups, algo="winograd")[0])
+    assert np.array_equal(results[0], results[1])
+    ref = refBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0]
+    assert np.abs(results[0] - ref).max() < 1e-12 * np.abs(ref).max()

@@ -218,25 +218,25 @@ def _outputTransform(M, off, gStride, og, y, bias, th, tw, q0, q1, cst, o0, o1):
         os_ = oe
 
 
-def _gradTransform(dy, Mg, th, tw, q0, q1, cst, o0, o1):
+def _gradTransform(dy, Mg, off, gStride, og, th, tw, q0, q1, cst, o0, o1):
     """Mg[a * 6 + b, o, (q - q0) * tw + tx] = (A g A^T)[a, b] for the 4x4 gradient tile g (zero past the map).
 
     The adjoint of the output transform: the weight gradient in the transformed domain is the
     elementwise product of this with the input transform, summed over tiles. Gather, then two
-    unit-stride passes over the chunk's tiles, as in the input transform.
+    unit-stride passes over the chunk's tiles, as in the input transform; Mg is laid out as V there.
     """
     oh, ow = dy.shape[2], dy.shape[3]
     P = (q1 - q0) * tw
     ob = max(1, min(o1 - o0, VECTOR_SPAN // max(P, 1)))
     G = np.empty((4, 4, ob * P), dtype=dy.dtype)
     R = np.empty((6, 4, ob * P), dtype=dy.dtype)
-    Mg2 = Mg.reshape(36, Mg.shape[1] * P)
     two, four, eight = cst[0], cst[1], cst[3]
     zero = cst[0] - cst[0]
     full = min(tw, ow // 4)
-    for os_ in range(o0, o1, ob):
-        oe = min(o1, os_ + ob)
-        s0, L = os_ * P, (oe - os_) * P
+    os_ = o0
+    while os_ < o1:
+        oe = min(o1, os_ + ob, (os_ // og + 1) * og)
+        s0, L = off + (os_ // og) * gStride + (os_ % og) * P, (oe - os_) * P
         for o in range(os_, oe):
             for q in range(q0, q1):
                 b, ty = q // th, q % th
@@ -267,8 +267,8 @@ def _gradTransform(dy, Mg, th, tw, q0, q1, cst, o0, o1):
                 s5[p] = g3[p]
         for a in range(6):
             e0, e1, e2, e3 = R[a, 0], R[a, 1], R[a, 2], R[a, 3]
-            m0, m1, m2 = Mg2[a * 6, s0:s0 + L], Mg2[a * 6 + 1, s0:s0 + L], Mg2[a * 6 + 2, s0:s0 + L]
-            m3, m4, m5 = Mg2[a * 6 + 3, s0:s0 + L], Mg2[a * 6 + 4, s0:s0 + L], Mg2[a * 6 + 5, s0:s0 + L]
+            m0, m1, m2 = Mg[a * 6, s0:s0 + L], Mg[a * 6 + 1, s0:s0 + L], Mg[a * 6 + 2, s0:s0 + L]
+            m3, m4, m5 = Mg[a * 6 + 3, s0:s0 + L], Mg[a * 6 + 4, s0:s0 + L], Mg[a * 6 + 5, s0:s0 + L]
             for p in range(L):
                 m0[p] = e0[p]
                 m1[p] = e0[p] + e1[p] + e2[p] + e3[p]
@@ -276,6 +276,7 @@ def _gradTransform(dy, Mg, th, tw, q0, q1, cst, o0, o1):
                 m3[p] = e0[p] + two * e1[p] + four * e2[p] + eight * e3[p]
                 m4[p] = e0[p] - two * e1[p] + four * e2[p] - eight * e3[p]
                 m5[p] = e3[p]
+        os_ = oe
 
 
 if available:
@@ -479,7 +480,7 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None):
                 p = (q1 - q0) * tw
                 v, mg = vb[:36 * c * p].reshape(36, c, p), mb[:36 * o * p].reshape(36, o, p)
                 _inputTransform(xc, v.reshape(36, c * p), 0, cg * p, cg, pad[0], pad[1], th, tw, q0, q1, cst, 0, c)
-                _gradTransform(dyc, mg, th, tw, q0, q1, cst, 0, o)
+                _gradTransform(dyc, mg.reshape(36, o * p), 0, og * p, og, th, tw, q0, q1, cst, 0, o)
                 mgs, vts = mg.reshape(36, groups, og, p), v.reshape(36, groups, cg, p).transpose(0, 1, 3, 2)
                 # A block of tile positions at a time: the temporary is a third of dU (GEMMs stay batched).
                 for k0 in range(0, 36, _DU_BLOCK):
@@ -493,7 +494,19 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None):
     workspace.release()  # the transform buffers are dead; the kernel-space transform below needs its own
     if total == 0:
         du.fill(0)
-    gt = np.ascontiguousarray(_G.T.astype(x.dtype))  # (3, 6)
+    holder = [du]
+    del du
+    return kernelGradient(holder, wShape)
+
+
+def kernelGradient(holder, wShape):
+    """dW (wShape: O, C/g, 3, 3) from the transformed-domain gradient dU (36, groups, O/g, C/g).
+
+    ``holder``: [dU], emptied here, so that dU is freed as soon as the first product exists.
+    """
+    du = holder.pop()
+    o, cg = wShape[0], du.shape[3]
+    gt = np.ascontiguousarray(_G.T.astype(du.dtype))  # (3, 6)
     # dW[o, c, i, j] = sum_ab G[a, i] dU[a, b, o, c] G[b, j], as two products with no transposed copies
     # (each temporary is dropped as soon as the next exists: at most dU plus half of it is alive).
     t = np.matmul(gt, du.reshape(6, 6 * o * cg))                # (3, 6 * O * Cg): [i, b, oc]

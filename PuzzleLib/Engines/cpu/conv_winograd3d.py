@@ -8,9 +8,9 @@ Forward (and backward-data, the forward convolution of the gradient with the fli
 never stacks copies: it takes one batch item's output slices in runs, transforms each input slice the run
 reads once (conv_winograd's input transform, into V laid out (36, groups, slices, C/g, tiles)), and the
 kD slices of an output slice are then one (kD * C/g, tiles) window of V for the GEMMs; runs go to threads
-as conv_winograd's chunks do. The weight gradient is conv_winograd's over the stacked input, built per
-item in chunks of at most ``STACK_BYTES`` (one reused buffer), the chunks' small kernel-space gradients
-added in a fixed order. The error bound is conv_winograd's.
+as conv_winograd's chunks do. The weight gradient walks the same runs: each gradient slice transformed
+once, dU[k] += Mg[k, od] @ window[k, od]^T per output slice, in two fixed partial sums (the thread count
+does not change the result). The error bound is conv_winograd's.
 """
 
 import numpy as np
@@ -20,39 +20,15 @@ from PuzzleLib.Engines.cpu.conv_common import workspace
 
 available = conv_winograd.available
 
-# Weight gradient: bound of the stacked-input chunk of one call (at least one output slice is stacked at a
-# time); the N2 32->32 16x32x32 case ran as fast with 1 MiB chunks (2 slices) as with the whole stack.
 # Forward: the least bound of one worker's run (transformed slices and products; conv_winograd.chunkBytes
-# of the result when larger); that case ran 7.0 ms with 2 MiB runs (2 slices), 5.4 ms with 4 MiB (6).
+# of the result when larger). The N2 32->32 16x32x32 case ran 7.0 ms with 2 MiB runs (2 output slices),
+# 5.4 ms with 4 MiB (6). The weight gradient's runs follow conv_winograd.chunkBytes only (_gradRunBytes).
 STACK_BYTES = 1 << 20
 
 
 def applies(kernel, stride, dilation):
     return (len(kernel) == 3 and tuple(kernel[1:]) == (3, 3) and tuple(stride) == (1, 1, 1)
             and tuple(dilation) == (1, 1, 1))
-
-
-def _chunks(n, od_, sliceBytes):
-    """[(item, d0, d1)]: output depth slices of each item, at most STACK_BYTES of stacked input each."""
-    step = max(1, min(od_, STACK_BYTES // max(sliceBytes, 1)))
-    return [(i, d0, min(od_, d0 + step)) for i in range(n) for d0 in range(0, od_, step)], step
-
-
-def _stackInto(buf, x, item, d0, d1, kd_, pd, groups):
-    """buf[j] (groups * kD * C/g, H, W) = slices d0 + j + kd - pd of item's channels, per group; zero outside."""
-    _, c, d, h, w = x.shape
-    cg = c // groups
-    xs = buf[:d1 - d0].reshape(d1 - d0, groups, kd_, cg, h, w)
-    src = x[item].reshape(groups, cg, d, h, w).transpose(2, 0, 1, 3, 4)  # (D, groups, C/g, H, W)
-    for kd in range(kd_):
-        lo, hi = max(d0, pd - kd), min(d1, d + pd - kd)  # output slices whose input slice is in bounds
-        if hi <= lo:
-            xs[:, :, kd] = 0
-            continue
-        xs[:lo - d0, :, kd] = 0
-        xs[hi - d0:, :, kd] = 0
-        xs[lo - d0:hi - d0, :, kd] = src[lo + kd - pd:hi + kd - pd]
-    return buf[:d1 - d0]
 
 
 def _stackedKernel(w, groups):
@@ -125,34 +101,74 @@ def backwardData(dy, w, xShape, pad, groups):
     return dx
 
 
+def _gradRunBytes(xBytes, dyBytes):
+    """The weight gradient's run bound: conv_winograd's chunk bound for the larger of its inputs."""
+    return conv_winograd.chunkBytes(max(xBytes, dyBytes))
+
+
 def backwardParams(x, dy, wShape, pad, groups):
+    """Weight gradient over the same runs as forward: each input slice of a run transformed once, each
+    gradient slice once; dU[k, g] += Mg[k, g, od] (O/g, tiles) @ window[k, g, od]^T (tiles, kD * C/g) for
+    every output slice, summed in two fixed partial sums (the thread count does not change the result)."""
     n, c, d, h, wd = x.shape
     o, od_ = dy.shape[1:3]
     cg, kd_ = wShape[1], wShape[2]
-    dw2 = np.zeros((o, kd_ * cg, 3, 3), dtype=x.dtype)
-    if n == 0 or od_ <= 0:
-        return dw2.reshape(o, kd_, cg, 3, 3).transpose(0, 2, 1, 3, 4).copy()
-    chunks, step = _chunks(n, od_, kd_ * c * h * wd * x.itemsize)
-    buf = np.empty((step, kd_ * c, h, wd), dtype=x.dtype)
-    dybuf = np.empty((step, o) + dy.shape[3:], dtype=x.dtype)
-    winoBytes = conv_winograd.chunkBytes(max(x.nbytes, dy.nbytes))
-    for item, d0, d1 in chunks:
-        xs = _stackInto(buf, x, item, d0, d1, kd_, pad[0], groups)
-        dys = dybuf[:d1 - d0]
-        np.copyto(dys, dy[item, :, d0:d1].transpose(1, 0, 2, 3))
-        dw2 += conv_winograd.backwardParams(xs, dys, dw2.shape, (pad[1], pad[2]), groups, winoBytes)
+    og, pd, ph, pw = o // groups, pad[0], pad[1], pad[2]
+    if n == 0 or od_ <= 0 or min(dy.shape[3:]) <= 0:
+        return np.zeros(wShape, dtype=x.dtype)
+    th, tw = conv_winograd._tiles(h, wd, (ph, pw))
+    P = th * tw
+    sliceBytes, outBytes = 36 * c * P * x.itemsize, 36 * o * P * x.itemsize
+    chunks, step = _sliceChunks(n, od_, kd_, sliceBytes, outBytes, _gradRunBytes(x.nbytes, dy.nbytes))
+    parts = conv_winograd._GRAD_PARTS
+    runs = [chunks[len(chunks) * k // parts:len(chunks) * (k + 1) // parts] for k in range(parts)]
+    workers = conv_winograd._workers(min(parts, len(chunks)))
+    cst = np.array([2, 4, 5, 8], dtype=x.dtype)
+    sums = [np.zeros((36, groups, og, kd_ * cg), dtype=x.dtype) for _ in range(parts)]
+    bufs = [(workspace.get(f"wino3-v{k}", (36 * c * (step + kd_ - 1) * P,), x.dtype),
+             workspace.get(f"wino3-m{k}", (36 * o * step * P,), x.dtype),
+             workspace.get(f"wino3-du{k}", (36, groups, og, kd_ * cg), x.dtype)) for k in range(workers)]
+
+    def work(k):
+        vb, mb, part = bufs[k]
+        for r in range(k, parts, workers):
+            for item, d0, d1 in runs[r]:
+                s, nd = d1 - d0 + kd_ - 1, d1 - d0
+                v = vb[:36 * c * s * P].reshape(36, groups, s, cg, P)
+                m = mb[:36 * o * nd * P].reshape(36, groups, nd, og, P)
+                flatV, flatM = v.reshape(36, -1), m.reshape(36, -1)
+                for j in range(s):
+                    src = d0 + j - pd
+                    if 0 <= src < d:
+                        conv_winograd._inputTransform(x[item:item + 1, :, src], flatV, j * cg * P, s * cg * P, cg,
+                                                      ph, pw, th, tw, 0, th, cst, 0, c)
+                    else:
+                        v[:, :, j] = 0
+                for j in range(nd):
+                    conv_winograd._gradTransform(dy[item:item + 1, :, d0 + j], flatM, j * og * P, nd * og * P, og,
+                                                 th, tw, 0, th, cst, 0, o)
+                win = np.lib.stride_tricks.as_strided(v, (36, groups, nd, kd_ * cg, P), v.strides, writeable=False)
+                for j in range(nd):
+                    np.matmul(m[:, :, j], win[:, :, j].transpose(0, 1, 3, 2), out=part)
+                    sums[r] += part
+
+    conv_winograd._runChunks(work, workers)
+    for r in range(1, parts):
+        sums[0] += sums[r]
+    holder = [sums[0]]
+    sums.clear()
+    workspace.release()
+    dw2 = conv_winograd.kernelGradient(holder, (o, kd_ * cg, 3, 3))
     return np.ascontiguousarray(dw2.reshape(o, kd_, cg, 3, 3).transpose(0, 2, 1, 3, 4))
 
 
 def workspaceBytes(xShape, wShape, pad, groups, itemsize, grad=False):
     """Forward (and backward-data): the transformed slices and products of one run per worker, and the
-    kernel transform; ``grad``: one stacked-input chunk plus conv_winograd's buffers for it, the dy chunk,
-    transformed gradient and per-chunk kernel-space gradient."""
+    kernel transform; ``grad``: the same per worker plus its dU-sized product, the partial sums of dU and
+    the kernel-space transform's temporaries."""
     n, c, d, h, w = xShape
     o, kd_ = wShape[0], wShape[2]
     od_ = max(0, d + 2 * pad[0] - kd_ + 1)
-    sliceElems = kd_ * c * h * w
-    _, step = _chunks(1, max(od_, 1), sliceElems * itemsize)
     oh, ow = max(0, h + 2 * pad[1] - 2), max(0, w + 2 * pad[2] - 2)
     resultBytes = n * o * od_ * oh * ow * itemsize
     u = 36 * o * kd_ * (c // groups) * itemsize
@@ -165,8 +181,12 @@ def workspaceBytes(xShape, wShape, pad, groups, itemsize, grad=False):
         workers = conv_winograd._workers(len(chunks))
         scratch = workers * 72 * max(conv_winograd.VECTOR_SPAN, th * tw) * itemsize
         return workers * ((run + kd_ - 1) * sliceBytes + run * outBytes) + scratch + 2 * u
-    winoBytes = conv_winograd.chunkBytes(max(n * c * d * h * w * itemsize, resultBytes))
-    inner = conv_winograd.workspaceBytes((step, kd_ * c, h, w), o, (pad[1], pad[2]), itemsize,
-                                         tileBytes=winoBytes)
-    dyChunk = step * o * oh * ow * itemsize
-    return step * sliceElems * itemsize + dyChunk + inner + 2 * u + o * kd_ * (c // groups) * 9 * itemsize
+    th, tw = conv_winograd._tiles(h, w, (pad[1], pad[2]))
+    sliceBytes, outBytes = 36 * c * th * tw * itemsize, 36 * o * th * tw * itemsize
+    chunks, run = _sliceChunks(n, max(od_, 1), kd_, sliceBytes, outBytes,
+                               _gradRunBytes(n * c * d * h * w * itemsize, resultBytes))
+    workers = conv_winograd._workers(min(conv_winograd._GRAD_PARTS, len(chunks)))
+    scratch = workers * 72 * max(conv_winograd.VECTOR_SPAN, th * tw) * itemsize
+    perWorker = (run + kd_ - 1) * sliceBytes + run * outBytes + u  # slices, products, one dU-sized product
+    # The partial sums of dU, and the kernel-space transform's temporaries (dU and half of it).
+    return workers * perWorker + scratch + conv_winograd._GRAD_PARTS * u + 2 * u
