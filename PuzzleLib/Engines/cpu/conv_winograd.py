@@ -9,10 +9,12 @@ flipped, transposed kernel and padding 2 - pad (negative padding crops), so the 
 The weight gradient is the adjoint: dW = G^T [sum over tiles (A g A^T) * V] G, 36 GEMMs
 (O, tiles) @ (tiles, C).
 
-The transforms are memory-bound loops over tiles, compiled with numba (cache on disk), vectorised
-along rows of tiles. Tiles are processed in chunks of tile rows (across batch items) so the V and M
-buffers stay under a bound (``chunkBytes``: at most 1 MiB, a quarter of the call's result); they are
-reused across the chunks of one call and released when it returns.
+The transforms are memory-bound loops over tiles, compiled with numba (cache on disk): image rows are
+copied end to end into flat buffers and transformed in long unit-stride (or stride-4 interleaved)
+passes that LLVM vectorises; copies index with unsigned integers (numba's negative-index wrap-around on
+signed ones kept LLVM from vectorising them: 4x slower).
+Tiles are processed in chunks of tile rows (across batch items) so the V and M buffers stay under a
+bound (``chunkBytes``); they are reused across the chunks of one call and released when it returns.
 
 Accuracy: the points 0, +-1, +-2 bring coefficients up to 8 (and 1/24 in G), which amplify rounding,
 so the error is about 10x a direct convolution's. Measured against a float64 direct reference
@@ -31,7 +33,7 @@ from PuzzleLib.Engines.cpu import conv_common
 from PuzzleLib.Engines.cpu.conv_common import THREADS, parallel, workspace
 
 try:
-    from numba import njit
+    from numba import njit, uintp
 except ImportError:  # pragma: no cover - numba is a dependency; without it the algorithm is unavailable
     njit = None
 
@@ -80,13 +82,6 @@ def applies(kernel, stride, dilation):
     return len(kernel) == 2 and tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
 
 
-def _gatherEdge(xr, D, i, base, tx, pw, w, zero):
-    """D[i, j, base + tx] = the tile's column j of input row xr, zero in the padding."""
-    for j in range(6):
-        col = 4 * tx + j - pw
-        D[i, j, base + tx] = xr[col] if 0 <= col < w else zero
-
-
 def _inputTransform(x, V, off, gStride, cg, ph, pw, th, tw, q0, q1, cst, c0, c1):
     """V[a * 6 + b, at(c) + (q - q0) * tw + tx] = (B^T d B)[a, b] for the tile (row q = n * th + ty, column tx).
 
@@ -94,69 +89,110 @@ def _inputTransform(x, V, off, gStride, cg, ph, pw, th, tw, q0, q1, cst, c0, c1)
     at(c) = off + (c // cg) * gStride + (c % cg) * P (a plain (36, C, P) array: off 0, gStride cg * P;
     conv_winograd3d lays out several depth slices per group).
 
-    Per channel, three passes over the chunk's tiles: gather each tile's 6x6 patch into D[i, j, tile]
-    (the padding fused: zeros outside the map), transform down the patch rows (B^T), then along its
-    columns (B). The transforms are loops over the chunk's tiles with unit-stride loads and stores only,
-    which LLVM vectorises (no fast-math: every value is computed in the order written, so results are
-    the same on every run); V's rows are written whole and contiguous.
+    Per block of channels, three flat passes: copy each tile row's six input rows (padding fused) into
+    D[i], rows of 4 tw columns laid end to end (the two columns past them, read by the last tile, go to
+    E); B^T down the rows, contiguous over the whole block; then B along the columns: tile t reads
+    columns 4 t .. 4 t + 5 of that flat row, a stride-4 interleaved load LLVM vectorises over the whole
+    block (the last tile of each row, whose columns 4 and 5 are in E, is redone afterwards). No
+    fast-math: every value is computed in the order written (rows first, then columns), so results are
+    the same on every run.
     """
     h, w = x.shape[2], x.shape[3]
-    P = (q1 - q0) * tw
+    nq = q1 - q0
+    P, S = nq * tw, 4 * tw
     cb = max(1, min(c1 - c0, VECTOR_SPAN // max(P, 1)))
-    D = np.empty((6, 6, cb * P), dtype=x.dtype)
-    T = np.empty((6, 6, cb * P), dtype=x.dtype)
+    # D/T rows end to end, and 4 spare columns: the last tile's flat reads run two columns past the end.
+    D = np.zeros((6, cb * nq * S + 4), dtype=x.dtype)
+    T = np.empty((6, cb * nq * S + 4), dtype=x.dtype)
+    E = np.empty((6, cb * nq * 2), dtype=x.dtype)
+    F = np.empty((6, cb * nq * 2), dtype=x.dtype)
+    Q = np.empty((4, cb * P + 1), dtype=x.dtype)
     # Constants typed like the data, so float32 stays float32 (a literal would promote to float64).
     two, four, five = cst[0], cst[1], cst[2]
     zero = cst[0] - cst[0]
-    # Tiles whose six columns all lie inside the map: [txLo, txHi) (the others read the padding).
-    txLo = min(tw, max(0, (pw + 3) // 4))
-    txHi = max(txLo, min(tw, (w + pw - 6) // 4 + 1))
+    lo = min(S + 2, max(0, pw))             # padded columns [lo, hi) lie inside the map
+    hi = max(lo, min(S + 2, pw + w))
     cs = c0
     while cs < c1:
         ce = min(c1, cs + cb, (cs // cg + 1) * cg)  # a block stays within its group (contiguous in V)
         for c in range(cs, ce):
             for q in range(q0, q1):
                 b, ty = q // th, q % th
-                base = (c - cs) * P + (q - q0) * tw
+                rr = (c - cs) * nq + (q - q0)
+                base = rr * S
                 for i in range(6):
                     r = ty * 4 + i - ph
                     if r < 0 or r >= h:
-                        for j in range(6):
-                            for tx in range(tw):
-                                D[i, j, base + tx] = zero
+                        for k in range(S):
+                            D[i, base + k] = zero
+                        E[i, 2 * rr] = zero
+                        E[i, 2 * rr + 1] = zero
                         continue
-                    xr = x[b, c, r]
-                    for tx in range(txLo, txHi):
-                        k = 4 * tx - pw
-                        for j in range(6):
-                            D[i, j, base + tx] = xr[k + j]
-                    for tx in range(txLo):
-                        _gatherEdge(xr, D, i, base, tx, pw, w, zero)
-                    for tx in range(txHi, tw):
-                        _gatherEdge(xr, D, i, base, tx, pw, w, zero)
-        L = (ce - cs) * P
-        for j in range(6):
-            d0, d1, d2, d3, d4, d5 = D[0, j], D[1, j], D[2, j], D[3, j], D[4, j], D[5, j]
-            t0, t1, t2, t3, t4, t5 = T[0, j], T[1, j], T[2, j], T[3, j], T[4, j], T[5, j]
-            for p in range(L):
-                t0[p] = four * d0[p] - five * d2[p] + d4[p]
-                t1[p] = -(four * (d1[p] + d2[p])) + d3[p] + d4[p]
-                t2[p] = four * (d1[p] - d2[p]) - d3[p] + d4[p]
-                t3[p] = two * (d3[p] - d1[p]) - d2[p] + d4[p]
-                t4[p] = two * (d1[p] - d3[p]) - d2[p] + d4[p]
-                t5[p] = four * d1[p] - five * d3[p] + d5[p]
+                    for k in range(min(lo, S)):
+                        D[i, base + k] = zero
+                    # Unsigned indices: numba then drops its negative-index wrap-around, and LLVM vectorises
+                    # the copy (4x faster than signed indices).
+                    ub, uc, ur, ui = uintp(b), uintp(c), uintp(r), uintp(i)
+                    for k in range(lo, min(hi, S)):
+                        D[ui, uintp(base + k)] = x[ub, uc, ur, uintp(k - pw)]
+                    for k in range(max(hi, lo), S):
+                        D[i, base + k] = zero
+                    for k in range(2):
+                        col = S + k
+                        E[i, 2 * rr + k] = x[b, c, r, col - pw] if lo <= col < hi else zero
+        rows = (ce - cs) * nq
+        L4 = rows * S + 4
+        d0, d1, d2, d3, d4, d5 = D[0], D[1], D[2], D[3], D[4], D[5]
+        t0, t1, t2, t3, t4, t5 = T[0], T[1], T[2], T[3], T[4], T[5]
+        for p in range(L4):
+            t0[p] = four * d0[p] - five * d2[p] + d4[p]
+            t1[p] = -(four * (d1[p] + d2[p])) + d3[p] + d4[p]
+            t2[p] = four * (d1[p] - d2[p]) - d3[p] + d4[p]
+            t3[p] = two * (d3[p] - d1[p]) - d2[p] + d4[p]
+            t4[p] = two * (d1[p] - d3[p]) - d2[p] + d4[p]
+            t5[p] = four * d1[p] - five * d3[p] + d5[p]
+        d0, d1, d2, d3, d4, d5 = E[0], E[1], E[2], E[3], E[4], E[5]
+        t0, t1, t2, t3, t4, t5 = F[0], F[1], F[2], F[3], F[4], F[5]
+        for p in range(2 * rows):
+            t0[p] = four * d0[p] - five * d2[p] + d4[p]
+            t1[p] = -(four * (d1[p] + d2[p])) + d3[p] + d4[p]
+            t2[p] = four * (d1[p] - d2[p]) - d3[p] + d4[p]
+            t3[p] = two * (d3[p] - d1[p]) - d2[p] + d4[p]
+            t4[p] = two * (d1[p] - d3[p]) - d2[p] + d4[p]
+            t5[p] = four * d1[p] - five * d3[p] + d5[p]
         o0 = off + (cs // cg) * gStride + (cs % cg) * P
+        L = rows * tw
         for a in range(6):
-            e0, e1, e2, e3, e4, e5 = T[a, 0], T[a, 1], T[a, 2], T[a, 3], T[a, 4], T[a, 5]
+            e, f = T[a], F[a]
+            # Columns 4 t + j of the flat row into Q[j][t] (one interleaved load, vectorised), so that the
+            # column transform reads unit-stride: columns 4 and 5 of tile t are columns 0 and 1 of t + 1.
+            q0_, q1_, q2_, q3_ = Q[0], Q[1], Q[2], Q[3]
+            for p in range(L + 1):
+                u = uintp(4 * p)
+                q0_[p] = e[u]
+                q1_[p] = e[u + uintp(1)]
+                q2_[p] = e[u + uintp(2)]
+                q3_[p] = e[u + uintp(3)]
             v0, v1, v2 = V[a * 6, o0:o0 + L], V[a * 6 + 1, o0:o0 + L], V[a * 6 + 2, o0:o0 + L]
             v3, v4, v5 = V[a * 6 + 3, o0:o0 + L], V[a * 6 + 4, o0:o0 + L], V[a * 6 + 5, o0:o0 + L]
             for p in range(L):
-                v0[p] = four * e0[p] - five * e2[p] + e4[p]
-                v1[p] = -(four * (e1[p] + e2[p])) + e3[p] + e4[p]
-                v2[p] = four * (e1[p] - e2[p]) - e3[p] + e4[p]
-                v3[p] = two * (e3[p] - e1[p]) - e2[p] + e4[p]
-                v4[p] = two * (e1[p] - e3[p]) - e2[p] + e4[p]
-                v5[p] = four * e1[p] - five * e3[p] + e5[p]
+                e0, e1, e2, e3, e4, e5 = q0_[p], q1_[p], q2_[p], q3_[p], q0_[p + 1], q1_[p + 1]
+                v0[p] = four * e0 - five * e2 + e4
+                v1[p] = -(four * (e1 + e2)) + e3 + e4
+                v2[p] = four * (e1 - e2) - e3 + e4
+                v3[p] = two * (e3 - e1) - e2 + e4
+                v4[p] = two * (e1 - e3) - e2 + e4
+                v5[p] = four * e1 - five * e3 + e5
+            for rr in range(rows):  # the last tile of each row: its columns 4 and 5 are in F
+                p = rr * tw + tw - 1
+                e0, e1, e2, e3 = q0_[p], q1_[p], q2_[p], q3_[p]
+                e4, e5 = f[2 * rr], f[2 * rr + 1]
+                v0[p] = four * e0 - five * e2 + e4
+                v1[p] = -(four * (e1 + e2)) + e3 + e4
+                v2[p] = four * (e1 - e2) - e3 + e4
+                v3[p] = two * (e3 - e1) - e2 + e4
+                v4[p] = two * (e1 - e3) - e2 + e4
+                v5[p] = four * e1 - five * e3 + e5
         cs = ce
 
 
@@ -165,17 +201,19 @@ def _outputTransform(M, off, gStride, og, y, bias, th, tw, q0, q1, cst, o0, o1):
 
     M is (36, ...) flat per tile position, laid out as V in _inputTransform (maps in groups of og).
 
-    Per output map: A^T down the columns of M's 6x6 tiles, then A along the rows plus the bias, both as
-    unit-stride loops over the chunk's tiles (vectorised), into Y[i, j, tile]; then Y is scattered into
-    the map (the parts of edge tiles past the map are dropped).
+    Per block of output maps, flat passes over its tiles: A^T down the columns of M's 6x6 tiles, then
+    A along the rows plus the bias into Y[i], whose tile t holds columns 4 t .. 4 t + 3 (a stride-4
+    interleaved store, vectorised), so that Y[i] is the block's output rows laid end to end; they are
+    then copied into the map (the columns and rows of edge tiles past the map are dropped).
     """
     oh, ow = y.shape[2], y.shape[3]
-    P = (q1 - q0) * tw
+    nq = q1 - q0
+    P, S = nq * tw, 4 * tw
     ob = max(1, min(o1 - o0, VECTOR_SPAN // max(P, 1)))
     T = np.empty((4, 6, ob * P), dtype=y.dtype)
-    Y = np.empty((4, 4, ob * P), dtype=y.dtype)
+    Y = np.empty((4, ob * P * 4), dtype=y.dtype)
+    bt = np.empty(ob * P, dtype=y.dtype)
     two, four, eight = cst[0], cst[1], cst[3]
-    full = min(tw, ow // 4)  # tiles whose four columns are all inside the map
     os_ = o0
     while os_ < o1:
         oe = min(o1, os_ + ob, (os_ // og + 1) * og)
@@ -189,32 +227,30 @@ def _outputTransform(M, off, gStride, og, y, bias, th, tw, q0, q1, cst, o0, o1):
                 r1[p] = m1[p] - m2[p] + two * (m3[p] - m4[p])
                 r2[p] = m1[p] + m2[p] + four * (m3[p] + m4[p])
                 r3[p] = m1[p] - m2[p] + eight * (m3[p] - m4[p]) + m5[p]
+        for o in range(os_, oe):
+            bv = bias[o]
+            for p in range((o - os_) * P, (o - os_ + 1) * P):
+                bt[p] = bv
         for i in range(4):
             e0, e1, e2, e3, e4, e5 = T[i, 0], T[i, 1], T[i, 2], T[i, 3], T[i, 4], T[i, 5]
-            y0, y1, y2, y3 = Y[i, 0], Y[i, 1], Y[i, 2], Y[i, 3]
-            for o in range(os_, oe):
-                bv = bias[o]
-                for p in range((o - os_) * P, (o - os_ + 1) * P):
-                    y0[p] = e0[p] + e1[p] + e2[p] + e3[p] + e4[p] + bv
-                    y1[p] = e1[p] - e2[p] + two * (e3[p] - e4[p]) + bv
-                    y2[p] = e1[p] + e2[p] + four * (e3[p] + e4[p]) + bv
-                    y3[p] = e1[p] - e2[p] + eight * (e3[p] - e4[p]) + e5[p] + bv
+            yi = Y[i]
+            for p in range(L):
+                bv, u = bt[p], uintp(4 * p)
+                yi[u] = e0[p] + e1[p] + e2[p] + e3[p] + e4[p] + bv
+                yi[u + uintp(1)] = e1[p] - e2[p] + two * (e3[p] - e4[p]) + bv
+                yi[u + uintp(2)] = e1[p] + e2[p] + four * (e3[p] + e4[p]) + bv
+                yi[u + uintp(3)] = e1[p] - e2[p] + eight * (e3[p] - e4[p]) + e5[p] + bv
         for o in range(os_, oe):
             for q in range(q0, q1):
                 b, ty = q // th, q % th
-                base = (o - os_) * P + (q - q0) * tw
+                base = ((o - os_) * nq + (q - q0)) * S
                 for i in range(4):
                     row = ty * 4 + i
                     if row >= oh:
                         break
-                    yr = y[b, o, row]
-                    for tx in range(full):
-                        for j in range(4):
-                            yr[4 * tx + j] = Y[i, j, base + tx]
-                    for tx in range(full, tw):
-                        for j in range(4):
-                            if 4 * tx + j < ow:
-                                yr[4 * tx + j] = Y[i, j, base + tx]
+                    ub, uo, ur, ui = uintp(b), uintp(o), uintp(row), uintp(i)
+                    for k in range(ow):
+                        y[ub, uo, ur, uintp(k)] = Y[ui, uintp(base + k)]
         os_ = oe
 
 
@@ -222,17 +258,19 @@ def _gradTransform(dy, Mg, off, gStride, og, th, tw, q0, q1, cst, o0, o1):
     """Mg[a * 6 + b, o, (q - q0) * tw + tx] = (A g A^T)[a, b] for the 4x4 gradient tile g (zero past the map).
 
     The adjoint of the output transform: the weight gradient in the transformed domain is the
-    elementwise product of this with the input transform, summed over tiles. Gather, then two
-    unit-stride passes over the chunk's tiles, as in the input transform; Mg is laid out as V there.
+    elementwise product of this with the input transform, summed over tiles. Per block of maps: the
+    tile rows' four gradient rows are copied end to end into G[i] (zero past the map), A down the rows
+    (contiguous), then along the columns, tile t reading columns 4 t .. 4 t + 3 (stride-4 interleaved
+    loads, vectorised); Mg is laid out as V in _inputTransform.
     """
     oh, ow = dy.shape[2], dy.shape[3]
-    P = (q1 - q0) * tw
+    nq = q1 - q0
+    P, S = nq * tw, 4 * tw
     ob = max(1, min(o1 - o0, VECTOR_SPAN // max(P, 1)))
-    G = np.empty((4, 4, ob * P), dtype=dy.dtype)
-    R = np.empty((6, 4, ob * P), dtype=dy.dtype)
+    G = np.empty((4, ob * P * 4), dtype=dy.dtype)
+    R = np.empty((6, ob * P * 4), dtype=dy.dtype)
     two, four, eight = cst[0], cst[1], cst[3]
     zero = cst[0] - cst[0]
-    full = min(tw, ow // 4)
     os_ = o0
     while os_ < o1:
         oe = min(o1, os_ + ob, (os_ // og + 1) * og)
@@ -240,47 +278,45 @@ def _gradTransform(dy, Mg, off, gStride, og, th, tw, q0, q1, cst, o0, o1):
         for o in range(os_, oe):
             for q in range(q0, q1):
                 b, ty = q // th, q % th
-                base = (o - os_) * P + (q - q0) * tw
+                base = ((o - os_) * nq + (q - q0)) * S
                 for i in range(4):
                     row = ty * 4 + i
+                    gi = G[i]
                     if row >= oh:
-                        for j in range(4):
-                            for tx in range(tw):
-                                G[i, j, base + tx] = zero
+                        for k in range(S):
+                            gi[base + k] = zero
                         continue
-                    gr = dy[b, o, row]
-                    for tx in range(full):
-                        for j in range(4):
-                            G[i, j, base + tx] = gr[4 * tx + j]
-                    for tx in range(full, tw):
-                        for j in range(4):
-                            G[i, j, base + tx] = gr[4 * tx + j] if 4 * tx + j < ow else zero
-        for j in range(4):
-            g0, g1, g2, g3 = G[0, j], G[1, j], G[2, j], G[3, j]
-            s0_, s1, s2, s3, s4, s5 = R[0, j], R[1, j], R[2, j], R[3, j], R[4, j], R[5, j]
-            for p in range(L):
-                s0_[p] = g0[p]
-                s1[p] = g0[p] + g1[p] + g2[p] + g3[p]
-                s2[p] = g0[p] - g1[p] + g2[p] - g3[p]
-                s3[p] = g0[p] + two * g1[p] + four * g2[p] + eight * g3[p]
-                s4[p] = g0[p] - two * g1[p] + four * g2[p] - eight * g3[p]
-                s5[p] = g3[p]
+                    ub, uo, ur = uintp(b), uintp(o), uintp(row)
+                    for k in range(ow):
+                        gi[uintp(base + k)] = dy[ub, uo, ur, uintp(k)]
+                    for k in range(ow, S):
+                        gi[base + k] = zero
+        g0, g1, g2, g3 = G[0], G[1], G[2], G[3]
+        s0_, s1, s2, s3, s4, s5 = R[0], R[1], R[2], R[3], R[4], R[5]
+        for p in range(4 * L):
+            s0_[p] = g0[p]
+            s1[p] = g0[p] + g1[p] + g2[p] + g3[p]
+            s2[p] = g0[p] - g1[p] + g2[p] - g3[p]
+            s3[p] = g0[p] + two * g1[p] + four * g2[p] + eight * g3[p]
+            s4[p] = g0[p] - two * g1[p] + four * g2[p] - eight * g3[p]
+            s5[p] = g3[p]
         for a in range(6):
-            e0, e1, e2, e3 = R[a, 0], R[a, 1], R[a, 2], R[a, 3]
+            e = R[a]
             m0, m1, m2 = Mg[a * 6, s0:s0 + L], Mg[a * 6 + 1, s0:s0 + L], Mg[a * 6 + 2, s0:s0 + L]
             m3, m4, m5 = Mg[a * 6 + 3, s0:s0 + L], Mg[a * 6 + 4, s0:s0 + L], Mg[a * 6 + 5, s0:s0 + L]
             for p in range(L):
-                m0[p] = e0[p]
-                m1[p] = e0[p] + e1[p] + e2[p] + e3[p]
-                m2[p] = e0[p] - e1[p] + e2[p] - e3[p]
-                m3[p] = e0[p] + two * e1[p] + four * e2[p] + eight * e3[p]
-                m4[p] = e0[p] - two * e1[p] + four * e2[p] - eight * e3[p]
-                m5[p] = e3[p]
+                u = uintp(4 * p)
+                e0, e1, e2, e3 = e[u], e[u + uintp(1)], e[u + uintp(2)], e[u + uintp(3)]
+                m0[p] = e0
+                m1[p] = e0 + e1 + e2 + e3
+                m2[p] = e0 - e1 + e2 - e3
+                m3[p] = e0 + two * e1 + four * e2 + eight * e3
+                m4[p] = e0 - two * e1 + four * e2 - eight * e3
+                m5[p] = e3
         os_ = oe
 
 
 if available:
-    _gatherEdge = njit(cache=True, nogil=True)(_gatherEdge)
     _inputTransform = njit(cache=True, nogil=True)(_inputTransform)
     _outputTransform = njit(cache=True, nogil=True)(_outputTransform)
     _gradTransform = njit(cache=True, nogil=True)(_gradTransform)
