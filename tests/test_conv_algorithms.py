@@ -420,3 +420,35 @@ def test_winograd3dWeightGradientRunsIndependentOfThreadCount(monkeypatch):
     assert np.array_equal(results[0], results[1])
     ref = refBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0]
     assert np.abs(results[0] - ref).max() < 1e-12 * np.abs(ref).max()
+
+
+# -- direct "same" path (unit stride, output shape = input shape, kernel 3 wide) ---------------------------
+SAME_CASES = [
+    (2, 4, (7, 6), 4, (3, 3), (1, 1), (1, 1), (1, 1), 4),  # depthwise
+    (2, 4, (5, 9), 6, (5, 3), (1, 1), (2, 1), (1, 1), 2),  # several kernel rows, groups of 2 channels
+    (1, 2, (9, 8), 2, (3, 3), (1, 1), (2, 2), (2, 2), 2),  # dilation: shifts of +-2
+    (1, 2, (2, 1), 2, (3, 3), (1, 1), (1, 1), (1, 1), 2),  # maps narrower than the kernel
+    (2, 3, (11,), 3, (3,), (1,), (1,), (1,), 3),  # 1-D
+    (1, 2, (4, 5, 6), 2, (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 2),  # 3-D
+]
+
+
+@pytest.mark.skipif(not conv_direct.useNumba, reason="numba is not installed")
+@pytest.mark.parametrize("case", SAME_CASES)
+def test_directSameShape(case):
+    # Taps read the unpadded input at flat shifts; wrapped columns are masked and band ends run per pixel.
+    x, w, b, dy, (stride, pad, dilation, groups) = _data(case, np.float64)
+    y = conv.forward(x, w, b, stride, pad, dilation, groups, algo="direct")
+    np.testing.assert_allclose(y, refForward(x, w, b, stride, pad, dilation, groups), **TOL64)
+    dx = conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="direct")
+    np.testing.assert_allclose(dx, refBackwardData(dy, w, x.shape, stride, pad, dilation, groups), **TOL64)
+
+
+@pytest.mark.skipif(not conv_direct.useNumba, reason="numba is not installed")
+def test_directSameShapeMasksWrappedColumns():
+    # An inf in the last column must not reach the next row's first column through the flat shift.
+    x, w, b, dy, (stride, pad, dilation, groups) = _data(SAME_CASES[0], np.float32)
+    x[:, :, 2, -1] = np.inf
+    y = conv.forward(x, w, b, stride, pad, dilation, groups, algo="direct")
+    assert np.isfinite(y[:, :, 3, 0]).all() and np.isfinite(y[:, :, 1:4, :4]).all()
+    assert np.isinf(y[:, :, 2, -1]).all()

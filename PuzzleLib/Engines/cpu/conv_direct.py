@@ -344,6 +344,187 @@ def _backwardParams5(x, dy, dw, st, pd, dl, o0, o1):
                         dw[oc, c, kd, kh, kw] = total
 
 
+# -- "same" convolutions (unit stride, output shape = input shape, kernel 3 wide) ---------------------
+# The output plane has the input's pitch, so every tap is a constant shift of the flat input and the
+# result is written straight into y: no zero-bordered copy of the input, no compaction of the output.
+# Flat shifts by -d/+d wrap across rows at the left/right columns; there the taps are masked out by a
+# select (mL/mR per column of the plane: not a multiply, so an inf/nan from the wrapped column never
+# leaks in). Rows are grouped in bands with the same valid kernel rows; each band's first and last
+# d pixels (whose wrapped reads could leave the plane) go through the checked per-pixel routine.
+def _rowBands(od, oh, dd_, hh_, kd_, kh_, pd, dl):
+    """Valid kernel ranges [kdlo, kdhi) x [khlo, khhi) for output row oh of slice od, and the end of the
+    run of rows sharing them."""
+    kdlo, kdhi = _validRange(od, dd_, kd_, pd[0], dl[0])
+    khlo, khhi = _validRange(oh, hh_, kh_, pd[1], dl[1])
+    r1 = oh + 1
+    while r1 < hh_:
+        lo, hi = _validRange(r1, hh_, kh_, pd[1], dl[1])
+        if lo != khlo or hi != khhi:
+            break
+        r1 += 1
+    return kdlo, kdhi, khlo, khhi, r1
+
+
+def _validRange(o, size, k, p, d):
+    """Taps t of a unit-stride axis with input o + t * d - p inside [0, size): a range [lo, hi)."""
+    lo, hi = 0, k
+    while lo < k and o + lo * d - p < 0:
+        lo += 1
+    while hi > lo and o + (hi - 1) * d - p >= size:
+        hi -= 1
+    return lo, hi
+
+
+def _pixelSame(yf, xf, i, od, oh, ow, dd_, hh_, ww_, wk, pd, dl, init, add):
+    """One output pixel with every tap bounds-checked (band ends)."""
+    kd_, kh_, kw_ = wk.shape
+    total = yf[i] if add else init
+    for kd in range(kd_):
+        idd = od + kd * dl[0] - pd[0]
+        if idd < 0 or idd >= dd_:
+            continue
+        for kh in range(kh_):
+            ih = oh + kh * dl[1] - pd[1]
+            if ih < 0 or ih >= hh_:
+                continue
+            for kw in range(kw_):
+                iw = ow + kw * dl[2] - pd[2]
+                if 0 <= iw < ww_:
+                    total += wk[kd, kh, kw] * xf[(idd * hh_ + ih) * ww_ + iw]
+    yf[i] = total
+
+
+def _bandPass(yf, xf, start, count, mofs, mL, mR, wr, offs, r0, nr, dw_, init, add):
+    """yf[start + k] (+)= select(mL) left taps + centre taps + select(mR) right taps over kernel rows
+    [r0, r0 + nr) (nr <= 3), k in [0, count). Reads are in bounds: the caller trims the band ends."""
+    n = np.uintp(count)
+    s = np.uintp(start)
+    m = np.uintp(mofs)
+    z = yf.dtype.type(0)
+    a0 = np.uintp(start + offs[r0])
+    l0, c0, q0 = wr[r0, 0], wr[r0, 1], wr[r0, 2]
+    d = np.uintp(dw_)
+    if nr == 3:
+        a1, a2 = np.uintp(start + offs[r0 + 1]), np.uintp(start + offs[r0 + 2])
+        l1, c1, q1 = wr[r0 + 1, 0], wr[r0 + 1, 1], wr[r0 + 1, 2]
+        l2, c2, q2 = wr[r0 + 2, 0], wr[r0 + 2, 1], wr[r0 + 2, 2]
+        for k in range(n):
+            left = l0 * xf[a0 + k - d] + l1 * xf[a1 + k - d] + l2 * xf[a2 + k - d]
+            right = q0 * xf[a0 + k + d] + q1 * xf[a1 + k + d] + q2 * xf[a2 + k + d]
+            v = (yf[s + k] if add else init) + (c0 * xf[a0 + k] + c1 * xf[a1 + k] + c2 * xf[a2 + k])
+            v += left if mL[m + k] else z
+            v += right if mR[m + k] else z
+            yf[s + k] = v
+    elif nr == 2:
+        a1 = np.uintp(start + offs[r0 + 1])
+        l1, c1, q1 = wr[r0 + 1, 0], wr[r0 + 1, 1], wr[r0 + 1, 2]
+        for k in range(n):
+            left = l0 * xf[a0 + k - d] + l1 * xf[a1 + k - d]
+            right = q0 * xf[a0 + k + d] + q1 * xf[a1 + k + d]
+            v = (yf[s + k] if add else init) + (c0 * xf[a0 + k] + c1 * xf[a1 + k])
+            v += left if mL[m + k] else z
+            v += right if mR[m + k] else z
+            yf[s + k] = v
+    else:
+        for k in range(n):
+            v = (yf[s + k] if add else init) + c0 * xf[a0 + k]
+            v += l0 * xf[a0 + k - d] if mL[m + k] else z
+            v += q0 * xf[a0 + k + d] if mR[m + k] else z
+            yf[s + k] = v
+
+
+def _kernelOf(w, oc, c, cg, og, transposed, wk):
+    """wk = logical kernel [oc, c] (the transposed convolution: w[group's map c, oc's channel], flipped)."""
+    kd_, kh_, kw_ = wk.shape
+    if transposed:
+        g = oc // og
+        row, col = g * cg + c, oc - g * og
+    else:
+        row, col = oc, c
+    for kd in range(kd_):
+        for kh in range(kh_):
+            for kw in range(kw_):
+                if transposed:
+                    wk[kd, kh, kw] = w[row, col, kd_ - 1 - kd, kh_ - 1 - kh, kw_ - 1 - kw]
+                else:
+                    wk[kd, kh, kw] = w[row, col, kd, kh, kw]
+
+
+def _forwardSame5(x, w, bias, y, dims, pd, dl, o0, o1, transposed, mL, mR):
+    """Unit-stride "same" forward (or transposed, see _forwardFlat5) on (N, C, D*H*W) views."""
+    dd_, hh_, ww_ = dims
+    n_, c_ = x.shape[0], x.shape[1]
+    kd_, kh_ = w.shape[2], w.shape[3]
+    if transposed:
+        o_, cg = y.shape[1], w.shape[0] // (y.shape[1] // w.shape[1])
+    else:
+        o_, cg = w.shape[0], w.shape[1]
+    og = o_ // (c_ // cg)
+    hw = hh_ * ww_
+    dw_ = dl[2]
+    wk = np.empty((kd_, kh_, 3), dtype=y.dtype)
+    wr = np.empty((kd_ * kh_, 3), dtype=y.dtype)
+    offs = np.empty(kd_ * kh_, dtype=np.int64)
+    for b in range(n_):
+        for oc in range(o0, o1):
+            g = oc // og
+            yf = y[b, oc]
+            init = bias[oc]
+            for c in range(cg):
+                xf = x[b, g * cg + c]
+                _kernelOf(w, oc, c, cg, og, transposed, wk)
+                add = c > 0
+                for od in range(dd_):
+                    oh = 0
+                    while oh < hh_:
+                        kdlo, kdhi, khlo, khhi, r1 = _rowBands(od, oh, dd_, hh_, kd_, kh_, pd, dl)
+                        nr = 0
+                        for kd in range(kdlo, kdhi):
+                            for kh in range(khlo, khhi):
+                                offs[nr] = (kd * dl[0] - pd[0]) * hw + (kh * dl[1] - pd[1]) * ww_
+                                wr[nr, 0], wr[nr, 1], wr[nr, 2] = wk[kd, kh, 0], wk[kd, kh, 1], wk[kd, kh, 2]
+                                nr += 1
+                        first, last = od * hw + oh * ww_, od * hw + r1 * ww_
+                        lo, hi = first + dw_, last - dw_
+                        if hi <= lo:
+                            lo = hi = last
+                        for i in range(first, lo):
+                            _pixelSame(yf, xf, i, od, (i - od * hw) // ww_, (i - od * hw) % ww_, dd_, hh_, ww_,
+                                       wk, pd, dl, init, add)
+                        if nr == 0:
+                            for i in range(lo, hi):
+                                yf[i] = yf[i] if add else init
+                        r = 0
+                        while r < nr:
+                            step = min(3, nr - r)
+                            _bandPass(yf, xf, lo, hi - lo, lo - od * hw, mL, mR, wr, offs, r, step, dw_, init,
+                                      add or r > 0)
+                            r += step
+                        for i in range(hi, last):
+                            _pixelSame(yf, xf, i, od, (i - od * hw) // ww_, (i - od * hw) % ww_, dd_, hh_, ww_,
+                                       wk, pd, dl, init, add)
+                        oh = r1
+
+
+def _endsAdd(ends, gf, xf, i0, i1, od, dims, pd, dl, kd_, kh_):
+    """Band-end pixels [i0, i1) of the weight gradient: every tap bounds-checked, into per-tap sums."""
+    dd_, hh_, ww_ = dims
+    hw = hh_ * ww_
+    for i in range(i0, i1):
+        ih0, iw0 = (i - od * hw) // ww_, (i - od * hw) % ww_
+        for kd in range(kd_):
+            idd = od + kd * dl[0] - pd[0]
+            if idd < 0 or idd >= dd_:
+                continue
+            for kh in range(kh_):
+                ih = ih0 + kh * dl[1] - pd[1]
+                if ih < 0 or ih >= hh_:
+                    continue
+                for kw in range(3):
+                    iw = iw0 + kw * dl[2] - pd[2]
+                    if 0 <= iw < ww_:
+                        ends[kd * kh_ + kh, kw] += gf[i] * xf[(idd * hh_ + ih) * ww_ + iw]
+
 if njit is not None:
     _ranges = njit(cache=True)(_ranges)
     _span = njit(cache=True, inline="always")(_span)
@@ -356,6 +537,12 @@ if njit is not None:
     _backwardParamsFlat5 = njit(cache=True, nogil=True)(_backwardParamsFlat5)
     _backwardData5 = njit(cache=True, nogil=True)(_backwardData5)
     _backwardParams5 = njit(cache=True, nogil=True)(_backwardParams5)
+    _validRange = njit(cache=True, inline="always")(_validRange)
+    _rowBands = njit(cache=True)(_rowBands)
+    _pixelSame = njit(cache=True, nogil=True)(_pixelSame)
+    _bandPass = njit(cache=True, nogil=True)(_bandPass)
+    _kernelOf = njit(cache=True, nogil=True)(_kernelOf)
+    _forwardSame5 = njit(cache=True, nogil=True)(_forwardSame5)
 
 
 def _as5(a):
@@ -383,8 +570,29 @@ def _plan(xShape, wShape, stride, pad, dilation):
         lead = (1,) * (3 - len(outSpatial))
         yShape = (xShape[0], wShape[0]) + outSpatial
         plan = _plans[key] = (yShape, xShape[:2] + lead + xShape[2:], wShape[:2] + lead + wShape[2:],
-                              yShape[:2] + lead + outSpatial, _params3(stride, pad, dilation))
+                              yShape[:2] + lead + outSpatial, _params3(stride, pad, dilation),
+                              _isSame(xShape, wShape, stride, outSpatial))
     return plan
+
+
+def _isSame(xShape, wShape, stride, outSpatial):
+    """Unit stride, output shape = input shape, kernel 3 wide: the _forwardSame5 family applies."""
+    return all(s == 1 for s in stride) and tuple(outSpatial) == tuple(xShape[2:]) and wShape[-1] == 3
+
+
+def _masks(dims, dilation, dtype=np.bool_):
+    """Per flat position of a (H, W) plane: may the tap at -d (mL) / +d (mR) along W be read? Memoised."""
+    hh_, ww_ = dims[1], dims[2]
+    key = (hh_, ww_, dilation)
+    masks = _maskCache.get(key)
+    if masks is None:
+        if len(_maskCache) > 64:
+            _maskCache.clear()
+        col = np.tile(np.arange(ww_), hh_)
+        masks = _maskCache[key] = (col >= dilation, col + dilation < ww_)
+        for m in masks:
+            m.flags.writeable = False
+    return masks
 
 
 def _planT(dyShape, wShape, xShape, pad, dilation):
@@ -398,8 +606,9 @@ def _planT(dyShape, wShape, xShape, pad, dilation):
         # Padding of the transposed convolution (negative: the gradient is cropped).
         tpad = tuple(d * (k - 1) - p for k, p, d in zip(wShape[2:], pad, dilation))
         _, pd, dl = _params3((1,) * len(pad), tpad, dilation)
+        same = tuple(dyShape[2:]) == tuple(xShape[2:]) and wShape[-1] == 3
         plan = _plansT[key] = (dyShape[:2] + lead + dyShape[2:], wShape[:2] + lead + wShape[2:],
-                               xShape[:2] + lead + xShape[2:], pd, dl)
+                               xShape[:2] + lead + xShape[2:], pd, dl, same)
     return plan
 
 
@@ -407,6 +616,7 @@ _UNIT = {1: (1,), 2: (1, 1), 3: (1, 1, 1)}
 _plans = {}
 _plansT = {}
 _zeros = {}
+_maskCache = {}
 
 
 def _zeroBias(o, dtype):
@@ -424,7 +634,7 @@ def forward(x, w, bias, stride, pad, dilation, groups):
     if not useNumba:
         outSpatial = outputShape(x.shape[2:], w.shape[2:], stride, pad, dilation)
         return _numpyForward(x, w, bias, stride, pad, dilation, groups, outSpatial)
-    yShape, x5, w5, y5, params = _plan(x.shape, w.shape, stride, pad, dilation)
+    yShape, x5, w5, y5, params, same = _plan(x.shape, w.shape, stride, pad, dilation)
     y = np.empty(yShape, dtype=x.dtype)
     if bias is None:
         bias = _zeroBias(w.shape[0], x.dtype)
@@ -433,7 +643,13 @@ def forward(x, w, bias, stride, pad, dilation, groups):
     st, pd, dl = params
     xv, wv, bv, yv = _contiguous(x).reshape(x5), _contiguous(w).reshape(w5), bias.reshape(-1), y.reshape(y5)
     # Output maps are split between threads (the kernels release the GIL); each map is one thread's.
-    if st == (1, 1, 1):
+    if same:
+        dims = x5[2:]
+        mL, mR = _masks(dims, dl[2])
+        x3, y3 = xv.reshape(x5[:2] + (-1,)), yv.reshape(y5[:2] + (-1,))
+        parallel(lambda o0, o1: _forwardSame5(x3, wv, bv, y3, dims, pd, dl, o0, o1, False, mL, mR), w.shape[0],
+                 y.size * prod(w.shape[1:]))
+    elif st == (1, 1, 1):
         parallel(lambda o0, o1: _forwardFlat5(xv, wv, bv, yv, pd, dl, o0, o1, False), w.shape[0],
                  y.size * prod(w.shape[1:]))
     else:
@@ -447,10 +663,17 @@ def backwardData(dy, w, xShape, stride, pad, dilation, groups):
     if stride == _UNIT[len(stride)]:
         # A gather (the forward kernel run as the transposed convolution, reading w flipped in place)
         # beats the scatter-add loop.
-        dy5, w5, dx5, pd, dl = _planT(dy.shape, w.shape, xShape, pad, dilation)
+        dy5, w5, dx5, pd, dl, same = _planT(dy.shape, w.shape, xShape, pad, dilation)
         dx = np.empty(xShape, dtype=dy.dtype)
         dyv, wv, dxv = _contiguous(dy).reshape(dy5), _contiguous(w).reshape(w5), dx.reshape(dx5)
         bias = _zeroBias(xShape[1], dy.dtype)
+        if same:
+            dims = dx5[2:]
+            mL, mR = _masks(dims, dl[2])
+            dy3, dx3 = dyv.reshape(dy5[:2] + (-1,)), dxv.reshape(dx5[:2] + (-1,))
+            parallel(lambda c0, c1: _forwardSame5(dy3, wv, bias, dx3, dims, pd, dl, c0, c1, True, mL, mR),
+                     xShape[1], dy.size * prod(w.shape[1:]))
+            return dx
         parallel(lambda c0, c1: _forwardFlat5(dyv, wv, bias, dxv, pd, dl, c0, c1, True), xShape[1],
                  dy.size * prod(w.shape[1:]))
         return dx
