@@ -106,9 +106,10 @@ def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, group
         u = 36 * o * cg * itemsize
         if direction == "backwardData":
             dyShape = (n, o) + outSpatial
-            return conv_winograd.workspaceBytes(dyShape, c, tuple(2 - p for p in pad), itemsize) + u + weights
+            return (conv_winograd.workspaceBytes(dyShape, c, tuple(2 - p for p in pad), itemsize, groups=groups)
+                    + u + weights)
         if direction == "forward":
-            return conv_winograd.workspaceBytes(xShape, o, pad, itemsize) + u
+            return conv_winograd.workspaceBytes(xShape, o, pad, itemsize, groups=groups) + u
         resultBytes = max(prod(xShape), n * o * prod(outSpatial)) * itemsize
         return conv_winograd.workspaceBytes(xShape, o, pad, itemsize, resultBytes=resultBytes,
                                             grad=True, groups=groups) + 2 * u

@@ -401,11 +401,15 @@ def _chunkRanges(total, step, workers):
 
 def workspaceBytes(xShape, o, pad, itemsize=4, resultBytes=None, tileBytes=None, grad=False, groups=None):
     """Bytes of the V and M buffers of forward (and backward-data, with its own shapes) on this input;
-    ``grad``: of the weight gradient's (at least _MIN_GRAD_TILES tiles per chunk)."""
+    ``grad``: of the weight gradient's (at least _MIN_GRAD_TILES tiles per chunk). The buffers hold one
+    group's channels at a time (``groups``; without it, the estimate counts all channels in one group,
+    which comes to about the same bound)."""
     n, c, h, w = xShape
+    g = groups or 1
+    c, o = c // g, o // g
     th, tw = _tiles(h, w, pad)
     if tileBytes is None:
-        tileBytes = chunkBytes(n * o * (h + 2 * pad[0] - 2) * (w + 2 * pad[1] - 2) * itemsize
+        tileBytes = chunkBytes(n * o * g * (h + 2 * pad[0] - 2) * (w + 2 * pad[1] - 2) * itemsize
                                if resultBytes is None else resultBytes)
     rows = _chunkRows(n * th, tw, c, o, itemsize, tileBytes)
     if grad:
@@ -419,8 +423,7 @@ def workspaceBytes(xShape, o, pad, itemsize=4, resultBytes=None, tileBytes=None,
     total = threads * 36 * (c + o) * tw * rows * itemsize + scratch
     if grad:
         # The second partial sum of dU and each thread's block of it (conv.workspaceBytes counts dU itself).
-        cg = c // (groups or 1)
-        total += 36 * o * cg * itemsize + threads * _DU_BLOCK * o * cg * itemsize
+        total += 36 * o * c * g * itemsize + threads * _DU_BLOCK * o * c * itemsize
     return total
 
 
@@ -451,21 +454,28 @@ def forward(x, w, bias, pad, groups, tileBytes=None, u=None, out=None):
     cst = np.array([2, 4, 5, 8], dtype=x.dtype)
     total = n * th
     limit = tileBytes or chunkBytes(y.nbytes)
-    workers = _workers(-(-total // _chunkRows(total, tw, c, o, x.itemsize, limit)))
-    step = _chunkRows(total, tw, c, o, x.itemsize, limit // workers)
+    # A chunk is transformed and multiplied one group at a time: its buffers hold one group's channels,
+    # so a chunk has groups x more tiles for the same bytes, and the GEMMs (O/g, C/g) @ (C/g, tiles) get
+    # a longer tile dimension (case 7, 4 groups of 32: 144 GEMMs of 21 tiles per chunk ran at ~70
+    # GFLOP/s single-threaded, 36 of 84 tiles at ~95).
+    workers = _workers(-(-total // _chunkRows(total, tw, cg, og, x.itemsize, limit)))
+    step = _chunkRows(total, tw, cg, og, x.itemsize, limit // workers)
     runs = _chunkRanges(total, step, workers)
     # Buffers are taken here, in the calling thread (the workspace is not thread-safe).
-    bufs = [(workspace.get(f"wino-v{k}", (36 * c * step * tw,), x.dtype),
-             workspace.get(f"wino-m{k}", (36 * o * step * tw,), x.dtype)) for k in range(workers)]
+    bufs = [(workspace.get(f"wino-v{k}", (36 * cg * step * tw,), x.dtype),
+             workspace.get(f"wino-m{k}", (36 * og * step * tw,), x.dtype)) for k in range(workers)]
 
     def work(k):
         vb, mb = bufs[k]
         for q0, q1 in runs[k]:
             p = (q1 - q0) * tw
-            v, m = vb[:36 * c * p].reshape(36, c, p), mb[:36 * o * p].reshape(36, o, p)
-            _inputTransform(xc, v.reshape(36, c * p), 0, cg * p, cg, pad[0], pad[1], th, tw, q0, q1, cst, 0, c)
-            np.matmul(u, v.reshape(36, groups, cg, p), out=m.reshape(36, groups, og, p))
-            _outputTransform(m.reshape(36, o * p), 0, og * p, og, y, biasv, th, tw, q0, q1, cst, 0, o)
+            v, m = vb[:36 * cg * p].reshape(36, cg, p), mb[:36 * og * p].reshape(36, og, p)
+            for gi in range(groups):
+                c0, o0 = gi * cg, gi * og
+                _inputTransform(xc, v.reshape(36, cg * p), 0, 0, cg, pad[0], pad[1], th, tw, q0, q1, cst,
+                                c0, c0 + cg)
+                np.matmul(u[:, gi], v, out=m)
+                _outputTransform(m.reshape(36, og * p), 0, 0, og, y, biasv, th, tw, q0, q1, cst, o0, o0 + og)
 
     _runChunks(work, workers)
     return y
@@ -493,7 +503,8 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None):
     cst = np.array([2, 4, 5, 8], dtype=x.dtype)
     total = n * th
     limit = tileBytes or chunkBytes(max(x.nbytes, dy.nbytes))
-    step = _chunkRows(total, tw, c, o, x.itemsize, limit // _GRAD_PARTS)
+    # One group at a time, as in forward: the chunk's buffers hold one group's channels.
+    step = _chunkRows(total, tw, cg, og, x.itemsize, limit // _GRAD_PARTS)
     if tileBytes is None:
         # The tiles are these GEMMs' inner dimension: fewer than a couple of dozen starve them (N1 56x56:
         # one row of 14 tiles ran 2.6 ms, two rows 2.0 ms; benchmarks/conv.py case 9).
@@ -503,9 +514,9 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None):
     workers = _workers(min(_GRAD_PARTS, -(-total // step)))
     runs = _chunkRanges(total, step, _GRAD_PARTS)
     sums = [np.zeros((36, groups, og, cg), dtype=x.dtype) if k else None for k in range(_GRAD_PARTS)]
-    bufs = [(workspace.get(f"wino-v{k}", (36 * c * step * tw,), x.dtype),
-             workspace.get(f"wino-m{k}", (36 * o * step * tw,), x.dtype),
-             workspace.get(f"wino-du{k}", (_DU_BLOCK, groups, og, cg), x.dtype)) for k in range(workers)]
+    bufs = [(workspace.get(f"wino-v{k}", (36 * cg * step * tw,), x.dtype),
+             workspace.get(f"wino-m{k}", (36 * og * step * tw,), x.dtype),
+             workspace.get(f"wino-du{k}", (_DU_BLOCK, og, cg), x.dtype)) for k in range(workers)]
     du = sums[0] = np.zeros((36, groups, og, cg), dtype=x.dtype)
 
     def work(k):
@@ -514,14 +525,17 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None):
             acc = sums[r]
             for q0, q1 in runs[r]:
                 p = (q1 - q0) * tw
-                v, mg = vb[:36 * c * p].reshape(36, c, p), mb[:36 * o * p].reshape(36, o, p)
-                _inputTransform(xc, v.reshape(36, c * p), 0, cg * p, cg, pad[0], pad[1], th, tw, q0, q1, cst, 0, c)
-                _gradTransform(dyc, mg.reshape(36, o * p), 0, og * p, og, th, tw, q0, q1, cst, 0, o)
-                mgs, vts = mg.reshape(36, groups, og, p), v.reshape(36, groups, cg, p).transpose(0, 1, 3, 2)
-                # A block of tile positions at a time: the temporary is a third of dU (GEMMs stay batched).
-                for k0 in range(0, 36, _DU_BLOCK):
-                    np.matmul(mgs[k0:k0 + _DU_BLOCK], vts[k0:k0 + _DU_BLOCK], out=part)
-                    acc[k0:k0 + _DU_BLOCK] += part
+                v, mg = vb[:36 * cg * p].reshape(36, cg, p), mb[:36 * og * p].reshape(36, og, p)
+                for gi in range(groups):
+                    c0, o0 = gi * cg, gi * og
+                    _inputTransform(xc, v.reshape(36, cg * p), 0, 0, cg, pad[0], pad[1], th, tw, q0, q1, cst,
+                                    c0, c0 + cg)
+                    _gradTransform(dyc, mg.reshape(36, og * p), 0, 0, og, th, tw, q0, q1, cst, o0, o0 + og)
+                    vts = v.transpose(0, 2, 1)
+                    # A block of tile positions at a time: the temporary is a third of dU (GEMMs stay batched).
+                    for k0 in range(0, 36, _DU_BLOCK):
+                        np.matmul(mg[k0:k0 + _DU_BLOCK], vts[k0:k0 + _DU_BLOCK], out=part)
+                        acc[k0:k0 + _DU_BLOCK, gi] += part
 
     _runChunks(work, workers)
     for r in range(1, _GRAD_PARTS):
