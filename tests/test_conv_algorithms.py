@@ -452,3 +452,46 @@ def test_directSameShapeMasksWrappedColumns():
     y = conv.forward(x, w, b, stride, pad, dilation, groups, algo="direct")
     assert np.isfinite(y[:, :, 3, 0]).all() and np.isfinite(y[:, :, 1:4, :4]).all()
     assert np.isinf(y[:, :, 2, -1]).all()
+
+
+# -- im2col: threads running their own tiles (small weights) or sharing each GEMM (large weights) -----------
+@pytest.mark.parametrize("ownBytes", [0, 1 << 30])   # every weight matrix shared / run per thread
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", [GENERAL[3], STRIDED_LAST[1], STRIDED_LAST[3]])
+def test_im2colThreadModesMatchReference(case, threads, ownBytes, monkeypatch):
+    # A tiny tile bound makes many tiles (forward) and many pixel chunks summed in fixed partial sums times
+    # several column blocks (weight gradient), dealt out to one or two threads: both still match float64.
+    from PuzzleLib.Engines.cpu import conv_common, conv_im2col
+    monkeypatch.setattr(conv_winograd, "THREADS", threads)
+    monkeypatch.setattr(conv_im2col, "_OWN_GEMM_BYTES", ownBytes)
+    monkeypatch.setattr(conv_common, "TILE_BYTES", 700)
+    x, w, b, dy, (stride, pad, dilation, groups) = _data(case, np.float64)
+    np.testing.assert_allclose(conv.forward(x, w, b, stride, pad, dilation, groups, algo="im2col"),
+                               refForward(x, w, b, stride, pad, dilation, groups), **TOL64)
+    dw, _ = conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups, algo="im2col")
+    np.testing.assert_allclose(dw, refBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0], **TOL64)
+
+
+@pytest.mark.parametrize("tile", [700, 1 << 20])  # chunks summed in partials / the whole batch in one chunk
+def test_im2colIndependentOfThreadCount(tile, monkeypatch):
+    # Per-thread tiles and partial sums are fixed by the shape: bit-identical results on one thread or two.
+    from PuzzleLib.Engines.cpu import conv_common
+    monkeypatch.setattr(conv_common, "TILE_BYTES", tile)
+    x, w, b, dy, (stride, pad, dilation, groups) = _data(STRIDED_LAST[1], np.float32)
+    results = []
+    for threads in (1, 2, 2):
+        monkeypatch.setattr(conv_winograd, "THREADS", threads)
+        results.append((conv.forward(x, w, b, stride, pad, dilation, groups, algo="im2col"),
+                        conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups, algo="im2col")[0]))
+    for y, dw in results[1:]:
+        assert np.array_equal(y, results[0][0]) and np.array_equal(dw, results[0][1])
+
+
+@pytest.mark.skipif(conv_winograd._blasThreads is None, reason="no control of the BLAS threads")
+def test_im2colRestoresBlasThreads():
+    setN, getN = conv_winograd._blasThreads
+    before = getN()
+    x, w, b, dy, (stride, pad, dilation, groups) = _data(STRIDED_LAST[1], np.float32)
+    conv.forward(x, w, b, stride, pad, dilation, groups, algo="im2col")
+    conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation, groups, algo="im2col")
+    assert getN() == before

@@ -14,6 +14,7 @@ Backward-params folds the batch into the GEMM's inner dimension, tile by tile.
 
 import numpy as np
 
+from PuzzleLib.Engines.cpu import conv_winograd
 from PuzzleLib.Engines.cpu.conv_common import outputShape, parallel, prod, rowTiles, tapRange, tileBytes, workspace
 
 try:
@@ -351,6 +352,15 @@ def _contiguous(a):
 
 
 def _fastForward(x, w, bias, stride, pad, dilation, groups):
+    """Tiles of output rows: gathered, then one GEMM each writing straight into y.
+
+    With a small weight matrix (_ownGemms) the tiles are dealt out as contiguous runs, one per thread, and
+    each thread gathers its tile and runs its GEMM itself, with BLAS single-threaded meanwhile: a two-thread
+    gather between two-thread GEMMs lost time to OpenBLAS's idle worker spinning on the second core (case 3,
+    runs of same-process calls: 15.1 -> 12.3 ms). Each thread's tile is then 1 / _SPLIT of the call's bound,
+    so the columns in flight stay within it. A large weight matrix does not fit each core's cache beside a
+    tile: two threads sharing each GEMM are faster there (case 5: 6.8 ms shared, 11.4 ms per thread).
+    """
     n, c = x.shape[:2]
     o = w.shape[0]
     kernel = w.shape[2:]
@@ -363,23 +373,54 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
     wg = _contiguous(w).reshape(groups, o // groups, ck // groups)
     yg = y.reshape(n, groups, o // groups, -1)
     rowLen = o5[2]
-    for n0, n1, r0, r1 in _fastTiles(n, o5, ck, x.itemsize):
-        cols = workspace.get("im2col-fast", (n1 - n0, ck, (r1 - r0) * rowLen), x.dtype)
-        _fastGather(xs, tables, cols, n0, r0, r1)
-        np.matmul(wg, cols.reshape(n1 - n0, groups, ck // groups, -1),
-                  out=yg[n0:n1, :, :, r0 * rowLen:r1 * rowLen])
+    own = _ownGemms(w)
+    tiles = rowTiles(n, o5[0] * o5[1], ck * rowLen * x.itemsize, max(1, tileBytes() // _SPLIT) if own else None)
+    workers = conv_winograd._workers(len(tiles)) if own else 1
+    runs = [tiles[len(tiles) * k // workers:len(tiles) * (k + 1) // workers] for k in range(workers)]
+    size = max((n1 - n0) * ck * (r1 - r0) * rowLen for n0, n1, r0, r1 in tiles)
+    buffers = [workspace.get(f"im2col-fast{k}", (size,), x.dtype) for k in range(workers)]  # not thread-safe
+
+    def work(k):
+        for n0, n1, r0, r1 in runs[k]:
+            cols = buffers[k][:(n1 - n0) * ck * (r1 - r0) * rowLen].reshape(n1 - n0, ck, (r1 - r0) * rowLen)
+            if workers == 1:
+                _fastGather(xs, tables, cols, n0, r0, r1)
+            else:
+                _gatherRows5(xs, cols, *tables, n0, r0, r1, 0, ck)
+            np.matmul(wg, cols.reshape(n1 - n0, groups, ck // groups, -1),
+                      out=yg[n0:n1, :, :, r0 * rowLen:r1 * rowLen])
+
+    conv_winograd._runChunks(work, workers)
     _addBias(y, bias)
     return y
 
 
-def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
-    """Weight gradient as GEMMs whose inner dimension is the whole batch's pixels, written straight into dw.
+def _ownGemms(w):
+    """Whether each thread runs whole tiles (gather and GEMM) on its own: the weights fit its cache with a tile."""
+    return w.size * w.itemsize <= _OWN_GEMM_BYTES
 
-    The column matrix is cut along its rows (channel-taps of one group) instead of over batch items, so
-    each block's GEMM (O/g, N * pixels) @ (N * pixels, rows) is the final value of its slice of dw: no
-    per-item products to sum, no dw-sized temporaries (case 4: 8 of them, 9 MiB each). Only when the
-    batch's pixels are too many for even a narrow block in one tile is the inner dimension cut as well,
-    and then the partial products (one block, bounded) are added. Strided last axes are read in place.
+
+# Weight (or weight-gradient) bytes up to which threads run their own GEMMs (see _fastForward): a quarter of
+# a core's 1 MiB L2, so that the packed weights and a column tile stay there together.
+_OWN_GEMM_BYTES = 256 << 10
+
+# Threads' share of a call's tile bound: the tiles in flight at once (also the number of partial sums of a
+# chunked weight gradient, so that its result does not depend on the thread count).
+_SPLIT = 2
+
+
+def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
+    """Weight gradient as GEMMs (O/g, pixels) @ (pixels, rows) with the pixels the inner dimension of both.
+
+    Units of work are (chunk of the batch's pixels, block of dw's columns = channel-taps of one group); with a
+    small dw each thread runs whole units, gather and GEMM, with BLAS single-threaded (see _fastForward;
+    case 3: 28 -> 19 ms), else the units run in turn on the threads of the gather and of BLAS. When all the
+    batch's pixels fit one chunk, each block's GEMM is the final value of its slice of dw, written in place.
+    Otherwise the chunks are summed into dw one after another (a block-sized product added each time), or,
+    with threads of their own, cut into _SPLIT fixed runs, each summed into its own (O, kg) partial (dw is
+    small then) and the partials added: the same result on any number of threads. A chunk within
+    one item reads dy in place (rows of pixels); one spanning items gets dy transposed to (O, items * pixels).
+    Strided last axes are read in place.
     """
     n, c = x.shape[:2]
     o = dy.shape[1]
@@ -392,33 +433,85 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
     if n * pixels == 0 or kg == 0:
         dw.fill(0)
         return dw.reshape(wShape)
-    limit = tileBytes()
+    own = _ownGemms(dw)
+    limit = max(1, tileBytes() // _SPLIT) if own else tileBytes()
     rowsWanted = min(kg, _DW_ROWS)
     if n * pixels * rowsWanted * x.itemsize <= limit:
         chunks = [(0, n, 0, o5[0] * o5[1])]  # the whole batch in one inner dimension
     else:
         chunks = rowTiles(n, o5[0] * o5[1], rowsWanted * o5[2] * x.itemsize, limit)
+    inner = max((n1 - n0) * (r1 - r0) for n0, n1, r0, r1 in chunks) * o5[2]
+    rows = max(1, min(kg, limit // max(inner * x.itemsize, 1)))
+    blocks = [(g, k0, min(kg, k0 + rows)) for g in range(groups) for k0 in range(0, kg, rows)]
     dyFlat = _contiguous(dy).reshape(n, o, pixels)
-    for index, (n0, n1, r0, r1) in enumerate(chunks):
+    folded = any(n1 - n0 > 1 for n0, n1, _, _ in chunks)
+    # Scratch (taken here: the workspace is not thread-safe): per thread a column block, dy's transposed
+    # chunk where chunks span items, a partial product; the _SPLIT partial sums where chunks are summed.
+    if len(chunks) == 1:
+        units = [(chunks[0], block) for block in blocks]
+        workers = conv_winograd._workers(len(units)) if own else 1
+        runs = [units[len(units) * k // workers:len(units) * (k + 1) // workers] for k in range(workers)]
+        partials = None
+    else:
+        # Threads of their own sum into _SPLIT partials; one sequence of GEMMs sums straight into dw.
+        parts = _SPLIT if own else 1
+        workers = conv_winograd._workers(parts) if own else 1
+        halves = [chunks[len(chunks) * h // parts:len(chunks) * (h + 1) // parts] for h in range(parts)]
+        runs = [[(h, chunk, block) for h in range(k, parts, workers) for chunk in halves[h] for block in blocks]
+                for k in range(workers)]
+        partials = workspace.get("im2col-dw-partials", (parts, o, kg), x.dtype) if own else dw.reshape(1, o, kg)
+    shared = None
+    if folded and partials is None:  # one chunk spanning items: dy transposed once, read by every thread
+        (n0, n1, r0, r1), = chunks
+        shared = workspace.get("im2col-dw-dy", (o, n1 - n0, (r1 - r0) * o5[2]), x.dtype)
+        np.copyto(shared, dyFlat[n0:n1, :, r0 * o5[2]:r1 * o5[2]].transpose(1, 0, 2))
+        shared = shared.reshape(o, -1)
+    scratch = [(workspace.get(f"im2col-dw-cols{k}", (rows * inner,), x.dtype),
+                workspace.get(f"im2col-dw-dy{k}", (og * inner,), x.dtype) if folded and shared is None else None,
+                workspace.get(f"im2col-dw-part{k}", (og * rows,), x.dtype) if partials is not None else None)
+               for k in range(workers)]
+    firsts = [half[0] for half in halves] if partials is not None else []
+
+    def gemm(k, chunk, block, target, summed):
+        (n0, n1, r0, r1), (g, k0, k1) = chunk, block
         nb, span = n1 - n0, (r1 - r0) * o5[2]
-        inner = nb * span
-        # dy of this chunk as (O, items * pixels): the GEMM's left operand (one copy of dy in all).
-        dyt = workspace.get("im2col-dw-dy", (o, nb, span), x.dtype)
-        np.copyto(dyt, dyFlat[n0:n1, :, r0 * o5[2]:r1 * o5[2]].transpose(1, 0, 2))
-        dyt = dyt.reshape(o, inner)
-        rows = max(1, min(kg, limit // max(inner * x.itemsize, 1)))
-        for g in range(groups):
-            for k0 in range(0, kg, rows):
-                k1 = min(kg, k0 + rows)
-                cols = workspace.get("im2col-dw-cols", (k1 - k0, inner), x.dtype)
-                _fastGatherT(x5, tables, cols, n0, nb, r0, r1, g * kg + k0, g * kg + k1)
-                target = dw[g * og:(g + 1) * og, k0:k1]
-                if index == 0:
-                    np.matmul(dyt[g * og:(g + 1) * og], cols.T, out=target)
-                else:
-                    part = workspace.get("im2col-dw-part", (og, k1 - k0), x.dtype)
-                    np.matmul(dyt[g * og:(g + 1) * og], cols.T, out=part)
-                    target += part
+        colsBuf, dyBuf, partBuf = scratch[k]
+        cols = colsBuf[:(k1 - k0) * nb * span].reshape(k1 - k0, nb * span)
+        start = g * kg
+        if workers == 1:
+            _fastGatherT(x5, tables, cols, n0, nb, r0, r1, start + k0, start + k1)
+        else:
+            _gatherRowsT(x5, cols.reshape(-1), *tables, n0, nb, r0, r1, start + k0, nb * span, span,
+                         start + k0, start + k1)
+        if nb == 1:
+            dyOp = dyFlat[n0, g * og:(g + 1) * og, r0 * o5[2]:r1 * o5[2]]
+        elif shared is not None:
+            dyOp = shared[g * og:(g + 1) * og]
+        else:
+            dyOp = dyBuf[:og * nb * span].reshape(og, nb, span)
+            np.copyto(dyOp, dyFlat[n0:n1, g * og:(g + 1) * og, r0 * o5[2]:r1 * o5[2]].transpose(1, 0, 2))
+            dyOp = dyOp.reshape(og, nb * span)
+        out = target[g * og:(g + 1) * og, k0:k1]
+        if summed:
+            part = partBuf[:og * (k1 - k0)].reshape(og, k1 - k0)
+            np.matmul(dyOp, cols.T, out=part)
+            out += part
+        else:
+            np.matmul(dyOp, cols.T, out=out)
+
+    def work(k):
+        for unit in runs[k]:
+            if partials is None:
+                gemm(k, *unit, dw, False)
+            else:
+                h, chunk, block = unit
+                gemm(k, chunk, block, partials[h], chunk is not firsts[h])
+
+    conv_winograd._runChunks(work, workers)
+    if partials is not None and len(partials) > 1:
+        np.add(partials[0], partials[1], out=dw)
+        for h in range(2, len(partials)):
+            dw += partials[h]
     return dw.reshape(wShape)
 
 
