@@ -495,3 +495,23 @@ def test_im2colRestoresBlasThreads():
     conv.forward(x, w, b, stride, pad, dilation, groups, algo="im2col")
     conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation, groups, algo="im2col")
     assert getN() == before
+
+
+STEM = (2, 3, (23, 22), 16, (7, 7), (2, 2), (3, 3), (1, 1), 1)  # the 7x7 stride-2 stem, dy larger than x
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("tile", [400 << 10, 77616])  # one chunk per item / chunks of three output rows
+def test_im2colWeightGradientDeinterleavedMatchesReference(tile, threads, monkeypatch):
+    # Chunks within one item and the whole column matrix in one block: the weight gradient gathers from the
+    # de-interleaved input (the forward's gather) instead of reading the stride-2 axis in place.
+    from PuzzleLib.Engines.cpu import conv_common, conv_im2col
+    monkeypatch.setattr(conv_winograd, "THREADS", threads)
+    monkeypatch.setattr(conv_common, "TILE_BYTES", tile)
+    plans = []
+    plan = conv_im2col._fastPlan
+    monkeypatch.setattr(conv_im2col, "_fastPlan", lambda *a: plans.append(1) or plan(*a))
+    x, w, b, dy, (stride, pad, dilation, groups) = _data(STEM, np.float64)
+    dw, _ = conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups, algo="im2col")
+    assert plans == [1]
+    np.testing.assert_allclose(dw, refBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0], **TOL64)
