@@ -65,11 +65,10 @@ _AT = np.array([
 ], dtype=np.float64)
 
 M_OUT, TILE = 4, 6
-# Tile positions per GEMM batch when a weight-gradient chunk is added to the running sum (divides 36).
-_DU_BLOCK = 12
 # Fewest tiles per weight-gradient chunk (the inner dimension of its GEMMs).
 _MIN_GRAD_TILES = 24
-# Partial sums of the weight gradient (fixed, so the result does not depend on the thread count).
+# Parts of the weight gradient (fixed, so the result does not depend on the thread count; _gradUnits;
+# conv_winograd3d's partial sums).
 _GRAD_PARTS = 2
 # Elements per vectorised pass of the transforms: channels are taken in blocks so a pass is this long
 # (a chunk's tiles alone can be fewer than one unrolled vector loop iteration, which then runs scalar).
@@ -82,7 +81,51 @@ def applies(kernel, stride, dilation):
     return len(kernel) == 2 and tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
 
 
-def _inputTransform(x, V, off, gStride, cg, ph, pw, th, tw, q0, q1, cst, c0, c1):
+def _rowB(d0, d1, d2, d3, d4, d5, t, a, n, two, four, five):
+    """t[:n] = row a of B^T applied to the rows d0..d5 (one row of the fused loop in _inputTransform)."""
+    if a == 0:
+        for p in range(n):
+            t[p] = four * d0[p] - five * d2[p] + d4[p]
+    elif a == 1:
+        for p in range(n):
+            t[p] = -(four * (d1[p] + d2[p])) + d3[p] + d4[p]
+    elif a == 2:
+        for p in range(n):
+            t[p] = four * (d1[p] - d2[p]) - d3[p] + d4[p]
+    elif a == 3:
+        for p in range(n):
+            t[p] = two * (d3[p] - d1[p]) - d2[p] + d4[p]
+    elif a == 4:
+        for p in range(n):
+            t[p] = two * (d1[p] - d3[p]) - d2[p] + d4[p]
+    else:
+        for p in range(n):
+            t[p] = four * d1[p] - five * d3[p] + d5[p]
+
+
+def _rowA(g0, g1, g2, g3, s, a, n, two, four, eight):
+    """s[:n] = row a of A applied to the rows g0..g3 (one row of the fused loop in _gradTransform)."""
+    if a == 0:
+        for p in range(n):
+            s[p] = g0[p]
+    elif a == 1:
+        for p in range(n):
+            s[p] = g0[p] + g1[p] + g2[p] + g3[p]
+    elif a == 2:
+        for p in range(n):
+            s[p] = g0[p] - g1[p] + g2[p] - g3[p]
+    elif a == 3:
+        for p in range(n):
+            s[p] = g0[p] + two * g1[p] + four * g2[p] + eight * g3[p]
+    elif a == 4:
+        for p in range(n):
+            s[p] = g0[p] - two * g1[p] + four * g2[p] - eight * g3[p]
+    else:
+        for p in range(n):
+            s[p] = g3[p]
+
+
+def _inputTransform(x, V, off, gStride, cg, ph, pw, th, tw, q0, q1, cst, c0, c1, a0, a1):
     """V[a * 6 + b, at(c) + (q - q0) * tw + tx] = (B^T d B)[a, b] for the tile (row q = n * th + ty, column tx).
 
     V is (36, ...) flat per tile position; channel c's P = (q1 - q0) * tw tiles start at
@@ -142,27 +185,32 @@ def _inputTransform(x, V, off, gStride, cg, ph, pw, th, tw, q0, q1, cst, c0, c1)
                         E[i, 2 * rr + k] = x[b, c, r, col - pw] if lo <= col < hi else zero
         rows = (ce - cs) * nq
         L4 = rows * S + 4
-        d0, d1, d2, d3, d4, d5 = D[0], D[1], D[2], D[3], D[4], D[5]
-        t0, t1, t2, t3, t4, t5 = T[0], T[1], T[2], T[3], T[4], T[5]
-        for p in range(L4):
-            t0[p] = four * d0[p] - five * d2[p] + d4[p]
-            t1[p] = -(four * (d1[p] + d2[p])) + d3[p] + d4[p]
-            t2[p] = four * (d1[p] - d2[p]) - d3[p] + d4[p]
-            t3[p] = two * (d3[p] - d1[p]) - d2[p] + d4[p]
-            t4[p] = two * (d1[p] - d3[p]) - d2[p] + d4[p]
-            t5[p] = four * d1[p] - five * d3[p] + d5[p]
-        d0, d1, d2, d3, d4, d5 = E[0], E[1], E[2], E[3], E[4], E[5]
-        t0, t1, t2, t3, t4, t5 = F[0], F[1], F[2], F[3], F[4], F[5]
-        for p in range(2 * rows):
-            t0[p] = four * d0[p] - five * d2[p] + d4[p]
-            t1[p] = -(four * (d1[p] + d2[p])) + d3[p] + d4[p]
-            t2[p] = four * (d1[p] - d2[p]) - d3[p] + d4[p]
-            t3[p] = two * (d3[p] - d1[p]) - d2[p] + d4[p]
-            t4[p] = two * (d1[p] - d3[p]) - d2[p] + d4[p]
-            t5[p] = four * d1[p] - five * d3[p] + d5[p]
+        if a1 - a0 < 6:  # a share of the tile positions (the weight gradient's parts): their rows only
+            for a in range(a0, a1):
+                _rowB(D[0], D[1], D[2], D[3], D[4], D[5], T[a], a, L4, two, four, five)
+                _rowB(E[0], E[1], E[2], E[3], E[4], E[5], F[a], a, 2 * rows, two, four, five)
+        else:
+            d0, d1, d2, d3, d4, d5 = D[0], D[1], D[2], D[3], D[4], D[5]
+            t0, t1, t2, t3, t4, t5 = T[0], T[1], T[2], T[3], T[4], T[5]
+            for p in range(L4):
+                t0[p] = four * d0[p] - five * d2[p] + d4[p]
+                t1[p] = -(four * (d1[p] + d2[p])) + d3[p] + d4[p]
+                t2[p] = four * (d1[p] - d2[p]) - d3[p] + d4[p]
+                t3[p] = two * (d3[p] - d1[p]) - d2[p] + d4[p]
+                t4[p] = two * (d1[p] - d3[p]) - d2[p] + d4[p]
+                t5[p] = four * d1[p] - five * d3[p] + d5[p]
+            d0, d1, d2, d3, d4, d5 = E[0], E[1], E[2], E[3], E[4], E[5]
+            t0, t1, t2, t3, t4, t5 = F[0], F[1], F[2], F[3], F[4], F[5]
+            for p in range(2 * rows):
+                t0[p] = four * d0[p] - five * d2[p] + d4[p]
+                t1[p] = -(four * (d1[p] + d2[p])) + d3[p] + d4[p]
+                t2[p] = four * (d1[p] - d2[p]) - d3[p] + d4[p]
+                t3[p] = two * (d3[p] - d1[p]) - d2[p] + d4[p]
+                t4[p] = two * (d1[p] - d3[p]) - d2[p] + d4[p]
+                t5[p] = four * d1[p] - five * d3[p] + d5[p]
         o0 = off + (cs // cg) * gStride + (cs % cg) * P
         L = rows * tw
-        for a in range(6):
+        for a in range(a0, a1):
             e, f = T[a], F[a]
             # Columns 4 t + j of the flat row into Q[j][t] (one interleaved load, vectorised), so that the
             # column transform reads unit-stride: columns 4 and 5 of tile t are columns 0 and 1 of t + 1.
@@ -173,8 +221,9 @@ def _inputTransform(x, V, off, gStride, cg, ph, pw, th, tw, q0, q1, cst, c0, c1)
                 q1_[p] = e[u + uintp(1)]
                 q2_[p] = e[u + uintp(2)]
                 q3_[p] = e[u + uintp(3)]
-            v0, v1, v2 = V[a * 6, o0:o0 + L], V[a * 6 + 1, o0:o0 + L], V[a * 6 + 2, o0:o0 + L]
-            v3, v4, v5 = V[a * 6 + 3, o0:o0 + L], V[a * 6 + 4, o0:o0 + L], V[a * 6 + 5, o0:o0 + L]
+            z = (a - a0) * 6
+            v0, v1, v2 = V[z, o0:o0 + L], V[z + 1, o0:o0 + L], V[z + 2, o0:o0 + L]
+            v3, v4, v5 = V[z + 3, o0:o0 + L], V[z + 4, o0:o0 + L], V[z + 5, o0:o0 + L]
             for p in range(L):
                 e0, e1, e2, e3, e4, e5 = q0_[p], q1_[p], q2_[p], q3_[p], q0_[p + 1], q1_[p + 1]
                 v0[p] = four * e0 - five * e2 + e4
@@ -254,7 +303,7 @@ def _outputTransform(M, off, gStride, og, y, bias, th, tw, q0, q1, cst, o0, o1):
         os_ = oe
 
 
-def _gradTransform(dy, Mg, off, gStride, og, th, tw, q0, q1, cst, o0, o1):
+def _gradTransform(dy, Mg, off, gStride, og, th, tw, q0, q1, cst, o0, o1, a0, a1):
     """Mg[a * 6 + b, o, (q - q0) * tw + tx] = (A g A^T)[a, b] for the 4x4 gradient tile g (zero past the map).
 
     The adjoint of the output transform: the weight gradient in the transformed domain is the
@@ -291,19 +340,23 @@ def _gradTransform(dy, Mg, off, gStride, og, th, tw, q0, q1, cst, o0, o1):
                         gi[uintp(base + k)] = dy[ub, uo, ur, uintp(k)]
                     for k in range(ow, S):
                         gi[base + k] = zero
-        g0, g1, g2, g3 = G[0], G[1], G[2], G[3]
-        s0_, s1, s2, s3, s4, s5 = R[0], R[1], R[2], R[3], R[4], R[5]
-        for p in range(4 * L):
-            s0_[p] = g0[p]
-            s1[p] = g0[p] + g1[p] + g2[p] + g3[p]
-            s2[p] = g0[p] - g1[p] + g2[p] - g3[p]
-            s3[p] = g0[p] + two * g1[p] + four * g2[p] + eight * g3[p]
-            s4[p] = g0[p] - two * g1[p] + four * g2[p] - eight * g3[p]
-            s5[p] = g3[p]
-        for a in range(6):
-            e = R[a]
-            m0, m1, m2 = Mg[a * 6, s0:s0 + L], Mg[a * 6 + 1, s0:s0 + L], Mg[a * 6 + 2, s0:s0 + L]
-            m3, m4, m5 = Mg[a * 6 + 3, s0:s0 + L], Mg[a * 6 + 4, s0:s0 + L], Mg[a * 6 + 5, s0:s0 + L]
+        if a1 - a0 < 6:  # a share of the tile positions (the weight gradient's parts): their rows only
+            for a in range(a0, a1):
+                _rowA(G[0], G[1], G[2], G[3], R[a], a, 4 * L, two, four, eight)
+        else:
+            g0, g1, g2, g3 = G[0], G[1], G[2], G[3]
+            s0_, s1, s2, s3, s4, s5 = R[0], R[1], R[2], R[3], R[4], R[5]
+            for p in range(4 * L):
+                s0_[p] = g0[p]
+                s1[p] = g0[p] + g1[p] + g2[p] + g3[p]
+                s2[p] = g0[p] - g1[p] + g2[p] - g3[p]
+                s3[p] = g0[p] + two * g1[p] + four * g2[p] + eight * g3[p]
+                s4[p] = g0[p] - two * g1[p] + four * g2[p] - eight * g3[p]
+                s5[p] = g3[p]
+        for a in range(a0, a1):
+            e, z = R[a], (a - a0) * 6
+            m0, m1, m2 = Mg[z, s0:s0 + L], Mg[z + 1, s0:s0 + L], Mg[z + 2, s0:s0 + L]
+            m3, m4, m5 = Mg[z + 3, s0:s0 + L], Mg[z + 4, s0:s0 + L], Mg[z + 5, s0:s0 + L]
             for p in range(L):
                 u = uintp(4 * p)
                 e0, e1, e2, e3 = e[u], e[u + uintp(1)], e[u + uintp(2)], e[u + uintp(3)]
@@ -317,6 +370,8 @@ def _gradTransform(dy, Mg, off, gStride, og, th, tw, q0, q1, cst, o0, o1):
 
 
 if available:
+    _rowB = njit(cache=True, nogil=True)(_rowB)
+    _rowA = njit(cache=True, nogil=True)(_rowA)
     _inputTransform = njit(cache=True, nogil=True)(_inputTransform)
     _outputTransform = njit(cache=True, nogil=True)(_outputTransform)
     _gradTransform = njit(cache=True, nogil=True)(_gradTransform)
@@ -417,20 +472,23 @@ def workspaceBytes(xShape, o, pad, itemsize=4, resultBytes=None, tileBytes=None,
     if tileBytes is None:
         tileBytes = chunkBytes(n * o * g * (h + 2 * pad[0] - 2) * (w + 2 * pad[1] - 2) * itemsize
                                if resultBytes is None else resultBytes)
-    rows = _chunkRows(n * th, tw, c, o, itemsize, tileBytes)
+
+    def scratchRows(rows, threads):  # two (36, span) transform scratch arrays per thread (VECTOR_SPAN)
+        return threads * 72 * max(VECTOR_SPAN, tw * rows) * itemsize
+
     if grad:
+        # Each part's buffers (its share of the tile positions) and GEMM temporary, a part per thread
+        # (conv.workspaceBytes counts dU itself).
+        pos = 36 if g % _GRAD_PARTS == 0 else 36 // _GRAD_PARTS
+        rows = _chunkRows(n * th, tw, c * pos // 36, o * pos // 36, itemsize, tileBytes // _GRAD_PARTS)
         rows = min(n * th, max(rows, -(-_MIN_GRAD_TILES // tw)))
+        threads = min(conv_common.THREADS, _GRAD_PARTS) if _blasThreads is not None else 1
+        return threads * (pos * (c + o) * tw * rows + pos // 3 * o * c) * itemsize + scratchRows(rows, threads)
+    rows = _chunkRows(n * th, tw, c, o, itemsize, tileBytes)
     # Each thread's chunk (rounded to whole rows) and two (36, span) transform scratch arrays (VECTOR_SPAN).
     threads = max(1, min(conv_common.THREADS, -(-n * th // rows))) if _blasThreads is not None else 1
     rows = max(1, min(rows, _chunkRows(n * th, tw, c, o, itemsize, tileBytes // threads)))
-    if grad:
-        rows = min(n * th, max(rows, -(-_MIN_GRAD_TILES // tw)))
-    scratch = threads * 72 * max(VECTOR_SPAN, tw * rows) * itemsize
-    total = threads * 36 * (c + o) * tw * rows * itemsize + scratch
-    if grad:
-        # The second partial sum of dU and each thread's block of it (conv.workspaceBytes counts dU itself).
-        total += 36 * o * c * g * itemsize + threads * _DU_BLOCK * o * c * itemsize
-    return total
+    return threads * 36 * (c + o) * tw * rows * itemsize + scratchRows(rows, threads)
 
 
 def _tiles(h, w, pad):
@@ -479,7 +537,7 @@ def forward(x, w, bias, pad, groups, tileBytes=None, u=None, out=None):
             for gi in range(groups):
                 c0, o0 = gi * cg, gi * og
                 _inputTransform(xc, v.reshape(36, cg * p), 0, 0, cg, pad[0], pad[1], th, tw, q0, q1, cst,
-                                c0, c0 + cg)
+                                c0, c0 + cg, 0, 6)
                 np.matmul(u[:, gi], v, out=m)
                 _outputTransform(m.reshape(36, og * p), 0, 0, og, y, biasv, th, tw, q0, q1, cst, o0, o0 + og)
 
@@ -495,10 +553,26 @@ def backwardData(dy, w, xShape, pad, groups, tileBytes=None):
     return dx
 
 
+def _gradUnits(groups):
+    """The weight gradient's work split into _GRAD_PARTS fixed parts: [[(group, a0, a1), ...] per part],
+    each owning disjoint entries of dU: whole groups when they split evenly between the parts, else rows
+    [a0, a1) of every group's 6x6 tile positions (each part then transforms only its positions'
+    rows: the copies of the input and gradient rows are done twice, the arithmetic and GEMMs once)."""
+    if groups % _GRAD_PARTS == 0:
+        per = groups // _GRAD_PARTS
+        return [[(gi, 0, 6) for gi in range(k * per, (k + 1) * per)] for k in range(_GRAD_PARTS)]
+    return [[(gi, 6 * k // _GRAD_PARTS, 6 * (k + 1) // _GRAD_PARTS) for gi in range(groups)]
+            for k in range(_GRAD_PARTS)]
+
+
 def backwardParams(x, dy, wShape, pad, groups, tileBytes=None):
     """Weight gradient (O, C // groups, 3, 3): dW = G^T [sum over tiles (A g A^T) * (B^T d B)] G.
 
     36 GEMMs over the tiles, (O, tiles) @ (tiles, C), accumulated chunk by chunk in a fixed order.
+    The work is split in _GRAD_PARTS fixed parts that own disjoint entries of dU (_gradUnits): each
+    walks every chunk and adds its GEMMs into its own entries, so no part keeps a partial sum of the
+    whole dU (case 9: 0.6 MB more, and an addition). Every entry is summed over the chunks in order, in
+    the same GEMM shapes on any thread count: the result does not depend on it.
     """
     n, c = x.shape[:2]
     o = dy.shape[1]
@@ -508,60 +582,59 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None):
     xc, dyc = np.ascontiguousarray(x), np.ascontiguousarray(dy)
     cst = np.array([2, 4, 5, 8], dtype=x.dtype)
     total = n * th
+    units = _gradUnits(groups)
+    pos = max(6 * (a1 - a0) for part in units for _, a0, a1 in part)  # tile positions per unit
     limit = tileBytes or chunkBytes(max(x.nbytes, dy.nbytes))
-    # One group at a time, as in forward: the chunk's buffers hold one group's channels.
-    step = _chunkRows(total, tw, cg, og, x.itemsize, limit // _GRAD_PARTS)
+    step = _chunkRows(total, tw, cg * pos // 36, og * pos // 36, x.itemsize, limit // _GRAD_PARTS)
     if tileBytes is None:
         # The tiles are these GEMMs' inner dimension: fewer than a couple of dozen starve them (N1 56x56:
         # one row of 14 tiles ran 2.6 ms, two rows 2.0 ms; benchmarks/conv.py case 9).
         step = min(total, max(step, -(-_MIN_GRAD_TILES // tw)))
-    # The chunks are summed in _GRAD_PARTS contiguous runs (each in order), then the runs in order; the
-    # chunks do not depend on the thread count either, so neither does the result.
-    workers = _workers(min(_GRAD_PARTS, -(-total // step)))
-    runs = _chunkRanges(total, step, _GRAD_PARTS)
-    sums = [np.zeros((36, groups, og, cg), dtype=x.dtype) if k else None for k in range(_GRAD_PARTS)]
-    bufs = [(workspace.get(f"wino-v{k}", (36 * cg * step * tw,), x.dtype),
-             workspace.get(f"wino-m{k}", (36 * og * step * tw,), x.dtype),
-             workspace.get(f"wino-du{k}", (_DU_BLOCK, og, cg), x.dtype)) for k in range(workers)]
-    du = sums[0] = np.zeros((36, groups, og, cg), dtype=x.dtype)
+    chunks = _chunkRanges(total, step, 1)[0]
+    workers = _workers(_GRAD_PARTS if chunks else 1)
+    block = pos // 3  # tile positions per GEMM batch (the temporary is a third of the unit's dU)
+    bufs = [(workspace.get(f"wino-v{k}", (pos * cg * step * tw,), x.dtype),
+             workspace.get(f"wino-m{k}", (pos * og * step * tw,), x.dtype),
+             workspace.get(f"wino-mt{k}", (pos * og * step * tw,), x.dtype),
+             workspace.get(f"wino-du{k}", (block, cg, og), x.dtype)) for k in range(workers)]
+    # dU transposed, (36, groups, C/g, O/g), in a list: kernelGradient frees it early.
+    holder = [np.zeros((36, groups, cg, og), dtype=x.dtype)]
 
     def work(k):
-        vb, mb, part = bufs[k]
+        vb, mb, mtb, part = bufs[k]
+        du = holder[0]
         for r in range(k, _GRAD_PARTS, workers):
-            acc = sums[r]
-            for q0, q1 in runs[r]:
+            for q0, q1 in chunks:
                 p = (q1 - q0) * tw
-                v, mg = vb[:36 * cg * p].reshape(36, cg, p), mb[:36 * og * p].reshape(36, og, p)
-                for gi in range(groups):
-                    c0, o0 = gi * cg, gi * og
-                    _inputTransform(xc, v.reshape(36, cg * p), 0, 0, cg, pad[0], pad[1], th, tw, q0, q1, cst,
-                                    c0, c0 + cg)
-                    _gradTransform(dyc, mg.reshape(36, og * p), 0, 0, og, th, tw, q0, q1, cst, o0, o0 + og)
-                    vts = v.transpose(0, 2, 1)
-                    # A block of tile positions at a time: the temporary is a third of dU (GEMMs stay batched).
-                    for k0 in range(0, 36, _DU_BLOCK):
-                        np.matmul(mg[k0:k0 + _DU_BLOCK], vts[k0:k0 + _DU_BLOCK], out=part)
-                        acc[k0:k0 + _DU_BLOCK, gi] += part
+                for gi, a0, a1 in units[r]:
+                    c0, o0, np_ = gi * cg, gi * og, 6 * (a1 - a0)
+                    v, mg = vb[:np_ * cg * p].reshape(np_, cg, p), mb[:np_ * og * p].reshape(np_, og, p)
+                    _inputTransform(xc, v.reshape(np_, cg * p), 0, 0, cg, pad[0], pad[1], th, tw, q0, q1, cst,
+                                    c0, c0 + cg, a0, a1)
+                    _gradTransform(dyc, mg.reshape(np_, og * p), 0, 0, og, th, tw, q0, q1, cst, o0, o0 + og, a0, a1)
+                    # The GEMMs as V (C/g, tiles) @ Mg^T (tiles, O/g) with Mg^T copied contiguous: OpenBLAS ran
+                    # Mg @ V^T (a transposed right operand) at ~70 GFLOP/s, this at ~100 (case 9 shapes),
+                    # more than paying for the copy.
+                    mgt = mtb[:np_ * og * p].reshape(np_, p, og)
+                    np.copyto(mgt, mg.transpose(0, 2, 1))
+                    for k0 in range(0, np_, block):
+                        np.matmul(v[k0:k0 + block], mgt[k0:k0 + block], out=part)
+                        du[6 * a0 + k0:6 * a0 + k0 + block, gi] += part
 
     _runChunks(work, workers)
-    for r in range(1, _GRAD_PARTS):
-        du += sums[r]
-    sums.clear()  # the second partial sum is dead before the kernel-space transform
     workspace.release()  # the transform buffers are dead; the kernel-space transform below needs its own
-    if total == 0:
-        du.fill(0)
-    holder = [du]
-    del du
-    return kernelGradient(holder, wShape)
+    return kernelGradient(holder, wShape, transposed=True)
 
 
-def kernelGradient(holder, wShape):
-    """dW (wShape: O, C/g, 3, 3) from the transformed-domain gradient dU (36, groups, O/g, C/g).
+def kernelGradient(holder, wShape, transposed=False):
+    """dW (wShape: O, C/g, 3, 3) from the transformed-domain gradient dU (36, groups, O/g, C/g), or
+    (36, groups, C/g, O/g) with ``transposed``.
 
     ``holder``: [dU], emptied here, so that dU is freed as soon as the first product exists.
     """
     du = holder.pop()
-    o, cg = wShape[0], du.shape[3]
+    groups = du.shape[1]
+    o, cg = wShape[0], wShape[1]
     gt = np.ascontiguousarray(_G.T.astype(du.dtype))  # (3, 6)
     # dW[o, c, i, j] = sum_ab G[a, i] dU[a, b, o, c] G[b, j], as two products with no transposed copies
     # (each temporary is dropped as soon as the next exists: at most dU plus half of it is alive).
@@ -569,4 +642,8 @@ def kernelGradient(holder, wShape):
     del du
     r = np.matmul(gt, t.reshape(3, 6, o * cg))                  # (3, 3, O * Cg): [i, j, oc]
     del t
-    return np.ascontiguousarray(r.reshape(3, 3, o, cg).transpose(2, 3, 0, 1)).reshape(wShape)
+    if transposed:
+        r = r.reshape(3, 3, groups, cg, o // groups).transpose(2, 4, 3, 0, 1)
+    else:
+        r = r.reshape(3, 3, o, cg).transpose(2, 3, 0, 1)
+    return np.ascontiguousarray(r).reshape(wShape)

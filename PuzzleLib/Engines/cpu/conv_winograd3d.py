@@ -79,7 +79,7 @@ def forward(x, w, bias, pad, groups):
                 src = d0 + j - pd
                 if 0 <= src < d:
                     conv_winograd._inputTransform(x[item:item + 1, :, src], flatV, j * cg * P, s * cg * P, cg,
-                                                  ph, pw, th, tw, 0, th, cst, 0, c)
+                                                  ph, pw, th, tw, 0, th, cst, 0, c, 0, 6)
                 else:
                     v[:, :, j] = 0
             # Output slice j reads slices j .. j + kD - 1: rows (kd, c) of a window with V's own strides.
@@ -141,12 +141,12 @@ def backwardParams(x, dy, wShape, pad, groups):
                     src = d0 + j - pd
                     if 0 <= src < d:
                         conv_winograd._inputTransform(x[item:item + 1, :, src], flatV, j * cg * P, s * cg * P, cg,
-                                                      ph, pw, th, tw, 0, th, cst, 0, c)
+                                                      ph, pw, th, tw, 0, th, cst, 0, c, 0, 6)
                     else:
                         v[:, :, j] = 0
                 for j in range(nd):
                     conv_winograd._gradTransform(dy[item:item + 1, :, d0 + j], flatM, j * og * P, nd * og * P, og,
-                                                 th, tw, 0, th, cst, 0, o)
+                                                 th, tw, 0, th, cst, 0, o, 0, 6)
                 win = np.lib.stride_tricks.as_strided(v, (36, groups, nd, kd_ * cg, P), v.strides, writeable=False)
                 for j in range(nd):
                     np.matmul(m[:, :, j], win[:, :, j].transpose(0, 1, 3, 2), out=part)
