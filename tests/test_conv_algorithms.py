@@ -457,7 +457,8 @@ def test_directSameShapeMasksWrappedColumns():
 # -- im2col: threads running their own tiles (small weights) or sharing each GEMM (large weights) -----------
 @pytest.mark.parametrize("ownBytes", [0, 1 << 30])   # every weight matrix shared / run per thread
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("case", [GENERAL[3], STRIDED_LAST[1], STRIDED_LAST[3]])
+@pytest.mark.parametrize("case", [GENERAL[3], STRIDED_LAST[1], STRIDED_LAST[3],
+                                  (2, 2, (9, 9), 18, (3, 3), (2, 2), (1, 1), (1, 1), 1)])  # dw square: O = C * taps
 def test_im2colThreadModesMatchReference(case, threads, ownBytes, monkeypatch):
     # A tiny tile bound makes many tiles (forward) and many pixel chunks summed in fixed partial sums times
     # several column blocks (weight gradient), dealt out to one or two threads: both still match float64.
