@@ -477,13 +477,15 @@ def workspaceBytes(xShape, o, pad, itemsize=4, resultBytes=None, tileBytes=None,
         return threads * 72 * max(VECTOR_SPAN, tw * rows) * itemsize
 
     if grad:
-        # Each part's buffers (its share of the tile positions) and GEMM temporary, a part per thread
-        # (conv.workspaceBytes counts dU itself).
+        # Each part's buffers (its share of the tile positions), copy of Mg^T and GEMM temporary, a part
+        # per thread (conv.workspaceBytes counts dU itself).
         pos = 36 if g % _GRAD_PARTS == 0 else 36 // _GRAD_PARTS
         rows = _chunkRows(n * th, tw, c * pos // 36, o * pos // 36, itemsize, tileBytes // _GRAD_PARTS)
         rows = min(n * th, max(rows, -(-_MIN_GRAD_TILES // tw)))
         threads = min(conv_common.THREADS, _GRAD_PARTS) if _blasThreads is not None else 1
-        return threads * (pos * (c + o) * tw * rows + pos // 3 * o * c) * itemsize + scratchRows(rows, threads)
+        copy = pos * o * tw * rows if rows * tw < o else 0  # Mg^T (see backwardParams)
+        return (threads * (pos * (c + o) * tw * rows + copy + pos // 3 * o * c) * itemsize
+                + scratchRows(rows, threads))
     rows = _chunkRows(n * th, tw, c, o, itemsize, tileBytes)
     # Each thread's chunk (rounded to whole rows) and two (36, span) transform scratch arrays (VECTOR_SPAN).
     threads = max(1, min(conv_common.THREADS, -(-n * th // rows))) if _blasThreads is not None else 1
@@ -593,12 +595,19 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None):
     chunks = _chunkRanges(total, step, 1)[0]
     workers = _workers(_GRAD_PARTS if chunks else 1)
     block = pos // 3  # tile positions per GEMM batch (the temporary is a third of the unit's dU)
+    # The GEMMs per tile position: Mg (O/g, tiles) @ V^T (tiles, C/g) hands OpenBLAS a transposed right
+    # operand, which it ran at ~70 GFLOP/s on case 9's (64, 28) @ (28, 64); V @ Mg^T with Mg^T copied
+    # contiguous ran at ~100, more than paying for the copy. With more tiles than maps (case 7: 84 tiles,
+    # 32 maps) the copy costs more than it saves. Chosen per call, so the same on any thread count.
+    copied = step * tw < og
     bufs = [(workspace.get(f"wino-v{k}", (pos * cg * step * tw,), x.dtype),
              workspace.get(f"wino-m{k}", (pos * og * step * tw,), x.dtype),
-             workspace.get(f"wino-mt{k}", (pos * og * step * tw,), x.dtype),
-             workspace.get(f"wino-du{k}", (block, cg, og), x.dtype)) for k in range(workers)]
-    # dU transposed, (36, groups, C/g, O/g), in a list: kernelGradient frees it early.
-    holder = [np.zeros((36, groups, cg, og), dtype=x.dtype)]
+             workspace.get(f"wino-mt{k}", (pos * og * step * tw if copied else 1,), x.dtype),
+             workspace.get(f"wino-du{k}", (block, cg, og) if copied else (block, og, cg), x.dtype))
+            for k in range(workers)]
+    # dU (36, groups, O/g, C/g), or transposed (36, groups, C/g, O/g) when copied; in a list: kernelGradient
+    # frees it early.
+    holder = [np.zeros((36, groups, cg, og) if copied else (36, groups, og, cg), dtype=x.dtype)]
 
     def work(k):
         vb, mb, mtb, part = bufs[k]
@@ -612,18 +621,18 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None):
                     _inputTransform(xc, v.reshape(np_, cg * p), 0, 0, cg, pad[0], pad[1], th, tw, q0, q1, cst,
                                     c0, c0 + cg, a0, a1)
                     _gradTransform(dyc, mg.reshape(np_, og * p), 0, 0, og, th, tw, q0, q1, cst, o0, o0 + og, a0, a1)
-                    # The GEMMs as V (C/g, tiles) @ Mg^T (tiles, O/g) with Mg^T copied contiguous: OpenBLAS ran
-                    # Mg @ V^T (a transposed right operand) at ~70 GFLOP/s, this at ~100 (case 9 shapes),
-                    # more than paying for the copy.
-                    mgt = mtb[:np_ * og * p].reshape(np_, p, og)
-                    np.copyto(mgt, mg.transpose(0, 2, 1))
+                    if copied:
+                        lhs, rhs = v, mtb[:np_ * og * p].reshape(np_, p, og)
+                        np.copyto(rhs, mg.transpose(0, 2, 1))
+                    else:
+                        lhs, rhs = mg, v.transpose(0, 2, 1)
                     for k0 in range(0, np_, block):
-                        np.matmul(v[k0:k0 + block], mgt[k0:k0 + block], out=part)
+                        np.matmul(lhs[k0:k0 + block], rhs[k0:k0 + block], out=part)
                         du[6 * a0 + k0:6 * a0 + k0 + block, gi] += part
 
     _runChunks(work, workers)
     workspace.release()  # the transform buffers are dead; the kernel-space transform below needs its own
-    return kernelGradient(holder, wShape, transposed=True)
+    return kernelGradient(holder, wShape, transposed=copied)
 
 
 def kernelGradient(holder, wShape, transposed=False):
