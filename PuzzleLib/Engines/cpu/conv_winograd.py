@@ -607,13 +607,15 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None):
             for k in range(workers)]
     # dU (36, groups, O/g, C/g), or transposed (36, groups, C/g, O/g) when copied; in a list: kernelGradient
     # frees it early.
-    holder = [np.zeros((36, groups, cg, og) if copied else (36, groups, og, cg), dtype=x.dtype)]
+    # Not zeroed: the first chunk's GEMMs write every entry (zeroed only when there are no chunks).
+    holder = [(np.empty if chunks else np.zeros)((36, groups, cg, og) if copied else (36, groups, og, cg),
+                                                 dtype=x.dtype)]
 
     def work(k):
         vb, mb, mtb, part = bufs[k]
         du = holder[0]
         for r in range(k, _GRAD_PARTS, workers):
-            for q0, q1 in chunks:
+            for ci, (q0, q1) in enumerate(chunks):
                 p = (q1 - q0) * tw
                 for gi, a0, a1 in units[r]:
                     c0, o0, np_ = gi * cg, gi * og, 6 * (a1 - a0)
@@ -627,8 +629,12 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None):
                     else:
                         lhs, rhs = mg, v.transpose(0, 2, 1)
                     for k0 in range(0, np_, block):
-                        np.matmul(lhs[k0:k0 + block], rhs[k0:k0 + block], out=part)
-                        du[6 * a0 + k0:6 * a0 + k0 + block, gi] += part
+                        entries = du[6 * a0 + k0:6 * a0 + k0 + block, gi]
+                        if ci == 0:
+                            np.matmul(lhs[k0:k0 + block], rhs[k0:k0 + block], out=entries)
+                        else:
+                            np.matmul(lhs[k0:k0 + block], rhs[k0:k0 + block], out=part)
+                            entries += part
 
     _runChunks(work, workers)
     workspace.release()  # the transform buffers are dead; the kernel-space transform below needs its own
