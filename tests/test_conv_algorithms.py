@@ -10,7 +10,7 @@ import itertools
 import numpy as np
 import pytest
 
-from PuzzleLib.Engines.cpu import conv, conv_direct, conv_winograd
+from PuzzleLib.Engines.cpu import conv, conv_common, conv_direct, conv_winograd
 
 
 # -- reference (float64) ----------------------------------------------------------------------------------
@@ -365,7 +365,7 @@ WINOGRAD_CHUNKED = (3, 6, (21, 17), 5, (3, 3), (1, 1), (1, 1), (1, 1), 1)  # 3 x
 def test_winogradChunksOnThreadsMatchReference(threads, monkeypatch):
     # Tiny chunks (one tile row each) dealt out to the threads: every direction still meets the float64 bound,
     # with the padding gathered into the transform, partial edge tiles and tile rows crossing batch items.
-    monkeypatch.setattr(conv_winograd, "THREADS", threads)
+    monkeypatch.setattr(conv_common, "THREADS", threads)
     monkeypatch.setattr(conv_winograd, "chunkBytes", lambda resultBytes: 1)
     _check("winograd", WINOGRAD_CHUNKED, np.float64, 1e-12, scaled=True)
 
@@ -377,14 +377,14 @@ def test_winogradWeightGradientIndependentOfThreadCount(monkeypatch):
     monkeypatch.setattr(conv_winograd, "chunkBytes", lambda resultBytes: 1)
     results = []
     for threads in (1, 2, 2):
-        monkeypatch.setattr(conv_winograd, "THREADS", threads)
+        monkeypatch.setattr(conv_common, "THREADS", threads)
         results.append(conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups, algo="winograd")[0])
     assert np.array_equal(results[0], results[1]) and np.array_equal(results[1], results[2])
 
 
-@pytest.mark.skipif(conv_winograd._blasThreads is None, reason="no control of the BLAS threads")
+@pytest.mark.skipif(conv_common.blasThreads is None, reason="no control of the BLAS threads")
 def test_winogradRestoresBlasThreads():
-    setN, getN = conv_winograd._blasThreads
+    setN, getN = conv_common.blasThreads
     before = getN()
     x, w, b, dy, (stride, pad, dilation, groups) = _data(WINOGRAD[3], np.float32)
     conv.forward(x, w, b, stride, pad, dilation, groups, algo="winograd")
@@ -399,7 +399,7 @@ def test_winograd3dSharedSlicesMatchReference(threads, runBytes, monkeypatch):
     # Forward (and backward-data through it) transforms each input slice once per run of output slices:
     # runs of one output slice or all of them, on one or two threads, with groups and depth padding.
     from PuzzleLib.Engines.cpu import conv_winograd3d
-    monkeypatch.setattr(conv_winograd, "THREADS", threads)
+    monkeypatch.setattr(conv_common, "THREADS", threads)
     monkeypatch.setattr(conv_winograd3d, "STACK_BYTES", runBytes)
     monkeypatch.setattr(conv_winograd, "chunkBytes", lambda resultBytes: 1)
     _check("winograd", (2, 6, (5, 9, 6), 4, (3, 3, 3), (1, 1, 1), (1, 2, 0), (1, 1, 1), 2), np.float64, 1e-12,
@@ -415,7 +415,7 @@ def test_winograd3dWeightGradientRunsIndependentOfThreadCount(monkeypatch):
     monkeypatch.setattr(conv_winograd, "chunkBytes", lambda resultBytes: 1)
     results = []
     for threads in (1, 2):
-        monkeypatch.setattr(conv_winograd, "THREADS", threads)
+        monkeypatch.setattr(conv_common, "THREADS", threads)
         results.append(conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups, algo="winograd")[0])
     assert np.array_equal(results[0], results[1])
     ref = refBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0]
@@ -463,7 +463,7 @@ def test_im2colThreadModesMatchReference(case, threads, ownBytes, monkeypatch):
     # A tiny tile bound makes many tiles (forward) and many pixel chunks summed in fixed partial sums times
     # several column blocks (weight gradient), dealt out to one or two threads: both still match float64.
     from PuzzleLib.Engines.cpu import conv_common, conv_im2col
-    monkeypatch.setattr(conv_winograd, "THREADS", threads)
+    monkeypatch.setattr(conv_common, "THREADS", threads)
     monkeypatch.setattr(conv_im2col, "_OWN_GEMM_BYTES", ownBytes)
     monkeypatch.setattr(conv_common, "TILE_BYTES", 700)
     x, w, b, dy, (stride, pad, dilation, groups) = _data(case, np.float64)
@@ -481,16 +481,16 @@ def test_im2colIndependentOfThreadCount(tile, monkeypatch):
     x, w, b, dy, (stride, pad, dilation, groups) = _data(STRIDED_LAST[1], np.float32)
     results = []
     for threads in (1, 2, 2):
-        monkeypatch.setattr(conv_winograd, "THREADS", threads)
+        monkeypatch.setattr(conv_common, "THREADS", threads)
         results.append((conv.forward(x, w, b, stride, pad, dilation, groups, algo="im2col"),
                         conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups, algo="im2col")[0]))
     for y, dw in results[1:]:
         assert np.array_equal(y, results[0][0]) and np.array_equal(dw, results[0][1])
 
 
-@pytest.mark.skipif(conv_winograd._blasThreads is None, reason="no control of the BLAS threads")
+@pytest.mark.skipif(conv_common.blasThreads is None, reason="no control of the BLAS threads")
 def test_im2colRestoresBlasThreads():
-    setN, getN = conv_winograd._blasThreads
+    setN, getN = conv_common.blasThreads
     before = getN()
     x, w, b, dy, (stride, pad, dilation, groups) = _data(STRIDED_LAST[1], np.float32)
     conv.forward(x, w, b, stride, pad, dilation, groups, algo="im2col")
@@ -507,7 +507,7 @@ def test_im2colWeightGradientDeinterleavedMatchesReference(tile, threads, monkey
     # Chunks within one item and the whole column matrix in one block: the weight gradient gathers from the
     # de-interleaved input (the forward's gather) instead of reading the stride-2 axis in place.
     from PuzzleLib.Engines.cpu import conv_common, conv_im2col
-    monkeypatch.setattr(conv_winograd, "THREADS", threads)
+    monkeypatch.setattr(conv_common, "THREADS", threads)
     monkeypatch.setattr(conv_common, "TILE_BYTES", tile)
     plans = []
     plan = conv_im2col._fastPlan

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from test_conv_algorithms import refBackwardParams, refForward
 
-from PuzzleLib.Engines.cpu import conv, conv_winograd
+from PuzzleLib.Engines.cpu import conv, conv_common, conv_winograd
 
 pytestmark = pytest.mark.skipif(not conv_winograd.available, reason="numba is not installed")
 
@@ -28,7 +28,7 @@ def test_weightGradientPartsMatchReferenceOnAnyThreadCount(groups, tiny, monkeyp
     ref = refBackwardParams(x, dy, w.shape, (1, 1), (1, 1), (1, 1), groups)[0]
     results = []
     for threads in (1, 2, 2):
-        monkeypatch.setattr(conv_winograd, "THREADS", threads)
+        monkeypatch.setattr(conv_common, "THREADS", threads)
         dw = conv.backwardParams(x, dy, w.shape, False, (1, 1), (1, 1), (1, 1), groups, algo="winograd")[0]
         assert np.abs(dw - ref).max() <= 1e-12 * np.abs(ref).max()
         results.append(dw)

@@ -14,7 +14,7 @@ Backward-params folds the batch into the GEMM's inner dimension, tile by tile.
 
 import numpy as np
 
-from PuzzleLib.Engines.cpu import conv_winograd
+from PuzzleLib.Engines.cpu import conv_common
 from PuzzleLib.Engines.cpu.conv_common import outputShape, parallel, prod, rowTiles, tapRange, tileBytes, workspace
 
 try:
@@ -375,7 +375,7 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
     rowLen = o5[2]
     own = _ownGemms(w)
     tiles = rowTiles(n, o5[0] * o5[1], ck * rowLen * x.itemsize, max(1, tileBytes() // _SPLIT) if own else None)
-    workers = conv_winograd._workers(len(tiles)) if own else 1
+    workers = conv_common.chunkWorkers(len(tiles)) if own else 1
     runs = [tiles[len(tiles) * k // workers:len(tiles) * (k + 1) // workers] for k in range(workers)]
     size = max((n1 - n0) * ck * (r1 - r0) * rowLen for n0, n1, r0, r1 in tiles)
     buffers = [workspace.get(f"im2col-fast{k}", (size,), x.dtype) for k in range(workers)]  # not thread-safe
@@ -390,7 +390,7 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
             np.matmul(wg, cols.reshape(n1 - n0, groups, ck // groups, -1),
                       out=yg[n0:n1, :, :, r0 * rowLen:r1 * rowLen])
 
-    conv_winograd._runChunks(work, workers)
+    conv_common.runChunks(work, workers)
     _addBias(y, bias)
     return y
 
@@ -456,13 +456,13 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
     # chunk where chunks span items, a partial product; the _SPLIT partial sums where chunks are summed.
     if len(chunks) == 1:
         units = [(chunks[0], block) for block in blocks]
-        workers = conv_winograd._workers(len(units)) if own else 1
+        workers = conv_common.chunkWorkers(len(units)) if own else 1
         runs = [units[len(units) * k // workers:len(units) * (k + 1) // workers] for k in range(workers)]
         partials = None
     else:
         # Threads of their own sum into _SPLIT partials; one sequence of GEMMs sums straight into dw.
         parts = _SPLIT if own else 1
-        workers = conv_winograd._workers(parts) if own else 1
+        workers = conv_common.chunkWorkers(parts) if own else 1
         halves = [chunks[len(chunks) * h // parts:len(chunks) * (h + 1) // parts] for h in range(parts)]
         runs = [[(h, chunk, block) for h in range(k, parts, workers) for chunk in halves[h] for block in blocks]
                 for k in range(workers)]
@@ -523,7 +523,7 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
                 h, chunk, block = unit
                 gemm(k, chunk, block, partials[h], chunk is not firsts[h], own)
 
-    conv_winograd._runChunks(work, workers)
+    conv_common.runChunks(work, workers)
     if partials is not None and len(partials) > 1:
         np.add(partials[0].T, partials[1].T, out=dw)
         for h in range(2, len(partials)):

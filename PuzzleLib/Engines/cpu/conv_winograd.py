@@ -23,14 +23,11 @@ float32 and 1.2e-14 in float64 in every direction (im2col: 5e-7 and 1e-15). The 
 stated bound, 5e-5 (float32) and 1e-12 (float64).
 """
 
-import ctypes
-import glob
-import os
 
 import numpy as np
 
 from PuzzleLib.Engines.cpu import conv_common
-from PuzzleLib.Engines.cpu.conv_common import THREADS, parallel, workspace
+from PuzzleLib.Engines.cpu.conv_common import blasThreads, chunkWorkers, runChunks, workspace
 
 try:
     from numba import njit, uintp
@@ -403,51 +400,6 @@ def chunkBytes(resultBytes):
     return min(CHUNK_BYTES, max(1, resultBytes // (2 if resultBytes >= CHUNK_BYTES else 4)))
 
 
-# -- threads: each runs whole chunks (transform, GEMMs, transform) with a single-threaded BLAS ---------
-# Splitting each transform between threads around a two-thread GEMM gained nothing: OpenBLAS's idle
-# workers spin after every GEMM and hold the second core. Whole chunks per thread, with BLAS set to one
-# thread for the call, run the transforms and the small GEMMs side by side (case 1 forward 11.4 -> 6.5 ms).
-def _findBlasThreads():
-    pattern = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs", "*openblas*.so*")
-    for path in sorted(glob.glob(pattern)):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:  # pragma: no cover - an unloadable library: no thread control
-            continue
-        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"),
-                               ("openblas", "")):
-            try:
-                setN = getattr(lib, f"{prefix}_set_num_threads{suffix}")
-                getN = getattr(lib, f"{prefix}_get_num_threads{suffix}")
-            except AttributeError:
-                continue
-            setN.argtypes, setN.restype, getN.restype = [ctypes.c_int], None, ctypes.c_int
-            return setN, getN
-    return None
-
-
-_blasThreads = _findBlasThreads()
-
-
-def _workers(chunks):
-    """Threads to run ``chunks`` chunks on: one without control of the BLAS threads."""
-    return max(1, min(THREADS, chunks)) if _blasThreads is not None else 1
-
-
-def _runChunks(fn, workers):
-    """fn(k) for k in range(workers), one per thread, with BLAS single-threaded meanwhile."""
-    if workers == 1:
-        fn(0)
-        return
-    setN, getN = _blasThreads
-    before = getN()
-    setN(1)
-    try:
-        parallel(lambda k0, k1: [fn(k) for k in range(k0, k1)], workers, 1 << 62)
-    finally:
-        setN(before)
-
-
 def _chunkRanges(total, step, workers):
     """Runs of chunks [(q0, q1)], one run per worker: the tile rows are split evenly between the runs
     first, then each run into equal chunks of at most ``step`` rows (dealing whole ``step``-row chunks
@@ -482,13 +434,13 @@ def workspaceBytes(xShape, o, pad, itemsize=4, resultBytes=None, tileBytes=None,
         pos = 36 if g % _GRAD_PARTS == 0 else 36 // _GRAD_PARTS
         rows = _chunkRows(n * th, tw, c * pos // 36, o * pos // 36, itemsize, tileBytes // _GRAD_PARTS)
         rows = min(n * th, max(rows, -(-_MIN_GRAD_TILES // tw)))
-        threads = min(conv_common.THREADS, _GRAD_PARTS) if _blasThreads is not None else 1
+        threads = min(conv_common.THREADS, _GRAD_PARTS) if blasThreads is not None else 1
         copy = pos * o * tw * rows if rows * tw < o else 0  # Mg^T (see backwardParams)
         return (threads * (pos * (c + o) * tw * rows + copy + pos // 3 * o * c) * itemsize
                 + scratchRows(rows, threads))
     rows = _chunkRows(n * th, tw, c, o, itemsize, tileBytes)
     # Each thread's chunk (rounded to whole rows) and two (36, span) transform scratch arrays (VECTOR_SPAN).
-    threads = max(1, min(conv_common.THREADS, -(-n * th // rows))) if _blasThreads is not None else 1
+    threads = max(1, min(conv_common.THREADS, -(-n * th // rows))) if blasThreads is not None else 1
     rows = max(1, min(rows, _chunkRows(n * th, tw, c, o, itemsize, tileBytes // threads)))
     return threads * 36 * (c + o) * tw * rows * itemsize + scratchRows(rows, threads)
 
@@ -524,7 +476,7 @@ def forward(x, w, bias, pad, groups, tileBytes=None, u=None, out=None):
     # so a chunk has groups x more tiles for the same bytes, and the GEMMs (O/g, C/g) @ (C/g, tiles) get
     # a longer tile dimension (case 7, 4 groups of 32: 144 GEMMs of 21 tiles per chunk ran at ~70
     # GFLOP/s single-threaded, 36 of 84 tiles at ~95).
-    workers = _workers(-(-total // _chunkRows(total, tw, cg, og, x.itemsize, limit)))
+    workers = chunkWorkers(-(-total // _chunkRows(total, tw, cg, og, x.itemsize, limit)))
     step = _chunkRows(total, tw, cg, og, x.itemsize, limit // workers)
     runs = _chunkRanges(total, step, workers)
     # Buffers are taken here, in the calling thread (the workspace is not thread-safe).
@@ -543,7 +495,7 @@ def forward(x, w, bias, pad, groups, tileBytes=None, u=None, out=None):
                 np.matmul(u[:, gi], v, out=m)
                 _outputTransform(m.reshape(36, og * p), 0, 0, og, y, biasv, th, tw, q0, q1, cst, o0, o0 + og)
 
-    _runChunks(work, workers)
+    runChunks(work, workers)
     return y
 
 
@@ -593,7 +545,7 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None):
         # one row of 14 tiles ran 2.6 ms, two rows 2.0 ms; benchmarks/conv.py case 9).
         step = min(total, max(step, -(-_MIN_GRAD_TILES // tw)))
     chunks = _chunkRanges(total, step, 1)[0]
-    workers = _workers(_GRAD_PARTS if chunks else 1)
+    workers = chunkWorkers(_GRAD_PARTS if chunks else 1)
     block = pos // 3  # tile positions per GEMM batch (the temporary is a third of the unit's dU)
     # The GEMMs per tile position: Mg (O/g, tiles) @ V^T (tiles, C/g) hands OpenBLAS a transposed right
     # operand, which it ran at ~70 GFLOP/s on case 9's (64, 28) @ (28, 64); V @ Mg^T with Mg^T copied
@@ -636,7 +588,7 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None):
                             np.matmul(lhs[k0:k0 + block], rhs[k0:k0 + block], out=part)
                             entries += part
 
-    _runChunks(work, workers)
+    runChunks(work, workers)
     workspace.release()  # the transform buffers are dead; the kernel-space transform below needs its own
     return kernelGradient(holder, wShape, transposed=copied)
 

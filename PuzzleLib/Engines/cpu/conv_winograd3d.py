@@ -15,7 +15,7 @@ does not change the result). The error bound is conv_winograd's.
 
 import numpy as np
 
-from PuzzleLib.Engines.cpu import conv_winograd
+from PuzzleLib.Engines.cpu import conv_common, conv_winograd
 from PuzzleLib.Engines.cpu.conv_common import workspace
 
 available = conv_winograd.available
@@ -61,7 +61,7 @@ def forward(x, w, bias, pad, groups):
     P = th * tw
     sliceBytes, outBytes = 36 * c * P * x.itemsize, 36 * o * P * x.itemsize
     chunks, step = _sliceChunks(n, od_, kd_, sliceBytes, outBytes, max(STACK_BYTES, conv_winograd.chunkBytes(y.nbytes)))
-    workers = conv_winograd._workers(len(chunks))
+    workers = conv_common.chunkWorkers(len(chunks))
     runs = [chunks[len(chunks) * k // workers:len(chunks) * (k + 1) // workers] for k in range(workers)]
     biasv = np.zeros(o, dtype=x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype).reshape(o)
     cst = np.array([2, 4, 5, 8], dtype=x.dtype)
@@ -89,7 +89,7 @@ def forward(x, w, bias, pad, groups):
                 conv_winograd._outputTransform(flatM, j * og * P, nd * og * P, og, y[item:item + 1, :, d0 + j],
                                                biasv, th, tw, 0, th, cst, 0, o)
 
-    conv_winograd._runChunks(work, workers)
+    conv_common.runChunks(work, workers)
     return y
 
 
@@ -122,7 +122,7 @@ def backwardParams(x, dy, wShape, pad, groups):
     chunks, step = _sliceChunks(n, od_, kd_, sliceBytes, outBytes, _gradRunBytes(x.nbytes, dy.nbytes))
     parts = conv_winograd._GRAD_PARTS
     runs = [chunks[len(chunks) * k // parts:len(chunks) * (k + 1) // parts] for k in range(parts)]
-    workers = conv_winograd._workers(min(parts, len(chunks)))
+    workers = conv_common.chunkWorkers(min(parts, len(chunks)))
     cst = np.array([2, 4, 5, 8], dtype=x.dtype)
     sums = [np.zeros((36, groups, og, kd_ * cg), dtype=x.dtype) for _ in range(parts)]
     bufs = [(workspace.get(f"wino3-v{k}", (36 * c * (step + kd_ - 1) * P,), x.dtype),
@@ -152,7 +152,7 @@ def backwardParams(x, dy, wShape, pad, groups):
                     np.matmul(m[:, :, j], win[:, :, j].transpose(0, 1, 3, 2), out=part)
                     sums[r] += part
 
-    conv_winograd._runChunks(work, workers)
+    conv_common.runChunks(work, workers)
     for r in range(1, parts):
         sums[0] += sums[r]
     holder = [sums[0]]
@@ -178,14 +178,14 @@ def workspaceBytes(xShape, wShape, pad, groups, itemsize, grad=False):
         sliceBytes, outBytes = 36 * c * th * tw * itemsize, 36 * o * th * tw * itemsize
         chunks, run = _sliceChunks(n, max(od_, 1), kd_, sliceBytes, outBytes,
                                    max(STACK_BYTES, conv_winograd.chunkBytes(resultBytes)))
-        workers = conv_winograd._workers(len(chunks))
+        workers = conv_common.chunkWorkers(len(chunks))
         scratch = workers * 72 * max(conv_winograd.VECTOR_SPAN, th * tw) * itemsize
         return workers * ((run + kd_ - 1) * sliceBytes + run * outBytes) + scratch + 2 * u
     th, tw = conv_winograd._tiles(h, w, (pad[1], pad[2]))
     sliceBytes, outBytes = 36 * c * th * tw * itemsize, 36 * o * th * tw * itemsize
     chunks, run = _sliceChunks(n, max(od_, 1), kd_, sliceBytes, outBytes,
                                _gradRunBytes(n * c * d * h * w * itemsize, resultBytes))
-    workers = conv_winograd._workers(min(conv_winograd._GRAD_PARTS, len(chunks)))
+    workers = conv_common.chunkWorkers(min(conv_winograd._GRAD_PARTS, len(chunks)))
     scratch = workers * 72 * max(conv_winograd.VECTOR_SPAN, th * tw) * itemsize
     perWorker = (run + kd_ - 1) * sliceBytes + run * outBytes + u  # slices, products, one dU-sized product
     # The partial sums of dU, and the kernel-space transform's temporaries (dU and half of it).
