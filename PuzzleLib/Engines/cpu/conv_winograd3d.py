@@ -44,6 +44,21 @@ def _sliceChunks(n, od_, kd_, sliceBytes, outBytes, limit):
     return [(i, d0, min(od_, d0 + step)) for i in range(n) for d0 in range(0, od_, step)], step
 
 
+def _transformSlices(x, item, d0, v, pad, th, tw, cst):
+    """Winograd input transform of the depth slices d0 - pD .. of one batch item into V (36, groups, s, C/g,
+    tiles), slice j of V from input slice d0 + j - pD; slices outside the input are zeros (the depth padding)."""
+    c, d = x.shape[1], x.shape[2]
+    s, cg, P = v.shape[2], v.shape[3], v.shape[4]
+    flatV = v.reshape(36, -1)
+    for j in range(s):
+        src = d0 + j - pad[0]
+        if 0 <= src < d:
+            conv_winograd._inputTransform(x[item:item + 1, :, src], flatV, j * cg * P, s * cg * P, cg,
+                                          pad[1], pad[2], th, tw, 0, th, cst, 0, c, 0, 6)
+        else:
+            v[:, :, j] = 0
+
+
 def forward(x, w, bias, pad, groups):
     """Each input depth slice is transformed once per run of output slices and shared by the kD taps:
     V is laid out (36, groups, slices, C/g, tiles), so the kD slices an output slice reads are one
@@ -74,14 +89,8 @@ def forward(x, w, bias, pad, groups):
             s, nd = d1 - d0 + kd_ - 1, d1 - d0
             v = vb[:36 * c * s * P].reshape(36, groups, s, cg, P)
             m = mb[:36 * o * nd * P].reshape(36, groups, nd, og, P)
-            flatV, flatM = v.reshape(36, -1), m.reshape(36, -1)
-            for j in range(s):
-                src = d0 + j - pd
-                if 0 <= src < d:
-                    conv_winograd._inputTransform(x[item:item + 1, :, src], flatV, j * cg * P, s * cg * P, cg,
-                                                  ph, pw, th, tw, 0, th, cst, 0, c, 0, 6)
-                else:
-                    v[:, :, j] = 0
+            flatM = m.reshape(36, -1)
+            _transformSlices(x, item, d0, v, pad, th, tw, cst)
             # Output slice j reads slices j .. j + kD - 1: rows (kd, c) of a window with V's own strides.
             win = np.lib.stride_tricks.as_strided(v, (36, groups, nd, kd_ * cg, P), v.strides, writeable=False)
             np.matmul(u, win, out=m)
@@ -113,7 +122,7 @@ def backwardParams(x, dy, wShape, pad, groups):
     n, c, d, h, wd = x.shape
     o, od_ = dy.shape[1:3]
     cg, kd_ = wShape[1], wShape[2]
-    og, pd, ph, pw = o // groups, pad[0], pad[1], pad[2]
+    og, ph, pw = o // groups, pad[1], pad[2]
     if n == 0 or od_ <= 0 or min(dy.shape[3:]) <= 0:
         return np.zeros(wShape, dtype=x.dtype)
     th, tw = conv_winograd._tiles(h, wd, (ph, pw))
@@ -136,14 +145,8 @@ def backwardParams(x, dy, wShape, pad, groups):
                 s, nd = d1 - d0 + kd_ - 1, d1 - d0
                 v = vb[:36 * c * s * P].reshape(36, groups, s, cg, P)
                 m = mb[:36 * o * nd * P].reshape(36, groups, nd, og, P)
-                flatV, flatM = v.reshape(36, -1), m.reshape(36, -1)
-                for j in range(s):
-                    src = d0 + j - pd
-                    if 0 <= src < d:
-                        conv_winograd._inputTransform(x[item:item + 1, :, src], flatV, j * cg * P, s * cg * P, cg,
-                                                      ph, pw, th, tw, 0, th, cst, 0, c, 0, 6)
-                    else:
-                        v[:, :, j] = 0
+                flatM = m.reshape(36, -1)
+                _transformSlices(x, item, d0, v, pad, th, tw, cst)
                 for j in range(nd):
                     conv_winograd._gradTransform(dy[item:item + 1, :, d0 + j], flatM, j * og * P, nd * og * P, og,
                                                  th, tw, 0, th, cst, 0, o, 0, 6)
