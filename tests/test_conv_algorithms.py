@@ -516,3 +516,41 @@ def test_im2colWeightGradientDeinterleavedMatchesReference(tile, threads, monkey
     dw, _ = conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups, algo="im2col")
     assert plans == [1]
     np.testing.assert_allclose(dw, refBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0], **TOL64)
+
+
+# -- dilated 3x3 stride 1: Winograd on the polyphase sub-planes (conv_polyphase) ----------------------------
+POLYPHASE = [
+    (2, 3, (9, 11), 4, (3, 3), (1, 1), (0, 0), (2, 2), 1),
+    (2, 4, (11, 13), 6, (3, 3), (1, 1), (1, 2), (2, 3), 2),        # odd maps, groups, phases of unequal sizes
+    (1, 3, (13, 7), 5, (3, 3), (1, 1), (3, 0), (3, 1), 1),
+    (2, 2, (7, 9), 3, (3, 3), (1, 1), (4, 4), (2, 2), 1),          # pad beyond the dilated kernel's reach
+    (1, 4, (10, 9), 4, (3, 3), (1, 1), (2, 1), (2, 3), 4),         # depthwise
+    (1, 2, (5, 8), 2, (3, 3), (1, 1), (0, 3), (2, 3), 1),          # one output row: some phases are empty
+]
+
+
+@pytest.mark.skipif(not conv_winograd.available, reason="numba is not installed")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", POLYPHASE)
+def test_winogradDilatedPolyphase(case, dtype):
+    assert "winograd" in conv.algorithms("forward", (case[0], case[1]) + case[2], (case[3], case[1] // case[8])
+                                         + case[4], case[5], case[6], case[7], case[8])
+    _check("winograd", case, dtype, 5e-5 if dtype == np.float32 else 1e-12, scaled=True)
+
+
+@pytest.mark.skipif(not conv_winograd.available, reason="numba is not installed")
+def test_winogradDilatedDeterministicAndChosen():
+    x, w, b, dy, (stride, pad, dilation, groups) = _data(POLYPHASE[1], np.float32)
+    first = [conv.forward(x, w, b, stride, pad, dilation, groups, algo="winograd"),
+             conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="winograd"),
+             conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation, groups, algo="winograd")[0]]
+    for _ in range(2):
+        again = [conv.forward(x, w, b, stride, pad, dilation, groups, algo="winograd"),
+                 conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="winograd"),
+                 conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation, groups, algo="winograd")[0]]
+        assert all(np.array_equal(a, f) for a, f in zip(again, first))
+    case8 = ((8, 64, 56, 56), (64, 64, 3, 3), (1, 1), (2, 2), (2, 2), 1)
+    assert conv.chooseAlgorithm("forward", *case8) == "winograd"
+    assert conv.chooseAlgorithm("backwardData", *case8) == "im2col"
+    # Phases of 5x5 outputs are too small for the tiles to pay off.
+    assert conv.chooseAlgorithm("forward", (8, 64, 10, 10), (64, 64, 3, 3), (1, 1), (2, 2), (2, 2), 1) == "im2col"

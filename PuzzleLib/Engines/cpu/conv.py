@@ -7,7 +7,8 @@ Algorithms (each direction: "forward", "backwardData", "backwardParams"):
 
 - ``gemm``: 1x1 kernel, unit stride, no padding: a (grouped, batched) GEMM on the input itself.
 - ``im2col``: any convolution: tiled column buffer (bounded, reused) + batched GEMM (conv_im2col).
-- ``winograd``: 2-D 3x3, unit stride and dilation, all three directions: F(4x4, 3x3)
+- ``winograd``: 2-D 3x3, unit stride, all three directions: F(4x4, 3x3); dilated ones run as
+  undilated convolutions on the polyphase sub-planes (conv_polyphase)
   (conv_winograd); its error is larger than the others' (bound stated there). 3-D (kD, 3, 3) kernels
   with unit stride and dilation run through it with the depth slices stacked as channels (conv_winograd3d).
 - ``direct``: direct loops, meant for depthwise and small-group convolutions (conv_direct).
@@ -23,7 +24,7 @@ import time
 
 import numpy as np
 
-from PuzzleLib.Engines.cpu import conv_common, conv_direct, conv_im2col, conv_winograd, conv_winograd3d
+from PuzzleLib.Engines.cpu import conv_common, conv_direct, conv_im2col, conv_polyphase, conv_winograd, conv_winograd3d
 from PuzzleLib.Engines.cpu.conv_common import isPointwise, outputShape, prod, workspace
 
 DIRECTIONS = ("forward", "backwardData", "backwardParams")
@@ -75,12 +76,17 @@ def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
         return "direct"
     if cg * prod(kernel) <= 8 and o // groups <= 8:
         return "direct"
-    if _winogradApplies(wShape, stride, dilation):
+    dilated = any(d != 1 for d in dilation)
+    # Dilated (polyphase) backward directions measured slower than im2col on case 8 (64->64 56x56 d2:
+    # bwd-data 13.8 vs 12.4 ms, bwd-params 19.6 vs 13.5): only the forward (9.5 vs 13.2 ms) takes it.
+    if _winogradApplies(wShape, stride, dilation) and not (dilated and direction != "forward"):
         outSpatial = outputShape(xShape[2:], kernel, stride, pad, dilation)
         # Enough channels for the 36 GEMMs to run near peak, enough pixels for the tiles to pay off.
         # Measured (benchmarks/engine_micro.py): wins clearly on 64->64 56x56 in every direction, ties on
         # 4 groups of 32 (wins on the weight gradient), loses on 7x7 maps (tiles wasted, large kernel transform).
-        if cg >= 32 and o // groups >= 32 and min(outSpatial) >= 12:
+        # Dilated (conv_polyphase): each phase is a map of outSpatial / dilation.
+        phaseSpatial = [s // d for s, d in zip(outSpatial, dilation)]
+        if cg >= 32 and o // groups >= 32 and min(phaseSpatial) >= 12:
             return "winograd"
     return "im2col"
 
@@ -102,6 +108,11 @@ def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, group
     if algo == "winograd" and len(kernel) == 3:
         return conv_winograd3d.workspaceBytes(xShape, wShape, pad, groups, itemsize,
                                               grad=direction == "backwardParams") + weights
+    if algo == "winograd" and tuple(dilation) != (1,) * len(kernel):
+        # Polyphase: one phase buffer at a time, then the phase's Winograd workspace.
+        phaseX = tuple(-(-s // d) + 2 for s, d in zip(xShape[2:], dilation))
+        return (conv_polyphase.workspaceBytes(xShape, dilation, itemsize) + 36 * o * cg * itemsize
+                + workspaceBytes(direction, algo, (n, c) + phaseX, wShape, stride, (0, 0), (1, 1), groups, dtype))
     if algo == "winograd":
         u = 36 * o * cg * itemsize
         if direction == "backwardData":
@@ -142,6 +153,8 @@ def forward(x, w, bias, stride, pad, dilation, groups, algo=None):
         if algo == "im2col":
             return conv_im2col.im2colForward(x, w, bias, stride, pad, dilation, groups)
         if algo == "winograd" and _winogradApplies(w.shape, stride, dilation):
+            if conv_polyphase.applies(w.shape[2:], stride, dilation):
+                return conv_polyphase.forward(x, w, bias, pad, dilation, groups)
             return _winograd(w.shape).forward(x, w, bias, pad, groups)
     finally:
         conv_common.endCall()
@@ -161,6 +174,8 @@ def backwardData(dy, w, xShape, stride, pad, dilation, groups, algo=None):
         if algo == "im2col":
             return conv_im2col.im2colBackwardData(dy, w, xShape, stride, pad, dilation, groups)
         if algo == "winograd" and _winogradApplies(w.shape, stride, dilation):
+            if conv_polyphase.applies(w.shape[2:], stride, dilation):
+                return conv_polyphase.backwardData(dy, w, xShape, pad, dilation, groups)
             return _winograd(w.shape).backwardData(dy, w, xShape, pad, groups)
     finally:
         conv_common.endCall()
@@ -183,7 +198,10 @@ def backwardParams(x, dy, wShape, withBias, stride, pad, dilation, groups, algo=
         elif algo == "im2col":
             dw = conv_im2col.im2colBackwardParams(x, dy, wShape, stride, pad, dilation, groups)
         elif algo == "winograd" and _winogradApplies(wShape, stride, dilation):
-            dw = _winograd(wShape).backwardParams(x, dy, wShape, pad, groups)
+            if conv_polyphase.applies(wShape[2:], stride, dilation):
+                dw = conv_polyphase.backwardParams(x, dy, wShape, pad, dilation, groups)
+            else:
+                dw = _winograd(wShape).backwardParams(x, dy, wShape, pad, groups)
         else:
             raise _badAlgo("backwardParams", algo, x.shape, wShape, stride, pad, dilation, groups)
     finally:
@@ -193,7 +211,8 @@ def backwardParams(x, dy, wShape, withBias, stride, pad, dilation, groups, algo=
 
 def _winogradApplies(wShape, stride, dilation):
     return conv_winograd.available and (conv_winograd.applies(wShape[2:], stride, dilation)
-                                        or conv_winograd3d.applies(wShape[2:], stride, dilation))
+                                        or conv_winograd3d.applies(wShape[2:], stride, dilation)
+                                        or conv_polyphase.applies(wShape[2:], stride, dilation))
 
 
 def _winograd(wShape):

@@ -1,0 +1,124 @@
+"""2-D 3x3 stride-1 dilated convolutions as undilated Winograd convolutions on polyphase sub-planes.
+
+With stride 1 and dilation (dh, dw), output pixel (i, j) reads padded input pixels (i + dh*ki, j + dw*kj):
+all in the same residue class (i mod dh, j mod dw). So output phase y[..., a::dh, b::dw] is the undilated
+3x3 convolution of input phase xp[..., a::dh, b::dw] (xp: x padded), and the dh*dw phases are independent
+convolutions that conv_winograd runs (each with its own size), with the chunk bound of the whole call
+(a phase's own, a quarter of it, made GEMMs too thin: case 8 forward phases ran 2.0 ms each, 1.2 with it).
+Backward-data splits the same way (dx phases from dy phases); the weight gradient is the sum of the phases'
+gradients, added in a fixed order (deterministic).
+
+Each phase's input is copied into one buffer of its padded size (zeros where the padding is), one phase at a
+time, so the extra memory is about one phase of x (1 / (dh*dw) of it) plus Winograd's own bounded buffers.
+"""
+
+import numpy as np
+
+from PuzzleLib.Engines.cpu import conv_winograd
+
+
+def applies(kernel, stride, dilation):
+    return (len(kernel) == 2 and tuple(kernel) == (3, 3) and tuple(stride) == (1, 1)
+            and tuple(dilation) != (1, 1) and all(d >= 1 for d in dilation))
+
+
+def _axisPhases(size, pad, dil):
+    """Per phase a of one axis: (a, output length, buffer length, j0, j1, first x index) where buffer
+    entries [j0, j1) hold x[first::dil] and the rest is padding (zero)."""
+    out = size + 2 * pad - 2 * dil
+    phases = []
+    for a in range(dil):
+        olen = len(range(a, max(out, 0), dil))
+        if olen == 0:
+            continue
+        length = olen + 2
+        j0 = max(0, -(-(pad - a) // dil))
+        j1 = min(length, -(-(size + pad - a) // dil))
+        phases.append((a, olen, length, j0, max(j0, j1), a + dil * j0 - pad))
+    return phases
+
+
+def _complete(size, pad, dil):
+    """Whether the phases' buffers cover every x index (else backward-data leaves zeros)."""
+    return sum(j1 - j0 for _, _, _, j0, j1, _ in _axisPhases(size, pad, dil)) == size
+
+
+def _phases(shape, pad, dilation):
+    rows, cols = (_axisPhases(shape[0], pad[0], dilation[0]), _axisPhases(shape[1], pad[1], dilation[1]))
+    return [(r, c) for r in rows for c in cols]
+
+
+def _gather(x, buf, r, c, dilation):
+    """x's phase (r, c) into buf (its padded size): zeros at the borders, x's strided pixels inside."""
+    _, _, length, j0, j1, first = r
+    _, _, width, k0, k1, cfirst = c
+    buf[:, :, :j0] = 0
+    buf[:, :, j1:] = 0
+    buf[:, :, j0:j1, :k0] = 0
+    buf[:, :, j0:j1, k1:] = 0
+    if j1 > j0 and k1 > k0:
+        buf[:, :, j0:j1, k0:k1] = x[:, :, first:first + dilation[0] * (j1 - j0 - 1) + 1:dilation[0],
+                                    cfirst:cfirst + dilation[1] * (k1 - k0 - 1) + 1:dilation[1]]
+    return buf
+
+
+def _buffer(x, r, c):
+    return np.empty(x.shape[:2] + (r[2], c[2]), dtype=x.dtype)
+
+
+def workspaceBytes(xShape, dilation, itemsize=4):
+    """The largest phase buffer (input phase, or a dy / dx phase in the backward directions)."""
+    n, c, h, w = xShape
+    return n * c * (-(-h // dilation[0]) + 4) * (-(-w // dilation[1]) + 4) * itemsize
+
+
+def forward(x, w, bias, pad, dilation, groups):
+    n, o = x.shape[0], w.shape[0]
+    oh, ow = (x.shape[2] + 2 * pad[0] - 2 * dilation[0], x.shape[3] + 2 * pad[1] - 2 * dilation[1])
+    y = np.empty((n, o, max(oh, 0), max(ow, 0)), dtype=x.dtype)
+    phases = _phases(x.shape[2:], pad, dilation)
+    if n == 0 or not phases:
+        return y
+    u = conv_winograd.kernelTransform(w, groups)
+    tile = conv_winograd.chunkBytes(y.nbytes)
+    for r, c in phases:
+        buf = _gather(x, _buffer(x, r, c), r, c, dilation)
+        conv_winograd.forward(buf, w, bias, (0, 0), groups, tileBytes=tile, u=u,
+                              out=y[:, :, r[0]::dilation[0], c[0]::dilation[1]])
+        del buf
+    return y
+
+
+def backwardData(dy, w, xShape, pad, dilation, groups):
+    xShape = tuple(xShape)
+    n, ch, h, wd = xShape
+    full = _complete(h, pad[0], dilation[0]) and _complete(wd, pad[1], dilation[1])
+    dx = np.empty(xShape, dtype=dy.dtype) if full else np.zeros(xShape, dtype=dy.dtype)
+    tile = conv_winograd.chunkBytes(dx.nbytes)
+    for r, c in _phases((h, wd), pad, dilation):
+        (a, _, length, j0, j1, first), (b, _, width, k0, k1, cfirst) = r, c
+        if j1 <= j0 or k1 <= k0:
+            continue
+        dyp = dy[:, :, a::dilation[0], b::dilation[1]]
+        dxp = conv_winograd.backwardData(dyp, w, (n, ch, length, width), (0, 0), groups, tileBytes=tile)
+        dx[:, :, first:first + dilation[0] * (j1 - j0 - 1) + 1:dilation[0],
+           cfirst:cfirst + dilation[1] * (k1 - k0 - 1) + 1:dilation[1]] = dxp[:, :, j0:j1, k0:k1]
+        del dxp
+    return dx
+
+
+def backwardParams(x, dy, wShape, pad, dilation, groups):
+    dw = None
+    tile = conv_winograd.chunkBytes(max(x.nbytes, dy.nbytes))
+    for r, c in _phases(x.shape[2:], pad, dilation):  # fixed order: deterministic sum
+        buf = _gather(x, _buffer(x, r, c), r, c, dilation)
+        dyp = np.ascontiguousarray(dy[:, :, r[0]::dilation[0], c[0]::dilation[1]])
+        part = conv_winograd.backwardParams(buf, dyp, wShape, (0, 0), groups, tileBytes=tile)
+        del buf, dyp
+        if dw is None:
+            dw = part
+        else:
+            dw += part
+    if dw is None:
+        dw = np.zeros(wShape, dtype=x.dtype)
+    return dw
