@@ -12,6 +12,8 @@ Algorithms (each direction: "forward", "backwardData", "backwardParams"):
   (conv_winograd); its error is larger than the others' (bound stated there). 3-D (kD, 3, 3) kernels
   with unit stride and dilation run through it with the depth slices stacked as channels (conv_winograd3d).
 - ``direct``: direct loops, meant for depthwise and small-group convolutions (conv_direct).
+- ``taps``: 1-D, unit stride, any dilation: one GEMM per kernel tap on the input itself, accumulated in
+  place (conv_taps).
 
 ``algo=None`` picks one with a fast heuristic (``chooseAlgorithm``); ``timeAlgorithms`` measures the
 candidates for one shape and ``optimizeAlgorithm`` picks the one to keep within a memory budget (never
@@ -24,11 +26,19 @@ import time
 
 import numpy as np
 
-from PuzzleLib.Engines.cpu import conv_common, conv_direct, conv_im2col, conv_polyphase, conv_winograd, conv_winograd3d
+from PuzzleLib.Engines.cpu import (
+    conv_common,
+    conv_direct,
+    conv_im2col,
+    conv_polyphase,
+    conv_taps,
+    conv_winograd,
+    conv_winograd3d,
+)
 from PuzzleLib.Engines.cpu.conv_common import isPointwise, outputShape, prod, workspace
 
 DIRECTIONS = ("forward", "backwardData", "backwardParams")
-ALGORITHMS = ("gemm", "im2col", "winograd", "direct")
+ALGORITHMS = ("gemm", "im2col", "winograd", "direct", "taps")
 
 __all__ = ["forward", "backwardData", "backwardParams", "outputShape", "algorithms", "chooseAlgorithm",
            "workspaceBytes", "timeAlgorithms", "optimizeAlgorithm", "DIRECTIONS", "ALGORITHMS"]
@@ -44,6 +54,8 @@ def algorithms(direction, xShape, wShape, stride, pad, dilation, groups):
         names.append("gemm")
     if _winogradApplies(wShape, stride, dilation):
         names.append("winograd")
+    if conv_taps.applies(kernel, stride):
+        names.append("taps")
     names.append("im2col")
     names.append("direct")
     return names
@@ -76,6 +88,10 @@ def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
         return "direct"
     if cg * prod(kernel) <= 8 and o // groups <= 8:
         return "direct"
+    if conv_taps.applies(kernel, stride) and cg >= 32 and o // groups >= 32:
+        # 1-D, unit stride: one in-place GEMM per tap, no column copy. N8 64->64 L4096 k3 p1 (interleaved):
+        # fwd 7.1 vs 13.2 ms, bwd-data 7.1 vs 12.5, bwd-params 9.1 vs 12.1 (im2col).
+        return "taps"
     dilated = any(d != 1 for d in dilation)
     # Dilated (polyphase) backward directions measured slower than im2col on case 8 (64->64 56x56 d2:
     # bwd-data 13.8 vs 12.4 ms, bwd-params 19.6 vs 13.5): only the forward (9.5 vs 13.2 ms) takes it.
@@ -105,6 +121,8 @@ def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, group
         return o * cg * itemsize * max(1, n) if direction == "backwardParams" else 0
     if algo == "direct":
         return 0
+    if algo == "taps":
+        return conv_taps.workspaceBytes(direction, xShape, wShape, itemsize)
     if algo == "winograd" and len(kernel) == 3:
         return conv_winograd3d.workspaceBytes(xShape, wShape, pad, groups, itemsize,
                                               grad=direction == "backwardParams") + weights
@@ -150,6 +168,8 @@ def forward(x, w, bias, stride, pad, dilation, groups, algo=None):
     try:
         if algo == "gemm" and isPointwise(w.shape[2:], stride, pad):
             return conv_im2col.gemmForward(x, w, bias, groups)
+        if algo == "taps" and conv_taps.applies(w.shape[2:], stride):
+            return conv_taps.forward(x, w, bias, pad, dilation, groups)
         if algo == "im2col":
             return conv_im2col.im2colForward(x, w, bias, stride, pad, dilation, groups)
         if algo == "winograd" and _winogradApplies(w.shape, stride, dilation):
@@ -171,6 +191,8 @@ def backwardData(dy, w, xShape, stride, pad, dilation, groups, algo=None):
     try:
         if algo == "gemm" and isPointwise(w.shape[2:], stride, pad):
             return conv_im2col.gemmBackwardData(dy, w, xShape, groups)
+        if algo == "taps" and conv_taps.applies(w.shape[2:], stride):
+            return conv_taps.backwardData(dy, w, xShape, pad, dilation, groups)
         if algo == "im2col":
             return conv_im2col.im2colBackwardData(dy, w, xShape, stride, pad, dilation, groups)
         if algo == "winograd" and _winogradApplies(w.shape, stride, dilation):
@@ -195,6 +217,8 @@ def backwardParams(x, dy, wShape, withBias, stride, pad, dilation, groups, algo=
     try:
         if algo == "gemm" and isPointwise(wShape[2:], stride, pad):
             dw = conv_im2col.gemmBackwardParams(x, dy, wShape, groups)
+        elif algo == "taps" and conv_taps.applies(wShape[2:], stride):
+            dw = conv_taps.backwardParams(x, dy, wShape, pad, dilation, groups)
         elif algo == "im2col":
             dw = conv_im2col.im2colBackwardParams(x, dy, wShape, stride, pad, dilation, groups)
         elif algo == "winograd" and _winogradApplies(wShape, stride, dilation):
