@@ -88,14 +88,12 @@ def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
         return "direct"
     if cg * prod(kernel) <= 8 and o // groups <= 8:
         return "direct"
-    if conv_taps.applies(kernel, stride) and cg >= 32 and o // groups >= 32:
-        # 1-D, unit stride: one in-place GEMM per tap, no column copy. N8 64->64 L4096 k3 p1 (interleaved):
-        # fwd 7.1 vs 13.2 ms, bwd-data 7.1 vs 12.5, bwd-params 9.1 vs 12.1 (im2col).
-        return "taps"
-    dilated = any(d != 1 for d in dilation)
-    # Dilated (polyphase) backward directions measured slower than im2col on case 8 (64->64 56x56 d2:
-    # bwd-data 13.8 vs 12.4 ms, bwd-params 19.6 vs 13.5): only the forward (9.5 vs 13.2 ms) takes it.
-    if _winogradApplies(wShape, stride, dilation) and not (dilated and direction != "forward"):
+    # "taps" (conv_taps) won alone (fwd 7.1 vs 13.2 ms on N8 64->64 L4096 k3) but ran ~380 ms in
+    # benchmarks/conv.py next to torch: not picked until that is understood (ask for it with algo="taps").
+    # Dilated (conv_polyphase) in every direction: case 8 (64->64 56x56 d2, same-process interleaved, phases
+    # stacked along the batch) bwd-data 8.5 vs 11.9 ms, bwd-params 9.3 vs 12.8 (im2col); 128->128 28x28 d2
+    # 11.2 vs 14.7, 14.7 vs 17.0.
+    if _winogradApplies(wShape, stride, dilation):
         outSpatial = outputShape(xShape[2:], kernel, stride, pad, dilation)
         # Enough channels for the 36 GEMMs to run near peak, enough pixels for the tiles to pay off.
         # Measured (benchmarks/engine_micro.py): wins clearly on 64->64 56x56 in every direction, ties on
