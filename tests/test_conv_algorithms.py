@@ -551,7 +551,8 @@ def test_winogradDilatedDeterministicAndChosen():
         assert all(np.array_equal(a, f) for a, f in zip(again, first))
     case8 = ((8, 64, 56, 56), (64, 64, 3, 3), (1, 1), (2, 2), (2, 2), 1)
     assert conv.chooseAlgorithm("forward", *case8) == "winograd"
-    assert conv.chooseAlgorithm("backwardData", *case8) == "im2col"
+    assert conv.chooseAlgorithm("backwardData", *case8) == "winograd"
+    assert conv.chooseAlgorithm("backwardParams", *case8) == "winograd"
     # Phases of 5x5 outputs are too small for the tiles to pay off.
     assert conv.chooseAlgorithm("forward", (8, 64, 10, 10), (64, 64, 3, 3), (1, 1), (2, 2), (2, 2), 1) == "im2col"
 
@@ -586,3 +587,23 @@ def test_tapsDeterministicAndChosen():
     for direction in conv.DIRECTIONS:
         assert conv.chooseAlgorithm(direction, *case1d) == "im2col"
     assert "taps" not in conv.algorithms("forward", (8, 64, 4096), (64, 64, 3), (2,), (1,), (1,), 1)
+
+
+@pytest.mark.skipif(not conv_winograd.available, reason="numba is not installed")
+@pytest.mark.parametrize("stackBytes", [1, 1 << 40])
+@pytest.mark.parametrize("case", [
+    (5, 3, (8, 12), 4, (3, 3), (1, 1), (2, 2), (2, 2), 1),      # equal phases: 5 items in chunks of 2, 2, 1
+    (3, 4, (12, 9), 6, (3, 3), (1, 1), (3, 0), (3, 3), 2),      # nine equal phases, groups
+])
+def test_polyphaseStackedChunks(case, stackBytes):
+    """Backward directions with the phases stacked along the batch axis, in batch chunks (stackBytes=1: the
+    smallest chunks, n / phases items) or in one chunk: both equal the float64 reference."""
+    from PuzzleLib.Engines.cpu import conv_polyphase
+
+    x, w, b, dy, (stride, pad, dilation, groups) = _data(case, np.float64)
+    phases = conv_polyphase._phases(x.shape[2:], pad, dilation)
+    assert conv_polyphase._equal(phases)
+    dx = conv_polyphase.backwardData(dy, w, x.shape, pad, dilation, groups, stackBytes=stackBytes)
+    np.testing.assert_allclose(dx, refBackwardData(dy, w, x.shape, stride, pad, dilation, groups), **TOL64)
+    dw = conv_polyphase.backwardParams(x, dy, w.shape, pad, dilation, groups, stackBytes=stackBytes)
+    np.testing.assert_allclose(dw, refBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0], **TOL64)
