@@ -12,6 +12,8 @@ Each phase's input is copied into one buffer of its padded size (zeros where the
 time, so the extra memory is about one phase of x (1 / (dh*dw) of it) plus Winograd's own bounded buffers.
 """
 
+from math import prod
+
 import numpy as np
 
 from PuzzleLib.Engines.cpu import conv_winograd
@@ -137,28 +139,39 @@ def _scatter(dx, dxp, r, c, dilation):
        cfirst:cfirst + dilation[1] * (k1 - k0 - 1) + 1:dilation[1]] = dxp[:, :, j0:j1, k0:k1]
 
 
+def _stacked(flat, shape):
+    """A (phases, items, ...) array at the start of a reused flat buffer: fresh buffers per chunk cost case 8's
+    weight gradient ~1.5 ms of page faults."""
+    return flat[:prod(shape)].reshape(shape)
+
+
 def _backwardDataStacked(dy, w, dx, phases, dilation, groups, limit):
     """All phases of a chunk of batch items stacked along the batch axis (phase-major): one Winograd call
     per chunk instead of one thin call per phase (case 8: four phase calls cost more than one undilated
     convolution, one stacked call about the same)."""
+    from PuzzleLib.Engines.cpu.conv_im2col import flippedKernel
+
     n, ch = dx.shape[:2]
     o = dy.shape[1]
     (_, olh, length, *_), (_, olw, width, *_) = phases[0]
     p = len(phases)
     step = _batchStep(n, p, p * (o * olh * olw + ch * length * width) * dy.itemsize, limit)
     tile = conv_winograd.chunkBytes(dx.nbytes)
+    wf = flippedKernel(w, groups)
+    u = conv_winograd.kernelTransform(wf, groups)  # once for all chunks
+    dyFlat = np.empty(p * step * o * olh * olw, dtype=dy.dtype)
+    dxFlat = np.empty(p * step * ch * length * width, dtype=dy.dtype)
     for b0 in range(0, n, step):
         b1 = min(n, b0 + step)
-        dys = np.empty((p, b1 - b0, o, olh, olw), dtype=dy.dtype)
+        dys = _stacked(dyFlat, (p, b1 - b0, o, olh, olw))
         for i, (r, c) in enumerate(phases):
             dys[i] = dy[b0:b1, :, r[0]::dilation[0], c[0]::dilation[1]]
-        dxs = conv_winograd.backwardData(dys.reshape((-1,) + dys.shape[2:]), w, (p * (b1 - b0), ch, length, width),
-                                         (0, 0), groups, tileBytes=tile)
-        del dys
+        dxs = _stacked(dxFlat, (p * (b1 - b0), ch, length, width))
+        conv_winograd.forward(dys.reshape((-1,) + dys.shape[2:]), wf, None, (2, 2), groups, tileBytes=tile, u=u,
+                              out=dxs)
         dxs = dxs.reshape((p, b1 - b0) + dxs.shape[1:])
         for i, (r, c) in enumerate(phases):
             _scatter(dx[b0:b1], dxs[i], r, c, dilation)
-        del dxs
 
 
 def backwardParams(x, dy, wShape, pad, dilation, groups, stackBytes=None):
@@ -192,16 +205,17 @@ def _backwardParamsStacked(x, dy, wShape, phases, dilation, groups, limit):
     step = _batchStep(n, p, p * (o * olh * olw + ch * length * width) * x.itemsize, limit)
     tile = conv_winograd.chunkBytes(max(x.nbytes, dy.nbytes))
     dw = None
+    xFlat = np.empty(p * step * ch * length * width, dtype=x.dtype)
+    dyFlat = np.empty(p * step * o * olh * olw, dtype=x.dtype)
     for b0 in range(0, n, step):
         b1 = min(n, b0 + step)
-        xs = np.empty((p, b1 - b0, ch, length, width), dtype=x.dtype)
-        dys = np.empty((p, b1 - b0, o, olh, olw), dtype=x.dtype)
+        xs = _stacked(xFlat, (p, b1 - b0, ch, length, width))
+        dys = _stacked(dyFlat, (p, b1 - b0, o, olh, olw))
         for i, (r, c) in enumerate(phases):
             _gather(x[b0:b1], xs[i], r, c, dilation)
             dys[i] = dy[b0:b1, :, r[0]::dilation[0], c[0]::dilation[1]]
         part = conv_winograd.backwardParams(xs.reshape((-1,) + xs.shape[2:]), dys.reshape((-1,) + dys.shape[2:]),
                                             wShape, (0, 0), groups, tileBytes=tile)
-        del xs, dys
         if dw is None:
             dw = part
         else:
