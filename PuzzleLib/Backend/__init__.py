@@ -37,6 +37,8 @@ class _Engine:
 
 
 _cache = {}
+# (the Config.backend value last resolved, its engine)
+_last = [object(), None]
 
 
 def availableBackends():
@@ -45,6 +47,9 @@ def availableBackends():
 
 def getEngine():
     backend = Config.backend
+    # Every kernel call comes through here: the common case (setting unchanged) is one identity test.
+    if backend is _last[0]:
+        return _last[1]
     if isinstance(backend, str):
         try:
             backend = Config.Backend[backend.lower()]
@@ -56,4 +61,5 @@ def getEngine():
     engine = _cache.get(backend)
     if engine is None:
         engine = _cache[backend] = _Engine(_ENGINES[backend])
+    _last[:] = [Config.backend, engine]
     return engine

@@ -42,6 +42,7 @@ class ConvND(Module):
         self.useBias = bool(useBias)
         self.wscale = wscale
         self.fwdAlgo = self.bwdDataAlgo = self.bwdFilterAlgo = None
+        self._checkedShape = None
 
         self.W = None
         self.b = None
@@ -108,10 +109,15 @@ class ConvND(Module):
     def checkDataShape(self, shape):
         if self.W is None:
             raise ModuleError(f"{self} has no weights (created with empty=True): set 'W' with setVar first")
+        # What the checks read (maps, kernel size, pad, dilation) is fixed at construction, so a shape that
+        # passed once passes again: skip the work on repeated calls (it is most of a small call's cost).
+        if shape == self._checkedShape:
+            return
         self.checkRank(shape, self.nd + 2, "Data")
         if shape[1] != self.inmaps:
             raise ModuleError(f"Data has {shape[1]} maps (expected: {self.inmaps})")
         self.checkWindowFits(shape, self.size, self.pad, self.dilation)
+        self._checkedShape = shape
 
     def checkGradShape(self, shape):
         self.checkRank(shape, self.nd + 2, "Grad")
