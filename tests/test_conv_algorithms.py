@@ -557,38 +557,6 @@ def test_winogradDilatedDeterministicAndChosen():
     assert conv.chooseAlgorithm("forward", (8, 64, 10, 10), (64, 64, 3, 3), (1, 1), (2, 2), (2, 2), 1) == "im2col"
 
 
-# -- taps: 1-D unit-stride convolutions as one in-place GEMM per kernel tap ---------------------------------
-# (n, c, (L,), o, (k,), stride, pad, dilation, groups): dilation 1-3, pads 0..k, groups.
-TAPS = [
-    (2, 6, (17,), 4, (3,), (1,), (p,), (d,), g)
-    for d in (1, 2, 3) for p in (0, 1, 2, 3) for g in (1, 2)
-] + [(1, 4, (9,), 6, (1,), (1,), (1,), (1,), 1), (3, 8, (12,), 8, (5,), (1,), (5,), (2,), 4)]
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("case", TAPS)
-def test_taps(case, dtype):
-    assert "taps" in conv.algorithms("forward", (case[0], case[1]) + case[2], (case[3], case[1] // case[8])
-                                     + case[4], case[5], case[6], case[7], case[8])
-    _check("taps", case, dtype, TOL32 if dtype == np.float32 else TOL64)
-
-
-def test_tapsDeterministicAndChosen():
-    x, w, b, dy, (stride, pad, dilation, groups) = _data((2, 32, (50,), 32, (3,), (1,), (1,), (2,), 1), np.float32)
-
-    def run():
-        return [conv.forward(x, w, b, stride, pad, dilation, groups, algo="taps"),
-                conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="taps"),
-                conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation, groups, algo="taps")[0]]
-
-    first = run()
-    assert all(all(np.array_equal(a, f) for a, f in zip(run(), first)) for _ in range(2))
-    case1d = ((8, 64, 4096), (64, 64, 3), (1,), (1,), (1,), 1)
-    for direction in conv.DIRECTIONS:
-        assert conv.chooseAlgorithm(direction, *case1d) == "im2col"
-    assert "taps" not in conv.algorithms("forward", (8, 64, 4096), (64, 64, 3), (2,), (1,), (1,), 1)
-
-
 @pytest.mark.skipif(not conv_winograd.available, reason="numba is not installed")
 @pytest.mark.parametrize("stackBytes", [1, 1 << 40])
 @pytest.mark.parametrize("case", [

@@ -11,9 +11,8 @@ Algorithms (each direction: "forward", "backwardData", "backwardParams"):
   undilated convolutions on the polyphase sub-planes (conv_polyphase)
   (conv_winograd); its error is larger than the others' (bound stated there). 3-D (kD, 3, 3) kernels
   with unit stride and dilation run through it with the depth slices stacked as channels (conv_winograd3d).
+  1-D 3-tap kernels with unit stride and dilation: F(6, 3) (conv_winograd1d).
 - ``direct``: direct loops, meant for depthwise and small-group convolutions (conv_direct).
-- ``taps``: 1-D, unit stride, any dilation: one GEMM per kernel tap on the input itself, accumulated in
-  place (conv_taps).
 
 ``algo=None`` picks one with a fast heuristic (``chooseAlgorithm``); ``timeAlgorithms`` measures the
 candidates for one shape and ``optimizeAlgorithm`` picks the one to keep within a memory budget (never
@@ -31,14 +30,14 @@ from PuzzleLib.Engines.cpu import (
     conv_direct,
     conv_im2col,
     conv_polyphase,
-    conv_taps,
     conv_winograd,
+    conv_winograd1d,
     conv_winograd3d,
 )
 from PuzzleLib.Engines.cpu.conv_common import isPointwise, outputShape, prod, workspace
 
 DIRECTIONS = ("forward", "backwardData", "backwardParams")
-ALGORITHMS = ("gemm", "im2col", "winograd", "direct", "taps")
+ALGORITHMS = ("gemm", "im2col", "winograd", "direct")
 
 __all__ = ["forward", "backwardData", "backwardParams", "outputShape", "algorithms", "chooseAlgorithm",
            "workspaceBytes", "timeAlgorithms", "optimizeAlgorithm", "DIRECTIONS", "ALGORITHMS"]
@@ -54,8 +53,6 @@ def algorithms(direction, xShape, wShape, stride, pad, dilation, groups):
         names.append("gemm")
     if _winogradApplies(wShape, stride, dilation):
         names.append("winograd")
-    if conv_taps.applies(kernel, stride):
-        names.append("taps")
     names.append("im2col")
     names.append("direct")
     return names
@@ -88,11 +85,16 @@ def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
         return "direct"
     if cg * prod(kernel) <= 8 and o // groups <= 8:
         return "direct"
-    # "taps" (conv_taps) won alone (fwd 7.1 vs 13.2 ms on N8 64->64 L4096 k3) but ran ~380 ms in
-    # benchmarks/conv.py next to torch: not picked until that is understood (ask for it with algo="taps").
     # Dilated (conv_polyphase) in every direction: case 8 (64->64 56x56 d2, same-process interleaved, phases
     # stacked along the batch) bwd-data 8.5 vs 11.9 ms, bwd-params 9.3 vs 12.8 (im2col); 128->128 28x28 d2
     # 11.2 vs 14.7, 14.7 vs 17.0.
+    if len(kernel) == 1 and _winogradApplies(wShape, stride, dilation):
+        # 1-D 3-tap (conv_winograd1d, F(6, 3)), same-process interleaved vs im2col, fwd / bwd-data / bwd-params:
+        # N8 64->64 L4096 7.8 / 7.4 / 9.6 vs 13.1 / 12.2 / 13.2 ms; N4 32->32 L1024 0.49 / 0.52 / 0.56 vs
+        # 0.74 / 0.77 / 0.74; N2 16->16 L2048 0.25 / 0.23 / 0.33 vs 0.35 / 0.31 / 0.38. Loses below ~4096
+        # outputs per map summed over the batch (N1 64->64 L256: 0.32 vs 0.23 forward) or 8 channels (ties).
+        out = outputShape(xShape[2:], kernel, stride, pad, dilation)[0]
+        return "winograd" if cg >= 16 and o // groups >= 16 and xShape[0] * out >= 4096 else "im2col"
     if _winogradApplies(wShape, stride, dilation):
         outSpatial = outputShape(xShape[2:], kernel, stride, pad, dilation)
         # Enough channels for the 36 GEMMs to run near peak, enough pixels for the tiles to pay off.
@@ -119,8 +121,13 @@ def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, group
         return o * cg * itemsize * max(1, n) if direction == "backwardParams" else 0
     if algo == "direct":
         return 0
-    if algo == "taps":
-        return conv_taps.workspaceBytes(direction, xShape, wShape, itemsize)
+    if algo == "winograd" and len(kernel) == 1:
+        if direction == "backwardData":
+            return (conv_winograd1d.workspaceBytes((n, o) + outSpatial, c, 2 - pad[0], itemsize, groups)
+                    + weights + 8 * o * cg * itemsize)  # the flipped kernel and its transform
+        # forward: the kernel transform; backwardParams: one GEMM temporary per thread, as large.
+        return (conv_winograd1d.workspaceBytes(xShape, o, pad[0], itemsize, groups,
+                                               grad=direction == "backwardParams") + 8 * o * cg * itemsize)
     if algo == "winograd" and len(kernel) == 3:
         return conv_winograd3d.workspaceBytes(xShape, wShape, pad, groups, itemsize,
                                               grad=direction == "backwardParams") + weights
@@ -166,8 +173,6 @@ def forward(x, w, bias, stride, pad, dilation, groups, algo=None):
     try:
         if algo == "gemm" and isPointwise(w.shape[2:], stride, pad):
             return conv_im2col.gemmForward(x, w, bias, groups)
-        if algo == "taps" and conv_taps.applies(w.shape[2:], stride):
-            return conv_taps.forward(x, w, bias, pad, dilation, groups)
         if algo == "im2col":
             return conv_im2col.im2colForward(x, w, bias, stride, pad, dilation, groups)
         if algo == "winograd" and _winogradApplies(w.shape, stride, dilation):
@@ -189,8 +194,6 @@ def backwardData(dy, w, xShape, stride, pad, dilation, groups, algo=None):
     try:
         if algo == "gemm" and isPointwise(w.shape[2:], stride, pad):
             return conv_im2col.gemmBackwardData(dy, w, xShape, groups)
-        if algo == "taps" and conv_taps.applies(w.shape[2:], stride):
-            return conv_taps.backwardData(dy, w, xShape, pad, dilation, groups)
         if algo == "im2col":
             return conv_im2col.im2colBackwardData(dy, w, xShape, stride, pad, dilation, groups)
         if algo == "winograd" and _winogradApplies(w.shape, stride, dilation):
@@ -215,8 +218,6 @@ def backwardParams(x, dy, wShape, withBias, stride, pad, dilation, groups, algo=
     try:
         if algo == "gemm" and isPointwise(wShape[2:], stride, pad):
             dw = conv_im2col.gemmBackwardParams(x, dy, wShape, groups)
-        elif algo == "taps" and conv_taps.applies(wShape[2:], stride):
-            dw = conv_taps.backwardParams(x, dy, wShape, pad, dilation, groups)
         elif algo == "im2col":
             dw = conv_im2col.im2colBackwardParams(x, dy, wShape, stride, pad, dilation, groups)
         elif algo == "winograd" and _winogradApplies(wShape, stride, dilation):
@@ -233,13 +234,15 @@ def backwardParams(x, dy, wShape, withBias, stride, pad, dilation, groups, algo=
 
 def _winogradApplies(wShape, stride, dilation):
     return conv_winograd.available and (conv_winograd.applies(wShape[2:], stride, dilation)
+                                        or conv_winograd1d.applies(wShape[2:], stride, dilation)
                                         or conv_winograd3d.applies(wShape[2:], stride, dilation)
                                         or conv_polyphase.applies(wShape[2:], stride, dilation))
 
 
 def _winograd(wShape):
-    """2-D 3x3 kernels: conv_winograd; 3-D (kD, 3, 3) kernels: conv_winograd3d (depth slices stacked)."""
-    return conv_winograd3d if len(wShape) == 5 else conv_winograd
+    """2-D 3x3 kernels: conv_winograd; 3-D (kD, 3, 3) kernels: conv_winograd3d (depth slices stacked);
+    1-D 3-tap kernels: conv_winograd1d (F(6, 3))."""
+    return {5: conv_winograd3d, 3: conv_winograd1d}.get(len(wShape), conv_winograd)
 
 
 def _checkDirection(direction):
