@@ -11,6 +11,7 @@ the library; a missing one makes its ``available*`` function return None (the be
 """
 
 import importlib
+import importlib.metadata
 
 import numpy as np
 
@@ -18,9 +19,10 @@ DIRECTIONS = ("forward", "backwardData", "backwardParams")
 
 
 def version(module):
-    """The module's version string if it imports, else None."""
+    """The installed distribution's version, else None; read from its metadata, so nothing is imported
+    (the benchmark's parent process must not load torch or onnxruntime next to the engines it times)."""
     try:
-        return importlib.import_module(module).__version__
+        return importlib.metadata.version(module)
     except Exception:  # an absent or broken peer is skipped, whatever the reason
         return None
 

@@ -3,12 +3,15 @@
     python benchmarks/conv.py                      # every case, writes benchmarks/results/conv.json
     python benchmarks/conv.py --cases 1,4,page --reps 7 --optimize
     python benchmarks/conv.py --quick              # a fast, rougher run
+    python benchmarks/conv.py --cases 4,5 --inprocess   # every engine in this one process (old method)
 
 Ours runs through the public module (Conv1D/2D/3D: ``conv(data)`` for forward,
 ``conv.backward(grad, updParamGrads=False)`` for backward-data, ``conv.backward(grad, updGrad=False)`` for
 backward-params); torch through F.convNd and aten.convolution_backward with an output mask per direction;
-onnxruntime (forward only) through a one-node Conv model. All engines run in one process, interleaved
-round-robin within every repetition; the reported time is the median over repetitions after warm-up.
+onnxruntime (forward only) through a one-node Conv model. Each engine runs in its own worker process
+(ours never imports a peer); the parent asks the workers for one timed sample at a time, interleaved
+round-robin within every repetition, so one engine runs at a time. ``--inprocess`` times all engines in
+this one process instead (the old method). The reported time is the median over repetitions after warm-up.
 Peak extra memory is measured in separate processes (see ``probe`` and benchmarks/README.md).
 See benchmarks/README.md for the method and how to read the output.
 """
@@ -36,6 +39,7 @@ import math  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -123,42 +127,231 @@ def timeCall(fn, inner):
     return (time.perf_counter() - start) / inner
 
 
-def benchmarkCase(c, engines, args, np):
-    """Times every (engine, direction) round-robin; returns the per-case record (times in ms)."""
-    arrays = makeArrays(c, np)
-    calls, results, rec = {}, {}, {"first_call_ms": {}, "optimize": None}
+ENGINES = ("ours", "torch", "onnxruntime")
 
-    oursCalls, oursResults, conv, rec["optimize"] = _peers.setupOurs(c, arrays, optimize=args.optimize)
-    for direction in DIRECTIONS:  # first calls, in the order the module needs (forward stores the input)
-        rec["first_call_ms"][direction] = timeCall(oursCalls[direction], 1) * 1e3
-        calls[("ours", direction)], results[("ours", direction)] = oursCalls[direction], oursResults[direction]
-    rec["algos"] = _peers.algosOf(conv)
-    if "torch" in engines:
-        tc, tr, _ = _peers.setupTorch(engines["torch"], c, arrays)
-        for direction in DIRECTIONS:
-            calls[("torch", direction)], results[("torch", direction)] = tc[direction], tr[direction]
-    if "onnxruntime" in engines:
-        oc, orr, _ = _peers.setupOrt(engines["onnxruntime"], c, arrays, args.threads)
-        calls[("onnxruntime", "forward")], results[("onnxruntime", "forward")] = oc["forward"], orr["forward"]
+
+class LocalEngine:
+    """One engine's calls for the current case, run in this process (by a worker, or by --inprocess)."""
+
+    def __init__(self, name, module, args):
+        self.name, self.module, self.args = name, module, args
+        self.calls, self.results = {}, {}
+
+    @classmethod
+    def open(cls, name, args):
+        """Imports the engine (its peer module, or nothing for ours); None if that peer is not installed."""
+        module = None
+        if name == "torch":
+            module = _peers.availableTorch(args.threads)
+        elif name == "onnxruntime":
+            module = _peers.availableOrt()
+        if name != "ours" and module is None:
+            return None
+        return cls(name, module, args)
+
+    def setup(self, cid):
+        """Builds the case's calls; ours also calls each direction once, in order, timing these first calls."""
+        import numpy as np
+
+        c = CASE_IDS[cid]
+        self.calls, self.results = {}, {}
+        gc.collect()
+        arrays = makeArrays(c, np)
+        info = {}
+        if self.name == "ours":
+            calls, self.results, conv, info["optimize"] = _peers.setupOurs(c, arrays, optimize=self.args.optimize)
+            # The module needs the directions in this order (forward stores the input backward uses).
+            info["first_call_ms"] = {d: timeCall(calls[d], 1) * 1e3 for d in DIRECTIONS}
+            info["algos"] = _peers.algosOf(conv)
+        elif self.name == "torch":
+            calls, self.results, _ = _peers.setupTorch(self.module, c, arrays)
+        else:
+            calls, self.results, _ = _peers.setupOrt(self.module, c, arrays, self.args.threads)
+        self.calls = calls
+        info["directions"] = [d for d in DIRECTIONS if d in calls]
+        info["loaded_peers"] = loadedPeers()
+        return info
+
+    def best(self, direction, warmup):
+        """Warm-up: the fastest of ``warmup`` single calls, in seconds."""
+        return min(timeCall(self.calls[direction], 1) for _ in range(warmup))
+
+    def sample(self, direction, inner):
+        return timeCall(self.calls[direction], inner)
+
+    def output(self, direction):
+        """The direction's latest result arrays (for the cross-check)."""
+        return self.results[direction]()
+
+    @staticmethod
+    def timing(on):
+        """The garbage collector stays off while samples are taken (it would pause whichever call it hits)."""
+        gc.collect()
+        if on:
+            gc.disable()
+        else:
+            gc.enable()
+
+    def close(self):
+        self.calls, self.results = {}, {}
+
+
+class WorkerEngine:
+    """The same interface as LocalEngine, answered by a worker process that imports only this engine.
+
+    Requests and replies are JSON lines on the worker's stdin and stdout; the worker sends everything
+    else it prints to stderr. Result arrays come back through .npy files in a temporary folder.
+    """
+
+    def __init__(self, name, args, tmpdir):
+        self.name, self.tmpdir = name, tmpdir
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", name, "--threads", str(args.threads)]
+        cmd += ["--optimize"] if args.optimize else []
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.hello = None  # the worker's first line, read by ``started`` (so the workers start side by side)
+
+    def started(self):
+        self.hello = self._ask()
+        return self.hello["available"]
+
+    def _ask(self, **request):
+        if request:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.name} worker exited (status {self.proc.poll()}); see its stderr above")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"the {self.name} worker failed on {request}:\n{reply['error']}")
+        return reply["value"]
+
+    def setup(self, cid):
+        info = self._ask(cmd="setup", cid=cid)
+        self.hello["loaded_peers"] = info["loaded_peers"]  # proof, kept in the JSON, of what the worker imported
+        return info
+
+    def best(self, direction, warmup):
+        return self._ask(cmd="best", direction=direction, warmup=warmup)
+
+    def sample(self, direction, inner):
+        return self._ask(cmd="sample", direction=direction, inner=inner)
+
+    def output(self, direction):
+        import numpy as np
+
+        return tuple(np.load(p) for p in self._ask(cmd="output", direction=direction, dir=self.tmpdir))
+
+    def timing(self, on):
+        self._ask(cmd="timing", on=on)
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+                self.proc.stdin.close()
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+
+
+def loadedPeers():
+    return sorted(m for m in ("torch", "onnxruntime", "onnx") if m in sys.modules)
+
+
+def worker(name, args):
+    """Runs inside a worker process: imports only its own engine and answers the parent's requests."""
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # stray prints (ours, the peers' libraries, C code) must not corrupt the replies
+
+    def reply(value=None, error=None):
+        replies.write(json.dumps({"error": error} if error is not None else {"value": value}) + "\n")
+
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(args.threads)
+    engine = LocalEngine.open(name, args)
+    reply({"available": engine is not None, "pid": os.getpid(), "blas": blasInfo(),
+           "loaded_peers": loadedPeers()})
+    if engine is None:
+        return 0
+    for line in sys.stdin:
+        request = json.loads(line)
+        cmd = request.pop("cmd")  # the rest are the method's keyword arguments
+        if cmd == "quit":
+            break
+        try:
+            if cmd == "output":
+                folder = request.pop("dir")
+                paths = []
+                for i, array in enumerate(engine.output(request["direction"])):
+                    paths.append(os.path.join(folder, f"{name}-{request['direction']}-{i}.npy"))
+                    np.save(paths[-1], array)
+                reply(paths)
+            else:
+                reply(getattr(engine, cmd)(**request))
+        except Exception:
+            import traceback
+
+            reply(error=traceback.format_exc())
+    engine.close()
+    return 0
+
+
+def openEngines(wanted, args, tmpdir):
+    """Ours and the wanted peers: worker processes (default) or this process (--inprocess); absent peers dropped."""
+    names = [name for name in ENGINES if name == "ours" or name in wanted]
+    if args.inprocess:
+        handles = {name: LocalEngine.open(name, args) for name in names}
+        return {name: h for name, h in handles.items() if h is not None}
+    handles = {}
+    try:
+        for name in names:
+            handles[name] = WorkerEngine(name, args, tmpdir)
+        for name in names:
+            if not handles[name].started():
+                handles.pop(name).close()
+    except BaseException:
+        for handle in handles.values():
+            handle.close()
+        raise
+    return handles
+
+
+def benchmarkCase(c, engines, args, np):
+    """Times every (engine, direction) round-robin; returns the per-case record (times in ms).
+
+    ``engines`` maps an engine name to a LocalEngine or a WorkerEngine; only one engine runs at a time.
+    """
+    rec = {"first_call_ms": {}, "optimize": None, "algos": {}}
+    keys = []
+    for name, engine in engines.items():
+        info = engine.setup(c["id"])
+        if name == "ours":
+            rec["first_call_ms"], rec["optimize"], rec["algos"] = info["first_call_ms"], info["optimize"], info["algos"]
+        keys += [(name, d) for d in info["directions"]]
 
     # Warm-up, and how many calls one timed sample needs to last about args.sample_s (tiny cases loop).
     inner = {}
-    for key, fn in calls.items():
-        best = min(timeCall(fn, 1) for _ in range(args.warmup))
-        inner[key] = max(1, min(100000, int(args.sample_s / max(best, 1e-7))))
-    rec["check"] = crossCheck(results, np)
+    for name, direction in keys:
+        best = engines[name].best(direction, args.warmup)
+        inner[(name, direction)] = max(1, min(100000, int(args.sample_s / max(best, 1e-7))))
+    rec["check"] = crossCheck(engines, keys, np)
 
-    samples = {key: [] for key in calls}
-    keys = list(calls)
-    gc.collect()
-    gc.disable()
+    samples = {key: [] for key in keys}
+    for engine in engines.values():
+        engine.timing(True)
     try:
         for rep in range(args.reps):
             shift = rep % len(keys)  # rotate who goes first, so no engine always follows the same neighbour
-            for key in keys[shift:] + keys[:shift]:
-                samples[key].append(timeCall(calls[key], inner[key]))
+            for name, direction in keys[shift:] + keys[:shift]:
+                samples[(name, direction)].append(engines[name].sample(direction, inner[(name, direction)]))
     finally:
-        gc.enable()
+        for engine in engines.values():
+            engine.timing(False)
 
     rec["ms"], rec["spread"], rec["calls_per_sample"] = {}, {}, {}
     for (engine, direction), values in samples.items():
@@ -171,14 +364,14 @@ def benchmarkCase(c, engines, args, np):
     return rec
 
 
-def crossCheck(results, np):
+def crossCheck(engines, keys, np):
     """Max |ours - peer| / max |peer| per direction against torch (onnxruntime for forward if no torch)."""
     out = {}
     for direction in DIRECTIONS:
-        peer = next((e for e in ("torch", "onnxruntime") if (e, direction) in results), None)
+        peer = next((e for e in ("torch", "onnxruntime") if (e, direction) in keys), None)
         if peer is None:
             continue
-        ours, theirs = results[("ours", direction)](), results[(peer, direction)]()
+        ours, theirs = engines["ours"].output(direction), engines[peer].output(direction)
         err = 0.0
         for a, b in zip(ours, theirs):
             a, b = np.asarray(a, np.float64).reshape(-1), np.asarray(b, np.float64).reshape(-1)
@@ -448,18 +641,37 @@ def blasInfo():
             for info in threadpool_info()]
 
 
+METHODS = {
+    "isolated": "each engine in its own long-lived worker process (ours never imports torch or onnxruntime); "
+                "the parent asks the workers for one timed sample at a time, round-robin over (engine, direction) "
+                "with the start rotated every repetition, so only one engine runs at a time; times are taken "
+                "inside the worker",
+    "inprocess": "all engines imported into one process and timed there, round-robin over (engine, direction) "
+                 "with the start rotated every repetition (--inprocess)",
+}
+
+
+def workerInfo(engines):
+    return {name: {k: e.hello[k] for k in ("pid", "loaded_peers", "blas")}
+            for name, e in engines.items() if isinstance(e, WorkerEngine)}
+
+
 def meta(args, engines, np):
+    workers = workerInfo(engines)
+    method = "inprocess" if args.inprocess else "isolated"
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name] + sys.argv),
         "python": platform.python_version(), "machine": platform.machine(), "cpu": _cpuName(),
         "cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg(), "threads": args.threads,
         "reps": args.reps, "warmup": args.warmup, "sample_s": args.sample_s, "optimize": args.optimize,
-        "numpy": np.__version__, "blas": blasInfo(),
+        "method": method, "method_text": METHODS[method], "workers": workers,
+        # What numpy's BLAS is in the process that times ours (the ours worker, unless --inprocess).
+        "numpy": np.__version__, "blas": workers["ours"]["blas"] if "ours" in workers else blasInfo(),
         "removed_env": os.environ.get("PUZZLELIB_BENCH_REMOVED", ""),
         "git": _gitState(),
         "peers": {e: _peers.version(e) for e in ("torch", "onnxruntime", "onnx")},
-        "peers_used": sorted(engines),
+        "peers_used": sorted(e for e in engines if e != "ours"),
         "units": "ms per call (median over reps); GFLOP/s = flops / time; speed = peer time / our time",
         "memory_method": "peak extra RSS during one warm call, in a separate process (VmHWM reset via "
                          "/proc/self/clear_refs, glibc MALLOC_MMAP_THRESHOLD_ fixed), minus RSS just before it; "
@@ -501,7 +713,10 @@ def parseArgs(argv):
     p.add_argument("--threads", type=int, default=2, help="threads for every engine (2)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory probes (separate processes)")
     p.add_argument("--peers", default="torch,onnxruntime", help="peers to compare against, comma-separated")
+    p.add_argument("--inprocess", action="store_true",
+                   help="time all engines in this one process (the old method) instead of one worker each")
     p.add_argument("--_probe", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--_worker", default=None, choices=ENGINES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.reps = args.reps or (3 if args.quick else 11)
     args.warmup = args.warmup or (1 if args.quick else 2)
@@ -519,24 +734,33 @@ def main(argv=None):
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
     if args._probe:
         return probe(args._probe, args.caseIds, args)
+    if args._worker:
+        return worker(args._worker, args)
 
     import numpy as np
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(args.threads)
     wanted = {s.strip() for s in args.peers.split(",") if s.strip()}
-    engines = {}
-    if "torch" in wanted and (torch := _peers.availableTorch(args.threads)) is not None:
-        engines["torch"] = torch
-    if "onnxruntime" in wanted and (ort := _peers.availableOrt()) is not None:
-        engines["onnxruntime"] = ort
+    with tempfile.TemporaryDirectory(prefix="conv-bench-") as tmpdir:
+        engines = openEngines(wanted, args, tmpdir)
+        try:
+            return run(args, engines, np)
+        finally:
+            for engine in engines.values():
+                engine.close()
+
+
+def run(args, engines, np):
     info = meta(args, engines, np)
+    peers = [e for e in engines if e != "ours"]
     numpyBlas = [b for b in info["blas"] if b.get("user_api") == "blas" and "numpy" in b.get("filepath", "")]
     print("BLAS used by numpy: " + ("; ".join(
         f"{b.get('internal_api')} {b.get('version')}, kernel {b.get('architecture')}, {b.get('num_threads')} threads"
         for b in numpyBlas) or "not found by threadpoolctl"))
     print(f"removed from the environment: {info['removed_env'] or 'nothing (OPENBLAS_CORETYPE/L2_SIZE unset)'}")
-    peerText = ", ".join(f"{e} {info['peers'][e]}" for e in engines) or "none"
+    print(f"method: {info['method']}: {info['method_text']}")
+    peerText = ", ".join(f"{e} {info['peers'][e]}" for e in peers) or "none"
     print(f"peers: {peerText}; threads {args.threads}; "
           f"{args.reps} reps after {args.warmup} warm-up; load average at start {info['loadavg_at_start']}")
     print("times: median per call (ms; us for the page example); speed = peer time / our time (>1: we are faster)\n"
@@ -544,7 +768,7 @@ def main(argv=None):
           "--no-memory, in this run); peak MiB: extra RSS during one warm call, output included (separate process),\n"
           "plus, for ours, the workspace the engine keeps between calls (tracemalloc)")
 
-    memory = {} if args.no_memory else runProbes(args.caseIds, sorted(engines), args)
+    memory = {} if args.no_memory else runProbes(args.caseIds, sorted(peers), args)
     results = []
     for cid in args.caseIds:
         c = CASE_IDS[cid]
@@ -555,11 +779,11 @@ def main(argv=None):
         rec["gflops"] = {e: {d: flops(c) / t / 1e6 for d, t in ds.items()} for e, ds in rec["ms"].items()}
         rec["speed_vs_peer"] = {e: {d: t / rec["ms"]["ours"][d] for d, t in ds.items()}
                                 for e, ds in rec["ms"].items() if e != "ours"}
-        printCase(c, rec, engines)
+        printCase(c, rec, peers)
         results.append({"case": {k: v for k, v in c.items() if k != "default"}, **rec})
         sys.stdout.flush()
     printGoals(results)
-
+    info["workers"] = workerInfo(engines)  # again: what each worker had imported by the end
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"meta": info, "results": results}, indent=1))

@@ -38,6 +38,16 @@ def test_tiny_run_writes_the_table(tmp_path):
     assert [r["case"]["id"] for r in table["results"]] == ["page", "tiny2d"]
 
     peers = [p for p in ("torch", "onnxruntime") if _installed(p)]
+    # Default method: one worker process per engine, and ours' worker never loaded a peer.
+    assert meta["method"] == "isolated" and "method: isolated" in stdout
+    workers = meta["workers"]
+    assert set(workers) == {"ours", *peers} and workers["ours"]["loaded_peers"] == []
+    assert len({w["pid"] for w in workers.values()} | {os.getpid()}) == len(workers) + 1
+    assert any(b.get("user_api") == "blas" for b in workers["ours"]["blas"])
+    for p in peers:
+        assert p in workers[p]["loaded_peers"]
+    if "onnxruntime" in peers:
+        assert "torch" not in workers["onnxruntime"]["loaded_peers"]
     for rec in table["results"]:
         assert set(rec["ms"]["ours"]) == set(DIRECTIONS)
         assert all(t > 0 for t in rec["ms"]["ours"].values())
@@ -63,9 +73,24 @@ def test_tiny_run_writes_the_table(tmp_path):
     assert page["calls_per_sample"]["ours"]["forward"] > 1  # microsecond calls are timed in loops
 
 
+def test_inprocess_mode(tmp_path):
+    # The old method (every engine in the benchmark's own process) stays available for comparison.
+    peers = [p for p in ("torch", "onnxruntime") if _installed(p)]
+    stdout, table = _run(tmp_path, "--cases", "tiny2d", "--no-memory", "--inprocess")
+    meta = table["meta"]
+    assert meta["method"] == "inprocess" and meta["workers"] == {} and meta["peers_used"] == sorted(peers)
+    for rec in table["results"]:
+        assert set(rec["ms"]) == {"ours", *peers} and all(t > 0 for t in rec["ms"]["ours"].values())
+        assert set(rec["first_call_ms"]) == set(DIRECTIONS) and rec["memory"] == {}
+        assert all(v["max_rel_error"] < 1e-4 for v in rec["check"].values())
+        if peers:
+            assert set(rec["check"]) == (set(DIRECTIONS) if "torch" in peers else {"forward"})
+    assert "method: inprocess" in stdout
+
+
 def test_runs_without_peers_or_memory(tmp_path):
     stdout, table = _run(tmp_path, "--cases", "tiny1d,tiny3d", "--peers", "", "--no-memory")
-    assert table["meta"]["peers_used"] == []
+    assert table["meta"]["peers_used"] == [] and set(table["meta"]["workers"]) == {"ours"}
     for rec in table["results"]:
         assert set(rec["ms"]) == {"ours"} and rec["memory"] == {} and rec["check"] == {}
     assert "[tiny3d]" in stdout and "Goals" in stdout
