@@ -16,21 +16,21 @@ pytestmark = pytest.mark.skipif(not conv_winograd1d.available, reason="numba is 
 BOUND = {np.float32: 2e-5, np.float64: 1e-13}
 
 
-def refForward(x, w, b, pad, groups):
+def refForward(x, w, b, pad, groups, dilation=1):
     x, w = x.astype(np.float64), w.astype(np.float64)
     n, c, size = x.shape
     o, cg, k = w.shape
-    out = size + 2 * pad - k + 1
+    out = size + 2 * pad - dilation * (k - 1)
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad))).reshape(n, groups, cg, -1)
     wg = w.reshape(groups, o // groups, cg, k)
     y = np.zeros((n, groups, o // groups, out))
     for t in range(k):
-        y += np.einsum("ngcl,goc->ngol", xp[..., t:t + out], wg[..., t])
+        y += np.einsum("ngcl,goc->ngol", xp[..., t * dilation:t * dilation + out], wg[..., t])
     y = y.reshape(n, o, out)
     return y if b is None else y + b.astype(np.float64).reshape(1, o, 1)
 
 
-def refBackwardData(dy, w, xShape, pad, groups):
+def refBackwardData(dy, w, xShape, pad, groups, dilation=1):
     dy, w = dy.astype(np.float64), w.astype(np.float64)
     n, c, size = xShape
     o, cg, k = w.shape
@@ -39,11 +39,11 @@ def refBackwardData(dy, w, xShape, pad, groups):
     dyg = dy.reshape(n, groups, o // groups, out)
     wg = w.reshape(groups, o // groups, cg, k)
     for t in range(k):
-        dxp[..., t:t + out] += np.einsum("ngol,goc->ngcl", dyg, wg[..., t])
+        dxp[..., t * dilation:t * dilation + out] += np.einsum("ngol,goc->ngcl", dyg, wg[..., t])
     return dxp[..., pad:pad + size].reshape(xShape)
 
 
-def refBackwardParams(x, dy, wShape, pad, groups):
+def refBackwardParams(x, dy, wShape, pad, groups, dilation=1):
     x, dy = x.astype(np.float64), dy.astype(np.float64)
     n, c, size = x.shape
     o, cg, k = wShape
@@ -52,16 +52,16 @@ def refBackwardParams(x, dy, wShape, pad, groups):
     dyg = dy.reshape(n, groups, o // groups, out)
     dw = np.zeros((groups, o // groups, cg, k))
     for t in range(k):
-        dw[..., t] = np.einsum("ngcl,ngol->goc", xp[..., t:t + out], dyg)
+        dw[..., t] = np.einsum("ngcl,ngol->goc", xp[..., t * dilation:t * dilation + out], dyg)
     return dw.reshape(wShape)
 
 
-def _data(n, c, size, o, pad, groups, dtype, seed=0):
+def _data(n, c, size, o, pad, groups, dtype, seed=0, dilation=1):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, c, size)).astype(dtype)
     w = rng.standard_normal((o, c // groups, 3)).astype(dtype)
     b = rng.standard_normal(o).astype(dtype)
-    dy = rng.standard_normal((n, o, size + 2 * pad - 2)).astype(dtype)
+    dy = rng.standard_normal((n, o, size + 2 * pad - 2 * dilation)).astype(dtype)
     return x, w, b, dy
 
 
@@ -70,17 +70,17 @@ def _relErr(ours, ref):
     return np.abs(ours.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-300)
 
 
-def _directions(x, w, b, dy, pad, groups):
-    return [conv_winograd1d.forward(x, w, b, (pad,), groups),
-            conv_winograd1d.backwardData(dy, w, x.shape, (pad,), groups),
-            conv_winograd1d.backwardParams(x, dy, w.shape, (pad,), groups)]
+def _directions(x, w, b, dy, pad, groups, dilation=1):
+    return [conv_winograd1d.forward(x, w, b, (pad,), groups, (dilation,)),
+            conv_winograd1d.backwardData(dy, w, x.shape, (pad,), groups, (dilation,)),
+            conv_winograd1d.backwardParams(x, dy, w.shape, (pad,), groups, (dilation,))]
 
 
-def _check(n, c, size, o, pad, groups, dtype, bound=None):
-    x, w, b, dy = _data(n, c, size, o, pad, groups, dtype)
-    refs = [refForward(x, w, b, pad, groups), refBackwardData(dy, w, x.shape, pad, groups),
-            refBackwardParams(x, dy, w.shape, pad, groups)]
-    for ours, ref in zip(_directions(x, w, b, dy, pad, groups), refs):
+def _check(n, c, size, o, pad, groups, dtype, bound=None, dilation=1):
+    x, w, b, dy = _data(n, c, size, o, pad, groups, dtype, dilation=dilation)
+    refs = [refForward(x, w, b, pad, groups, dilation), refBackwardData(dy, w, x.shape, pad, groups, dilation),
+            refBackwardParams(x, dy, w.shape, pad, groups, dilation)]
+    for ours, ref in zip(_directions(x, w, b, dy, pad, groups, dilation), refs):
         assert ours.dtype == dtype
         assert _relErr(ours, ref) <= (bound or BOUND[dtype])
 
@@ -106,6 +106,20 @@ CASES = [
 @pytest.mark.parametrize("case", CASES)
 def test_directions(case, dtype):
     _check(*case, dtype)
+
+
+# (n, c, L, o, pad, groups, dilation): phases of unequal length, pads past the dilation (phases whose
+# windows start inside the input), a phase with a single output, groups.
+DILATED = [
+    (2, 6, 37, 4, 1, 1, 2), (1, 4, 5, 2, 0, 2, 2), (3, 4, 13, 6, 2, 2, 3), (2, 6, 8, 4, 3, 1, 4),
+    (2, 4, 30, 4, 5, 2, 3), (1, 2, 7, 2, 6, 1, 4), (2, 8, 100, 4, 0, 4, 2),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", DILATED)
+def test_dilated(case, dtype):
+    _check(*case[:6], dtype, dilation=case[6])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -9,6 +9,11 @@ per point serves a chunk of tiles across items (no loop over batch items).
 Backward-data of a stride-1 convolution is the forward convolution of the gradient with the flipped,
 transposed kernel and padding 2 - pad (negative padding crops), so the same code serves it.
 The weight gradient is the adjoint: dW = G^T [sum over tiles (A g) * (B^T d)], 8 GEMMs (O, tiles) @ (tiles, C).
+The three directions also take a dilation d: each output phase (every d-th output) is an undilated
+convolution of one input phase (_phases), copied out and back. conv's dispatch does not offer that
+(``applies`` is undilated only): on N8 64->64 L4096 (a loaded host, same-process interleaved, vs im2col) d=2
+ran forward 14.7 vs 30.1 ms and backward-data 9.2 vs 13.1 (minima) but backward-params 21.1 vs 19.3, and d=4
+tied or lost.
 
 The transforms are numba loops over tiles (cache on disk). The input transform first splits a channel's
 samples into their six phases modulo 6 (one interleaved load, vectorised), so that the transform itself
@@ -301,18 +306,50 @@ def _runs(chunks, workers):
     return [chunks[len(chunks) * k // workers:len(chunks) * (k + 1) // workers] for k in range(workers)]
 
 
-def forward(x, w, bias, pad, groups):
-    """Forward k3 stride-1 convolution of x (N, C, L) with w (O, C // groups, 3); pad (p,) may be negative."""
+def _scalar(v):
+    return v[0] if isinstance(v, (tuple, list)) else v
+
+
+def _phases(size, out, pad, dilation):
+    """Dilation d: output phase r (outputs r, r + d, ...) reads only input phase s = (r - pad) mod d, as an
+    undilated convolution of that phase with padding -base: [(r, s, base, outputs of the phase)]."""
+    found = []
+    for r in range(min(dilation, out)):
+        s = (r - pad) % dilation
+        found.append((r, s, (r - pad - s) // dilation, len(range(r, out, dilation))))
+    return found
+
+
+def forward(x, w, bias, pad, groups, dilation=(1,)):
+    """Forward 3-tap stride-1 convolution of x (N, C, L) with w (O, C // groups, 3); pad (p,) may be negative.
+
+    Dilation d > 1 runs one undilated convolution per phase (_phases): the phase's input samples copied out,
+    its outputs copied into every d-th output (one copy of the input and of the output in all).
+    """
     n, c, size = x.shape
     o = w.shape[0]
-    p = pad[0] if isinstance(pad, (tuple, list)) else pad
-    out = size + 2 * p - 2
+    p, d = _scalar(pad), _scalar(dilation)
+    out = size + 2 * p - 2 * d
+    if d == 1 or n == 0 or out <= 0:
+        return _forward(x, w, bias, p, out, groups)
+    u = kernelTransform(w, groups)
+    y = np.empty((n, o, out), dtype=x.dtype)
+    for r, s, base, count in _phases(size, out, p, d):
+        y[:, :, r::d] = _forward(x[:, :, s::d], w, bias, -base, count, groups, u=u)
+    return y
+
+
+def _forward(x, w, bias, p, out, groups, u=None):
+    """Undilated: output i reads input samples i - p .. i - p + 2 (zero outside), i < out."""
+    n, c, size = x.shape
+    o = w.shape[0]
     y = np.empty((n, o, max(out, 0)), dtype=x.dtype)
     if n == 0 or out <= 0 or o == 0:
         return y
     tiles = -(-out // M_OUT)
     cg, og = c // groups, o // groups
-    u = kernelTransform(w, groups)
+    if u is None:
+        u = kernelTransform(w, groups)
     biasv = np.zeros(o, dtype=x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype).reshape(o)
     xc = np.ascontiguousarray(x)
     cst = _constants(x.dtype)
@@ -338,26 +375,42 @@ def forward(x, w, bias, pad, groups):
     return y
 
 
-def backwardData(dy, w, xShape, pad, groups):
+def backwardData(dy, w, xShape, pad, groups, dilation=(1,)):
     from PuzzleLib.Engines.cpu.conv_im2col import flippedKernel
 
-    p = pad[0] if isinstance(pad, (tuple, list)) else pad
-    dx = forward(dy, flippedKernel(w, groups), None, 2 - p, groups)
+    p, d = _scalar(pad), _scalar(dilation)
+    dx = forward(dy, flippedKernel(w, groups), None, 2 * d - p, groups, d)
     assert dx.shape == tuple(xShape)
     return dx
 
 
-def backwardParams(x, dy, wShape, pad, groups):
+def backwardParams(x, dy, wShape, pad, groups, dilation=(1,)):
     """Weight gradient (O, C // groups, 3): dW = G^T [sum over tiles (A g) * (B^T d)].
 
     8 GEMMs per chunk, (O/g, tiles) @ (tiles, C/g), summed chunk by chunk in a fixed order into one of two
-    partial sums (the first and second half of the chunks), added at the end.
+    partial sums (the first and second half of the chunks), added at the end. Dilation d > 1: the phases'
+    (_phases) transformed-domain gradients are added in phase order.
     """
     n, c, size = x.shape
-    o = dy.shape[1]
+    o, out = dy.shape[1], dy.shape[2]
+    p, d = _scalar(pad), _scalar(dilation)
+    cg = c // groups
+    if d == 1:
+        total = _gradU(x, dy, p, groups)
+    else:
+        total = np.zeros((POINTS, groups, o // groups, cg), dtype=x.dtype)
+        for r, s, base, _ in _phases(size, out, p, d):
+            total += _gradU(x[:, :, s::d], dy[:, :, r::d], -base, groups)
+    # dW[o, c, j] = sum_k G[k, j] dU[k, o, c]
+    dw = np.tensordot(G.T.astype(x.dtype), total.reshape(POINTS, o * cg), axes=([1], [0]))  # (3, O * Cg)
+    return np.ascontiguousarray(dw.reshape(3, o, cg).transpose(1, 2, 0)).reshape(wShape)
+
+
+def _gradU(x, dy, p, groups):
+    """sum over tiles (A g) * (B^T d): (8, groups, O/g, C/g), the input read with padding p (undilated)."""
+    n, c, size = x.shape
+    o, out = dy.shape[1], dy.shape[2]
     og, cg = o // groups, c // groups
-    p = pad[0] if isinstance(pad, (tuple, list)) else pad
-    out = dy.shape[2]
     du = np.zeros((_GRAD_PARTS, POINTS, groups, og, cg), dtype=x.dtype)
     if n > 0 and out > 0 and o > 0 and c > 0:
         tiles = -(-out // M_OUT)
@@ -388,6 +441,4 @@ def backwardParams(x, dy, wShape, pad, groups):
     total = du[0]
     for r in range(1, _GRAD_PARTS):
         total += du[r]
-    # dW[o, c, j] = sum_k G[k, j] dU[k, o, c]
-    dw = np.tensordot(G.T.astype(x.dtype), total.reshape(POINTS, o * cg), axes=([1], [0]))  # (3, O * Cg)
-    return np.ascontiguousarray(dw.reshape(3, o, cg).transpose(1, 2, 0)).reshape(wShape)
+    return total
