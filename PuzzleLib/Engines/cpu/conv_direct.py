@@ -4,6 +4,8 @@ There the GEMM of im2col is a stack of tiny products (C/groups * K wide) and the
 dominates; a direct loop reads each input row once per tap and accumulates into an output row.
 The kernels are numba-compiled (cache on disk) loops over (item, output map, output row), with the
 innermost loop along the output row (vectorised for unit stride) and a loop over kernel taps.
+3x3 "same" layers (unit stride, pad = dilation; depthwise MobileNet-style blocks) have their own
+kernels: flat runs over whole planes with the nine taps unrolled (``_same3Plane``, ``_gradPlane``).
 One 3-D kernel serves 1-D, 2-D and 3-D: lower ranks are viewed with unit leading spatial axes.
 Without numba the same algorithm runs as numpy array operations, one per (channel in group, tap).
 Every accumulation runs in a fixed order: results are identical run to run.
@@ -505,25 +507,228 @@ def _forwardSame5(x, w, bias, y, dims, pd, dl, o0, o1, transposed, mL, mR):
                                        wk, pd, dl, init, add)
                         oh = r1
 
+# -- 3x3 "same" planes (kernel 1 x 3 x 3, unit stride, pad = dilation on H and W) -------------------------
+# Depthwise and small-group 3x3 layers. Each plane is three flat runs: the top dH rows (kernel rows 1-2),
+# the interior rows (all three kernel rows, nine taps unrolled, weights in scalars) and the bottom dH rows
+# (kernel rows 0-1). In a run every read is in bounds, so there is no test per element and the loop
+# vectorises over the whole run; the left and right taps of a pixel in the first/last dW columns read
+# across the row boundary and are dropped by a select (mL/mR), never multiplied by zero, so an inf or
+# nan there never leaks in. The few pixels whose wrapped reads would leave the plane (the first and last
+# dW of the plane and of the interior run) go through the same sums in scalar code. Every pixel adds
+# its taps in one fixed order: result = (init + centre column) + left column + right column, each
+# column summed over its valid kernel rows top to bottom; deterministic.
+def _same3Fits(hh_, ww_, dh, dw_):
+    return hh_ > 2 * dh and ww_ > 2 * dw_
 
-def _endsAdd(ends, gf, xf, i0, i1, od, dims, pd, dl, kd_, kh_):
-    """Band-end pixels [i0, i1) of the weight gradient: every tap bounds-checked, into per-tap sums."""
+
+def _same3Run3(yf, xf, lo, n, s, d, k, mL, mR, m0, init, add):
+    """Pixels [lo, lo + n) of the interior rows: all three kernel rows (k: 3x3 in scalars)."""
+    k00, k01, k02, k10, k11, k12, k20, k21, k22 = k
+    z = yf.dtype.type(-0.0)
+    t0, t1, t2 = lo - s - d, lo - d, lo + s - d
+    d2 = d + d
+    for j in range(n):
+        left = k00 * xf[t0 + j] + k10 * xf[t1 + j] + k20 * xf[t2 + j]
+        centre = k01 * xf[t0 + j + d] + k11 * xf[t1 + j + d] + k21 * xf[t2 + j + d]
+        right = k02 * xf[t0 + j + d2] + k12 * xf[t1 + j + d2] + k22 * xf[t2 + j + d2]
+        v = (yf[lo + j] if add else init) + centre
+        v += left if mL[m0 + j] else z
+        v += right if mR[m0 + j] else z
+        yf[lo + j] = v
+
+
+def _same3Run2(yf, xf, lo, n, ta, tb, d, a0, a1, a2, q0, q1, q2, mL, mR, m0, init, add):
+    """Pixels [lo, lo + n) of a border run: two kernel rows, a (left tap of pixel lo at flat offset ta)
+    and q (at tb)."""
+    z = yf.dtype.type(-0.0)
+    d2 = d + d
+    for j in range(n):
+        left = a0 * xf[ta + j] + q0 * xf[tb + j]
+        centre = a1 * xf[ta + j + d] + q1 * xf[tb + j + d]
+        right = a2 * xf[ta + j + d2] + q2 * xf[tb + j + d2]
+        v = (yf[lo + j] if add else init) + centre
+        v += left if mL[m0 + j] else z
+        v += right if mR[m0 + j] else z
+        yf[lo + j] = v
+
+
+def _same3Pixel(yf, xf, i, b0, rows, s, d, W, k, init, add):
+    """Pixel i (plane starting at b0) with the valid kernel rows [rows[0], rows[1]) and the valid
+    columns only, in the runs' order."""
+    col = (i - b0) % W
+    hasL, hasR = col >= d, col + d < W
+    z = yf.dtype.type(-0.0)
+    left, centre, right = z, z, z
+    first = True
+    for r in range(rows[0], rows[1]):
+        base = i + np.uintp(r) * s - s
+        kl, kc, kr = k[3 * r], k[3 * r + 1], k[3 * r + 2]
+        pl = kl * xf[base - d] if hasL else z
+        pr = kr * xf[base + d] if hasR else z
+        if first:
+            left, centre, right = pl, kc * xf[base], pr
+            first = False
+        else:
+            left, centre, right = left + pl, centre + kc * xf[base], right + pr
+    v = (yf[i] if add else init) + centre
+    v += left if hasL else z
+    v += right if hasR else z
+    yf[i] = v
+
+
+def _same3Plane(yf, xf, base, k, hh_, ww_, dh, dw_, mL, mR, init, add):
+    """yf[base + p] (+)= init + 3x3 convolution of plane xf[base:base + H*W] at pixel p (H > 2 dH, W > 2 dW)."""
+    W, d, s, b0 = np.uintp(ww_), np.uintp(dw_), np.uintp(dh * ww_), np.uintp(base)
+    hw = np.uintp(hh_ * ww_)
+    top, bottom = b0 + s, b0 + hw - s   # first interior pixel, first bottom-border pixel
+    k00, k01, k02, k10, k11, k12, k20, k21, k22 = k
+    # Top border: rows 1-2 of the kernel read rows 0 and +dH.
+    for i in range(b0, b0 + d):
+        _same3Pixel(yf, xf, i, b0, (1, 3), s, d, W, k, init, add)
+    _same3Run2(yf, xf, b0 + d, s - d, b0, b0 + s, d, k10, k11, k12, k20, k21, k22, mL, mR, d, init, add)
+    # Interior: the first and last dW pixels would read outside the plane through the wrapped taps.
+    for i in range(top, top + d):
+        _same3Pixel(yf, xf, i, b0, (0, 3), s, d, W, k, init, add)
+    _same3Run3(yf, xf, top + d, bottom - top - d - d, s, d, k, mL, mR, s + d, init, add)
+    for i in range(bottom - d, bottom):
+        _same3Pixel(yf, xf, i, b0, (0, 3), s, d, W, k, init, add)
+    # Bottom border: rows 0-1 of the kernel read rows -dH and 0.
+    _same3Run2(yf, xf, bottom, s - d, bottom - s - d, bottom - d, d, k00, k01, k02, k10, k11, k12, mL, mR,
+               hw - s, init, add)
+    for i in range(b0 + hw - d, b0 + hw):
+        _same3Pixel(yf, xf, i, b0, (0, 2), s, d, W, k, init, add)
+
+
+def _forwardSame3(x, w, bias, y, dims, dl, o0, o1, transposed, mL, mR):
+    """Forward (or transposed, see _forwardFlat5) of a 1 x 3 x 3 kernel, unit stride, pad = dilation, on
+    (N, C, D*H*W) views: every depth slice is one plane (_same3Plane)."""
     dd_, hh_, ww_ = dims
+    n_, c_ = x.shape[0], x.shape[1]
+    if transposed:
+        o_, cg = y.shape[1], w.shape[0] // (y.shape[1] // w.shape[1])
+    else:
+        o_, cg = w.shape[0], w.shape[1]
+    og = o_ // (c_ // cg)
     hw = hh_ * ww_
-    for i in range(i0, i1):
-        ih0, iw0 = (i - od * hw) // ww_, (i - od * hw) % ww_
-        for kd in range(kd_):
-            idd = od + kd * dl[0] - pd[0]
-            if idd < 0 or idd >= dd_:
-                continue
-            for kh in range(kh_):
-                ih = ih0 + kh * dl[1] - pd[1]
-                if ih < 0 or ih >= hh_:
-                    continue
-                for kw in range(3):
-                    iw = iw0 + kw * dl[2] - pd[2]
-                    if 0 <= iw < ww_:
-                        ends[kd * kh_ + kh, kw] += gf[i] * xf[(idd * hh_ + ih) * ww_ + iw]
+    wk = np.empty((1, 3, 3), dtype=y.dtype)
+    for b in range(n_):
+        for oc in range(o0, o1):
+            g = oc // og
+            yf = y[b, oc]
+            for c in range(cg):
+                xf = x[b, g * cg + c]
+                _kernelOf(w, oc, c, cg, og, transposed, wk)
+                k = (wk[0, 0, 0], wk[0, 0, 1], wk[0, 0, 2], wk[0, 1, 0], wk[0, 1, 1], wk[0, 1, 2], wk[0, 2, 0],
+                     wk[0, 2, 1], wk[0, 2, 2])
+                for od in range(dd_):
+                    _same3Plane(yf, xf, od * hw, k, hh_, ww_, dl[1], dl[2], mL, mR, bias[oc], c > 0)
+
+# Weight gradient of the same planes: per (output map, channel in group), nine sums over every item and
+# pixel, run by run in the forward's layout (a select drops the wrapped left/right products). The sums
+# of a run vectorise only if the compiler may reassociate them, so these two loops (and only they) are
+# compiled with fastmath "reassoc": each tap's products then go into a register-wide vector of partial
+# sums that is added up in a fixed tree at the end. The order is fixed by the compiled loop (it depends
+# on the run length only), so the result is the same on every run and for any thread count.
+def _gradRun3(acc, gf, xf, lo, n, s, d, mL, mR, m0):
+    """acc[0:9] += sums over pixels [lo, lo + n) of the interior rows (all nine taps)."""
+    z = acc.dtype.type(-0.0)
+    t0, t1, t2 = lo - s - d, lo - d, lo + s - d
+    d2 = d + d
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = z
+    for j in range(n):
+        g = gf[lo + j]
+        ml, mr = mL[m0 + j], mR[m0 + j]
+        s0 += g * xf[t0 + j] if ml else z
+        s1 += g * xf[t0 + j + d]
+        s2 += g * xf[t0 + j + d2] if mr else z
+        s3 += g * xf[t1 + j] if ml else z
+        s4 += g * xf[t1 + j + d]
+        s5 += g * xf[t1 + j + d2] if mr else z
+        s6 += g * xf[t2 + j] if ml else z
+        s7 += g * xf[t2 + j + d]
+        s8 += g * xf[t2 + j + d2] if mr else z
+    acc[0] += s0
+    acc[1] += s1
+    acc[2] += s2
+    acc[3] += s3
+    acc[4] += s4
+    acc[5] += s5
+    acc[6] += s6
+    acc[7] += s7
+    acc[8] += s8
+
+
+def _gradRun2(acc, t, gf, xf, lo, n, ta, tb, d, mL, mR, m0):
+    """acc[t:t + 6] += sums over pixels [lo, lo + n) of a border run (two kernel rows read from ta, tb)."""
+    z = acc.dtype.type(-0.0)
+    d2 = d + d
+    s0 = s1 = s2 = s3 = s4 = s5 = z
+    for j in range(n):
+        g = gf[lo + j]
+        ml, mr = mL[m0 + j], mR[m0 + j]
+        s0 += g * xf[ta + j] if ml else z
+        s1 += g * xf[ta + j + d]
+        s2 += g * xf[ta + j + d2] if mr else z
+        s3 += g * xf[tb + j] if ml else z
+        s4 += g * xf[tb + j + d]
+        s5 += g * xf[tb + j + d2] if mr else z
+    acc[t] += s0
+    acc[t + 1] += s1
+    acc[t + 2] += s2
+    acc[t + 3] += s3
+    acc[t + 4] += s4
+    acc[t + 5] += s5
+
+
+def _gradPixel(acc, gf, xf, i, b0, rows, s, d, W):
+    """acc += the valid products of pixel i (plane starting at b0), kernel rows [rows[0], rows[1])."""
+    col = (i - b0) % W
+    g = gf[i]
+    for r in range(rows[0], rows[1]):
+        base = i + np.uintp(r) * s - s
+        if col >= d:
+            acc[3 * r] += g * xf[base - d]
+        acc[3 * r + 1] += g * xf[base]
+        if col + d < W:
+            acc[3 * r + 2] += g * xf[base + d]
+
+
+def _gradPlane(acc, gf, xf, base, hh_, ww_, dh, dw_, mL, mR):
+    """acc[0:9] += the weight gradient of one plane pair (gradient gf, input xf at flat offset base)."""
+    W, d, s, b0 = np.uintp(ww_), np.uintp(dw_), np.uintp(dh * ww_), np.uintp(base)
+    hw = np.uintp(hh_ * ww_)
+    top, bottom = b0 + s, b0 + hw - s
+    for i in range(b0, b0 + d):
+        _gradPixel(acc, gf, xf, i, b0, (1, 3), s, d, W)
+    _gradRun2(acc, 3, gf, xf, b0 + d, s - d, b0, b0 + s, d, mL, mR, d)
+    for i in range(top, top + d):
+        _gradPixel(acc, gf, xf, i, b0, (0, 3), s, d, W)
+    _gradRun3(acc, gf, xf, top + d, bottom - top - d - d, s, d, mL, mR, s + d)
+    for i in range(bottom - d, bottom):
+        _gradPixel(acc, gf, xf, i, b0, (0, 3), s, d, W)
+    _gradRun2(acc, 0, gf, xf, bottom, s - d, bottom - s - d, bottom - d, d, mL, mR, hw - s)
+    for i in range(b0 + hw - d, b0 + hw):
+        _gradPixel(acc, gf, xf, i, b0, (0, 2), s, d, W)
+
+
+def _backwardParamsSame3(x, dy, dw, dims, dl, o0, o1, mL, mR):
+    """Weight gradient of a 1 x 3 x 3 kernel, unit stride, pad = dilation, on (N, C, D*H*W) views."""
+    dd_, hh_, ww_ = dims
+    n_, c_ = x.shape[0], x.shape[1]
+    o_, cg = dw.shape[0], dw.shape[1]
+    og = o_ // (c_ // cg)
+    hw = hh_ * ww_
+    acc = np.empty(9, dtype=dw.dtype)
+    for oc in range(o0, o1):
+        g = oc // og
+        for c in range(cg):
+            acc[:] = 0
+            for b in range(n_):
+                gf, xf = dy[b, oc], x[b, g * cg + c]
+                for od in range(dd_):
+                    _gradPlane(acc, gf, xf, od * hw, hh_, ww_, dl[1], dl[2], mL, mR)
+            for t in range(9):
+                dw[oc, c, 0, t // 3, t % 3] = acc[t]
 
 if njit is not None:
     _ranges = njit(cache=True)(_ranges)
@@ -543,6 +748,16 @@ if njit is not None:
     _bandPass = njit(cache=True, nogil=True)(_bandPass)
     _kernelOf = njit(cache=True, nogil=True)(_kernelOf)
     _forwardSame5 = njit(cache=True, nogil=True)(_forwardSame5)
+    _same3Plane = njit(cache=True, nogil=True)(_same3Plane)
+    _same3Run3 = njit(cache=True, nogil=True)(_same3Run3)
+    _same3Run2 = njit(cache=True, nogil=True)(_same3Run2)
+    _same3Pixel = njit(cache=True, nogil=True)(_same3Pixel)
+    _gradRun3 = njit(cache=True, nogil=True, fastmath={"reassoc"})(_gradRun3)
+    _gradRun2 = njit(cache=True, nogil=True, fastmath={"reassoc"})(_gradRun2)
+    _gradPixel = njit(cache=True, nogil=True)(_gradPixel)
+    _gradPlane = njit(cache=True, nogil=True)(_gradPlane)
+    _backwardParamsSame3 = njit(cache=True, nogil=True)(_backwardParamsSame3)
+    _forwardSame3 = njit(cache=True, nogil=True)(_forwardSame3)
 
 
 def _as5(a):
@@ -643,7 +858,12 @@ def forward(x, w, bias, stride, pad, dilation, groups):
     st, pd, dl = params
     xv, wv, bv, yv = _contiguous(x).reshape(x5), _contiguous(w).reshape(w5), bias.reshape(-1), y.reshape(y5)
     # Output maps are split between threads (the kernels release the GIL); each map is one thread's.
-    if same:
+    if same and w5[2:] == (1, 3, 3) and _same3Fits(x5[3], x5[4], dl[1], dl[2]):
+        x3, y3 = xv.reshape(x5[:2] + (-1,)), yv.reshape(y5[:2] + (-1,))
+        mL, mR = _masks(x5[2:], dl[2])
+        parallel(lambda o0, o1: _forwardSame3(x3, wv, bv, y3, x5[2:], dl, o0, o1, False, mL, mR), w.shape[0],
+                 y.size * prod(w.shape[1:]))
+    elif same:
         dims = x5[2:]
         mL, mR = _masks(dims, dl[2])
         x3, y3 = xv.reshape(x5[:2] + (-1,)), yv.reshape(y5[:2] + (-1,))
@@ -667,6 +887,12 @@ def backwardData(dy, w, xShape, stride, pad, dilation, groups):
         dx = np.empty(xShape, dtype=dy.dtype)
         dyv, wv, dxv = _contiguous(dy).reshape(dy5), _contiguous(w).reshape(w5), dx.reshape(dx5)
         bias = _zeroBias(xShape[1], dy.dtype)
+        if same and w5[2:] == (1, 3, 3) and _same3Fits(dx5[3], dx5[4], dl[1], dl[2]):
+            dy3, dx3 = dyv.reshape(dy5[:2] + (-1,)), dxv.reshape(dx5[:2] + (-1,))
+            mL, mR = _masks(dx5[2:], dl[2])
+            parallel(lambda c0, c1: _forwardSame3(dy3, wv, bias, dx3, dx5[2:], dl, c0, c1, True, mL, mR),
+                     xShape[1], dy.size * prod(w.shape[1:]))
+            return dx
         if same:
             dims = dx5[2:]
             mL, mR = _masks(dims, dl[2])
@@ -689,9 +915,16 @@ def backwardParams(x, dy, wShape, stride, pad, dilation, groups):
     dw = np.empty(wShape, dtype=x.dtype)
     x5, dy5, dw5 = _as5(_contiguous(x)), _as5(_contiguous(dy)), _as5(dw)
     st, pd, dl = _params3(stride, pad, dilation)
+    work = dy.size * prod(wShape[1:])
+    if (st == (1, 1, 1) and dw5.shape[2:] == (1, 3, 3) and dy5.shape[2:] == x5.shape[2:]
+            and _same3Fits(x5.shape[3], x5.shape[4], dl[1], dl[2])):
+        mL, mR = _masks(x5.shape[2:], dl[2])
+        x3, dy3 = x5.reshape(x5.shape[:2] + (-1,)), dy5.reshape(dy5.shape[:2] + (-1,))
+        parallel(lambda o0, o1: _backwardParamsSame3(x3, dy3, dw5, x5.shape[2:], dl, o0, o1, mL, mR), wShape[0],
+                 work)
+        return dw
     # The flat kernel keeps (C/groups * taps) accumulator planes; fall back to rows when that is large.
     accBytes = wShape[1] * prod(wShape[2:]) * prod(x5.shape[2:]) * x.itemsize
-    work = dy.size * prod(wShape[1:])
     if st == (1, 1, 1) and accBytes * threadCount(wShape[0], work) <= (32 << 20):
         parallel(lambda o0, o1: _backwardParamsFlat5(x5, dy5, dw5, pd, dl, o0, o1), wShape[0], work)
     else:
