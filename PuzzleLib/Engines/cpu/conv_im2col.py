@@ -176,6 +176,8 @@ def im2colBackwardData(dy, w, xShape, stride, pad, dilation, groups, tileBytes=N
                            dilation, groups, tileBytes)
         assert dx.shape == tuple(xShape)
         return dx
+    if tileBytes is None and _fastApplies(dy):
+        return _fastBackwardData(dy, w, xShape, stride, pad, dilation, groups)
     return _col2imBackwardData(dy, w, xShape, stride, pad, dilation, groups, tileBytes)
 
 
@@ -354,12 +356,14 @@ def _contiguous(a):
 def _fastForward(x, w, bias, stride, pad, dilation, groups):
     """Tiles of output rows: gathered, then one GEMM each writing straight into y.
 
-    With a small weight matrix (_ownGemms) the tiles are dealt out as contiguous runs, one per thread, and
-    each thread gathers its tile and runs its GEMM itself, with BLAS single-threaded meanwhile: a two-thread
-    gather between two-thread GEMMs lost time to OpenBLAS's idle worker spinning on the second core (case 3,
-    runs of same-process calls: 15.1 -> 12.3 ms). Each thread's tile is then 1 / _SPLIT of the call's bound,
-    so the columns in flight stay within it. A large weight matrix does not fit each core's cache beside a
-    tile: two threads sharing each GEMM are faster there (case 5: 6.8 ms shared, 11.4 ms per thread).
+    The tiles are dealt out as contiguous runs, one per thread (_ownGemms), and each thread gathers its tile
+    and runs its GEMM itself, with BLAS single-threaded meanwhile: a two-thread gather between two-thread
+    GEMMs lost time to OpenBLAS's idle worker spinning on the second core (case 3, runs of same-process calls:
+    15.1 -> 12.3 ms), and on a loaded host each two-thread GEMM waits for a descheduled worker (case 5 fwd,
+    2 threads, other jobs running: 67.8 -> 19.9 ms per call, CPU time 67.6 -> 19.9 ms). Each thread's tile
+    is 1 / _SPLIT of the call's bound, so the columns in flight stay within it, but at least one whole item
+    where one fits the bound: a thinner GEMM re-reads the weights more often (case 5, one thread's CPU time:
+    items of 196 pixels 13 ms, half items 16 ms).
     """
     n, c = x.shape[:2]
     o = w.shape[0]
@@ -374,7 +378,8 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
     yg = y.reshape(n, groups, o // groups, -1)
     rowLen = o5[2]
     own = _ownGemms(w)
-    tiles = rowTiles(n, o5[0] * o5[1], ck * rowLen * x.itemsize, max(1, tileBytes() // _SPLIT) if own else None)
+    tiles = rowTiles(n, o5[0] * o5[1], ck * rowLen * x.itemsize, _threadTileBytes(ck * prod(o5) * x.itemsize)
+                     if own else None)
     workers = conv_common.chunkWorkers(len(tiles)) if own else 1
     runs = [tiles[len(tiles) * k // workers:len(tiles) * (k + 1) // workers] for k in range(workers)]
     size = max((n1 - n0) * ck * (r1 - r0) * rowLen for n0, n1, r0, r1 in tiles)
@@ -396,13 +401,24 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
 
 
 def _ownGemms(w):
-    """Whether each thread runs whole tiles (gather and GEMM) on its own: the weights fit its cache with a tile."""
+    """Whether each thread runs whole tiles (gather and GEMM) on its own, with BLAS single-threaded."""
     return w.size * w.itemsize <= _OWN_GEMM_BYTES
 
 
-# Weight (or weight-gradient) bytes up to which threads run their own GEMMs (see _fastForward): a quarter of
-# a core's 1 MiB L2, so that the packed weights and a column tile stay there together.
-_OWN_GEMM_BYTES = 256 << 10
+def _threadTileBytes(itemBytes):
+    """One thread's column tile bound: 1 / _SPLIT of the call's, raised to one item's columns if those fit it."""
+    limit = tileBytes()
+    return max(1, limit // _SPLIT, itemBytes if itemBytes <= limit else 0)
+
+
+# Weight (or weight-gradient) bytes up to which threads run their own GEMMs (see _fastForward). Measured up to
+# case 4's 9 MiB (512->512 3x3), where each thread's single-threaded GEMMs still beat two-thread ones; far
+# larger weights would be packed by each thread for each of its tiles, so they share each GEMM instead.
+_OWN_GEMM_BYTES = 32 << 20
+
+# Weight-gradient bytes up to which each thread sums its chunks into a partial of its own (_SPLIT partials,
+# added at the end): beyond, the threads split dw's columns instead, so no dw-sized partials are allocated.
+_PARTIAL_BYTES = 256 << 10
 
 # Threads' share of a call's tile bound: the tiles in flight at once (also the number of partial sums of a
 # chunked weight gradient, so that its result does not depend on the thread count).
@@ -412,15 +428,17 @@ _SPLIT = 2
 def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
     """Weight gradient as GEMMs (O/g, pixels) @ (pixels, rows) with the pixels the inner dimension of both.
 
-    Units of work are (chunk of the batch's pixels, block of dw's columns = channel-taps of one group); with a
-    small dw each thread runs whole units, gather and GEMM, with BLAS single-threaded (see _fastForward;
-    case 3: 28 -> 19 ms), else the units run in turn on the threads of the gather and of BLAS. When all the
-    batch's pixels fit one chunk, each block's GEMM is the final value of its slice of dw, written in place.
-    Otherwise the chunks are summed into dw one after another (a block-sized product added each time), or,
-    with threads of their own, cut into _SPLIT fixed runs, each summed into its own (O, kg) partial (dw is
-    small then) and the partials added: the same result on any number of threads. A chunk within
-    one item reads dy in place (rows of pixels); one spanning items gets dy transposed to (O, items * pixels).
-    Strided last axes are read in place.
+    Units of work are (chunk of the batch's pixels, block of dw's columns = channel-taps of one group); each
+    thread runs whole units, gather and GEMM, with BLAS single-threaded (see _fastForward; case 3: 28 -> 19 ms;
+    case 5 on a loaded host: 172 -> 27 ms per call), unless dw is huge (_ownGemms), where the units run in
+    turn on the threads of the gather and of BLAS. When all the batch's pixels fit one chunk, each block's
+    GEMM is the final value of its slice of dw, written in place. Otherwise a small dw (_PARTIAL_BYTES) has
+    its chunks cut into _SPLIT fixed runs, each summed by one thread into its own (kg, O) partial, and the
+    partials added; a larger one has its blocks dealt out to the threads, each block summing its chunks in
+    order in place (a block-sized product added each time). Either way the blocks, chunks and partials are
+    fixed by the shape: the same result on any number of threads. A chunk within one item reads dy in place
+    (rows of pixels); one spanning items gets dy transposed to (O, items * pixels). Strided last axes are
+    read in place.
     """
     n, c = x.shape[:2]
     o = dy.shape[1]
@@ -442,6 +460,10 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
         chunks = rowTiles(n, o5[0] * o5[1], rowsWanted * o5[2] * x.itemsize, limit)
     inner = max((n1 - n0) * (r1 - r0) for n0, n1, r0, r1 in chunks) * o5[2]
     rows = max(1, min(kg, limit // max(inner * x.itemsize, 1)))
+    count = -(-kg // rows)
+    if own and count > 1:  # a multiple of _SPLIT blocks, so that two threads get equal shares (any thread count)
+        count = -(-count // _SPLIT) * _SPLIT
+        rows = -(-kg // count)
     blocks = [(g, k0, min(kg, k0 + rows)) for g in range(groups) for k0 in range(0, kg, rows)]
     dyFlat = _contiguous(dy).reshape(n, o, pixels)
     # Each chunk's whole column matrix in one block, one item per chunk: that is the forward's tile layout,
@@ -454,32 +476,36 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
     folded = any(n1 - n0 > 1 for n0, n1, _, _ in chunks)
     # Scratch (taken here: the workspace is not thread-safe): per thread a column block, dy's transposed
     # chunk where chunks span items, a partial product; the _SPLIT partial sums where chunks are summed.
-    if len(chunks) == 1:
-        units = [(chunks[0], block) for block in blocks]
-        workers = conv_common.chunkWorkers(len(units)) if own else 1
-        runs = [units[len(units) * k // workers:len(units) * (k + 1) // workers] for k in range(workers)]
-        partials = None
-    else:
-        # Threads of their own sum into _SPLIT partials; one sequence of GEMMs sums straight into dw.
-        parts = _SPLIT if own else 1
-        workers = conv_common.chunkWorkers(parts) if own else 1
+    if len(chunks) > 1 and own and dw.nbytes <= _PARTIAL_BYTES:
+        # Each thread sums its run of chunks into its own partials (of _SPLIT fixed runs), added at the end.
+        parts = _SPLIT
+        workers = conv_common.chunkWorkers(parts)
         halves = [chunks[len(chunks) * h // parts:len(chunks) * (h + 1) // parts] for h in range(parts)]
         runs = [[(h, chunk, block) for h in range(k, parts, workers) for chunk in halves[h] for block in blocks]
                 for k in range(workers)]
         # Own partials are kept transposed, (kg, O): cols @ dy.T runs faster than dy @ cols.T on these thin
         # products (case 3, one thread: 21.9 vs 25.4 ms).
-        partials = workspace.get("im2col-dw-partials", (parts, kg, o), x.dtype) if own else dw.reshape(1, o, kg)
+        partials = workspace.get("im2col-dw-partials", (parts, kg, o), x.dtype)
+    else:
+        # Each thread a contiguous run of dw's column blocks, written in place: per block the chunks in order,
+        # the first written, the others added (each element sums its chunks in the same order on any threads).
+        halves = [chunks]
+        units = [(0, chunk, block) for block in blocks for chunk in chunks]
+        workers = conv_common.chunkWorkers(len(blocks)) if own else 1
+        runs = [units[len(chunks) * (len(blocks) * k // workers):len(chunks) * (len(blocks) * (k + 1) // workers)]
+                for k in range(workers)]
+        partials = None
     shared = None
-    if folded and partials is None:  # one chunk spanning items: dy transposed once, read by every thread
+    if folded and len(chunks) == 1:  # one chunk spanning items: dy transposed once, read by every thread
         (n0, n1, r0, r1), = chunks
         shared = workspace.get("im2col-dw-dy", (o, n1 - n0, (r1 - r0) * o5[2]), x.dtype)
         np.copyto(shared, dyFlat[n0:n1, :, r0 * o5[2]:r1 * o5[2]].transpose(1, 0, 2))
         shared = shared.reshape(o, -1)
     scratch = [(workspace.get(f"im2col-dw-cols{k}", (rows * inner,), x.dtype),
                 workspace.get(f"im2col-dw-dy{k}", (og * inner,), x.dtype) if folded and shared is None else None,
-                workspace.get(f"im2col-dw-part{k}", (og * rows,), x.dtype) if partials is not None else None)
+                workspace.get(f"im2col-dw-part{k}", (og * rows,), x.dtype) if len(chunks) > 1 else None)
                for k in range(workers)]
-    firsts = [half[0] for half in halves] if partials is not None else []
+    firsts = [half[0] for half in halves]
 
     def gemm(k, chunk, block, target, summed, flipped):
         (n0, n1, r0, r1), (g, k0, k1) = chunk, block
@@ -516,17 +542,16 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
             np.matmul(left, right, out=out)
 
     def work(k):
-        for unit in runs[k]:
+        for h, chunk, block in runs[k]:
             if partials is None:
-                gemm(k, *unit, dw, False, False)
+                gemm(k, chunk, block, dw, chunk is not firsts[0], False)
             else:
-                h, chunk, block = unit
-                gemm(k, chunk, block, partials[h], chunk is not firsts[h], own)
+                gemm(k, chunk, block, partials[h], chunk is not firsts[h], True)
 
     conv_common.runChunks(work, workers)
-    if partials is not None and len(partials) > 1:
-        np.add(partials[0].T, partials[1].T, out=dw)
-        for h in range(2, len(partials)):
+    if partials is not None:
+        np.copyto(dw, partials[0].T)
+        for h in range(1, len(partials)):
             dw += partials[h].T
     return dw.reshape(wShape)
 
@@ -614,3 +639,112 @@ def _gatherRowsT(x5, dst, start, lo, hi, st, pd, dl, kshape, oshape, n0, nb, r0,
 
 if useNumba:
     _gatherRowsT = njit(cache=True, nogil=True)(_gatherRowsT)
+
+
+def _scatterRowsT(x5, src, start, lo, hi, st, pd, dl, kshape, oshape, n0, nb, r0, r1, kBase, kPitch, itemPitch,
+                  k0, k1):
+    """The adjoint of _gatherRowsT: x[n0 + b, tap k of row r, column ow] += src[...] (same indexing; in bounds only).
+
+    Each element of x gets its taps' terms in tap order (one per tap within a tile), as _scatterAdd adds them.
+    """
+    dd_, hh_, ww_ = x5.shape[2], x5.shape[3], x5.shape[4]
+    kd_, kh_, kw_ = kshape[0], kshape[1], kshape[2]
+    oh_ = oshape[1]
+    ow_ = oshape[2]
+    sw = st[2]
+    taps = kd_ * kh_ * kw_
+    planePitch = hh_ * ww_
+    chanPitch = dd_ * planePitch
+    itemDst = x5.shape[1] * chanPitch
+    dst = x5.reshape(-1)
+    for k in range(k0, k1):
+        c = k // taps
+        t = k % taps
+        kd = t // (kh_ * kw_)
+        kh = (t // kw_) % kh_
+        kw = t % kw_
+        l0, l1 = lo[kw], hi[kw]
+        if l1 <= l0:
+            continue
+        tapBase = c * chanPitch + start[kw]
+        for b in range(nb):
+            out = (k - kBase) * kPitch + b * itemPitch
+            itemBase = (n0 + b) * itemDst + tapBase
+            od = r0 // oh_
+            oh = r0 % oh_
+            for _ in range(r1 - r0):
+                idd = od * st[0] + kd * dl[0] - pd[0]
+                ih = oh * st[1] + kh * dl[1] - pd[1]
+                if 0 <= idd < dd_ and 0 <= ih < hh_:
+                    first = np.uintp(out + l0)
+                    at = np.uintp(itemBase + idd * planePitch + ih * ww_)
+                    if sw == 1:
+                        for j in range(np.uintp(l1 - l0)):
+                            dst[at + j] += src[first + j]
+                    else:
+                        for j in range(np.uintp(l1 - l0)):
+                            dst[at + j * sw] += src[first + j]
+                out += ow_
+                oh += 1
+                if oh == oh_:
+                    oh = 0
+                    od += 1
+
+
+if useNumba:
+    _scatterRowsT = njit(cache=True, nogil=True)(_scatterRowsT)
+
+
+def _fastBackwardData(dy, w, xShape, stride, pad, dilation, groups):
+    """GEMM + col2im with a compiled scatter: each thread runs whole tiles of its own items, GEMM and scatter.
+
+    A thread's items are its own slice of dx, so the threads never add into the same element. Tiles are
+    bounded per thread as in _fastForward; each element of dx sums its taps' terms in one fixed order, so the
+    result does not depend on the number of threads. With one item (or one thread) the GEMMs run on BLAS's
+    threads and the scatter on disjoint channel ranges. Case 5 (stride 2), one thread's CPU time: GEMM 10 ms,
+    numpy scatter 5.3-6.6 ms.
+    """
+    n, o = dy.shape[:2]
+    c = xShape[1]
+    kernel = tuple(w.shape[2:])
+    dx = np.zeros(xShape, dtype=dy.dtype)
+    if n == 0 or min(dy.shape[2:]) <= 0:
+        return dx
+    taps = prod(kernel)
+    ck = c * taps
+    og, ckg = o // groups, ck // groups
+    x5, tables, o5 = _fastPlanT(dx, kernel, stride, pad, dilation)
+    assert tuple(o5[-dy.ndim + 2:]) == tuple(dy.shape[2:])
+    rowLen = o5[2]
+    wgT = _contiguous(w).reshape(groups, og, ckg).transpose(0, 2, 1)
+    dyg = _contiguous(dy).reshape(n, groups, og, -1)
+    limit = _threadTileBytes(ck * prod(o5) * dy.itemsize)
+    workers = conv_common.chunkWorkers(n)
+    runs = []
+    for k in range(workers):
+        a, b = n * k // workers, n * (k + 1) // workers
+        runs.append([(a + n0, a + n1, r0, r1) for n0, n1, r0, r1 in
+                     rowTiles(b - a, o5[0] * o5[1], ck * rowLen * dy.itemsize, limit)])
+    size = max((n1 - n0) * ck * (r1 - r0) * rowLen for run in runs for n0, n1, r0, r1 in run)
+    buffers = [workspace.get(f"col2im-fast{k}", (size,), dy.dtype) for k in range(workers)]  # not thread-safe
+
+    def work(k):
+        for n0, n1, r0, r1 in runs[k]:
+            nb, span = n1 - n0, (r1 - r0) * rowLen
+            dcols = buffers[k][:nb * ck * span]
+            np.matmul(wgT, dyg[n0:n1, :, :, r0 * rowLen:r1 * rowLen], out=dcols.reshape(nb, groups, ckg, span))
+            _scatterTile(x5, dcols, tables, n0, nb, r0, r1, span, c, taps, workers == 1)
+
+    conv_common.runChunks(work, workers)
+    return dx
+
+
+def _scatterTile(x5, dcols, tables, n0, nb, r0, r1, span, c, taps, threaded):
+    """One tile's columns added into x5; ``threaded``: split over channel ranges (disjoint parts of x5)."""
+    def scatter(c0, c1):
+        _scatterRowsT(x5, dcols, *tables, n0, nb, r0, r1, 0, span, c * taps * span, c0 * taps, c1 * taps)
+
+    if threaded:
+        parallel(scatter, c, dcols.size)
+    else:
+        scatter(0, c)

@@ -1,0 +1,128 @@
+"""im2col's threaded paths (conv_im2col) against the float64 references of tests/reference.py.
+
+Tiny tile bounds force many tiles (row bands of one item, several items per tile) so that every way the work
+is cut and dealt out to threads is exercised on small shapes: the compiled col2im backward-data (threads
+own whole items, a compiled scatter), the forward's per-thread tiles and the weight gradient's column blocks
+summed over chunks in place (large dw) or in fixed partials (small dw). Results must also be bit-identical on
+one thread and on two.
+"""
+
+import numpy as np
+import pytest
+from reference import convBackwardData, convBackwardParams, convForward, outShape
+
+from PuzzleLib.Engines.cpu import conv, conv_common, conv_im2col
+
+pytestmark = pytest.mark.skipif(not conv_im2col.useNumba, reason="numba is not installed")
+
+# (N, C, spatial, O, kernel, stride, pad, dilation, groups)
+CASES = [
+    (3, 4, (11, 10), 6, (3, 3), (2, 2), (1, 1), (1, 1), 1),           # case 5's shape, small
+    (2, 3, (15, 14), 5, (5, 5), (2, 2), (2, 2), (1, 1), 1),           # the 7x7 stride-2 stem, small
+    (2, 4, (9, 8), 6, (3, 2), (2, 3), (1, 2), (2, 1), 2),             # groups, dilation, unequal strides
+    (1, 3, (10, 9), 4, (3, 3), (1, 1), (1, 1), (1, 1), 1),            # one item: scatter split over channels
+    (2, 4, (7, 6), 4, (3, 3), (1, 1), (1, 1), (1, 1), 1),             # stride 1 (through col2im when forced)
+    (2, 3, (13,), 4, (3,), (2,), (1,), (1,), 1),                      # 1-D
+    (2, 2, (4, 5, 6), 3, (2, 3, 2), (1, 2, 2), (1, 0, 1), (2, 1, 1), 1),  # 3-D
+    (2, 3, (6, 5), 3, (1, 3), (2, 1), (1, 3), (1, 1), 3),             # pad beyond the kernel reach
+]
+TOL64 = dict(rtol=1e-12, atol=1e-12)
+
+
+def _data(case, dtype=np.float64, seed=0):
+    n, c, spatial, o, kernel, stride, pad, dilation, groups = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c) + spatial).astype(dtype)
+    w = rng.standard_normal((o, c // groups) + kernel).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype)
+    dy = rng.standard_normal((n, o) + outShape(spatial, kernel, stride, pad, dilation)).astype(dtype)
+    return x, w, b, dy, (stride, pad, dilation, groups)
+
+
+def _tiles(monkeypatch, tile, threads):
+    monkeypatch.setattr(conv_common, "THREADS", threads)
+    monkeypatch.setattr(conv_common, "TILE_BYTES", tile)
+    monkeypatch.setattr(conv_common, "MIN_TILE_BYTES", min(conv_common.MIN_TILE_BYTES, tile))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("tile", [600, 1 << 20])  # row bands of one item / whole items per tile
+@pytest.mark.parametrize("case", CASES)
+def test_col2imBackwardDataMatchesReference(case, tile, threads, monkeypatch):
+    _tiles(monkeypatch, tile, threads)
+    x, w, b, dy, (stride, pad, dilation, groups) = _data(case)
+    calls = []
+    fast = conv_im2col._fastBackwardData
+    monkeypatch.setattr(conv_im2col, "_fastBackwardData", lambda *a: calls.append(1) or fast(*a))
+    dx = conv_im2col.im2colBackwardData(dy, w, x.shape, stride, pad, dilation, groups)
+    if any(s > 1 for s in stride):
+        assert calls == [1]
+    else:  # unit stride with small weights goes through the forward; call col2im directly as well
+        np.testing.assert_allclose(dx, convBackwardData(dy, w, x.shape, stride, pad, dilation, groups), **TOL64)
+        dx = fast(dy, w, x.shape, stride, pad, dilation, groups)
+    np.testing.assert_allclose(dx, convBackwardData(dy, w, x.shape, stride, pad, dilation, groups), **TOL64)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("partialBytes", [0, 1 << 30])  # dw's column blocks in place / chunks in partials
+@pytest.mark.parametrize("tile", [700, 1 << 20])
+@pytest.mark.parametrize("case", CASES[:3] + CASES[5:7])
+def test_forwardAndWeightGradientMatchReference(case, tile, partialBytes, threads, monkeypatch):
+    _tiles(monkeypatch, tile, threads)
+    monkeypatch.setattr(conv_im2col, "_PARTIAL_BYTES", partialBytes)
+    x, w, b, dy, (stride, pad, dilation, groups) = _data(case)
+    y = conv.forward(x, w, b, stride, pad, dilation, groups, algo="im2col")
+    np.testing.assert_allclose(y, convForward(x, w, b, stride, pad, dilation, groups), **TOL64)
+    dw, db = conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation, groups, algo="im2col")
+    rdw, rdb = convBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)
+    np.testing.assert_allclose(dw, rdw, **TOL64)
+    np.testing.assert_allclose(db, rdb.reshape(-1), **TOL64)
+
+
+@pytest.mark.parametrize("partialBytes", [0, 1 << 30])
+@pytest.mark.parametrize("tile", [700, 1 << 20])
+def test_sameBitsOnOneThreadOrTwo(tile, partialBytes, monkeypatch):
+    # Tiles, blocks and partials are fixed by the shape: float32 results are bit-identical on 1 or 2 threads.
+    monkeypatch.setattr(conv_im2col, "_PARTIAL_BYTES", partialBytes)
+    results = []
+    for threads in (1, 2, 2):
+        _tiles(monkeypatch, tile, threads)
+        for case in (CASES[0], CASES[2]):
+            x, w, b, dy, (stride, pad, dilation, groups) = _data(case, np.float32)
+            results.append([conv.forward(x, w, b, stride, pad, dilation, groups, algo="im2col"),
+                            conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="im2col"),
+                            conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups,
+                                                algo="im2col")[0]])
+    for i, got in enumerate(results[2:], 2):
+        for u, v in zip(got, results[i % 2]):
+            assert np.array_equal(u, v)
+
+
+@pytest.mark.skipif(conv_common.blasThreads is None, reason="no control of the BLAS threads")
+def test_backwardDataRestoresBlasThreads():
+    setN, getN = conv_common.blasThreads
+    before = getN()
+    x, w, b, dy, (stride, pad, dilation, groups) = _data(CASES[0], np.float32)
+    conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="im2col")
+    assert getN() == before
+
+
+def test_backwardDataScratchWithinTwoThreadTiles(monkeypatch):
+    # Each thread's column tile is bounded (half the call's bound, or one item's columns when they fit it).
+    import tracemalloc
+
+    x, w, b, dy, (stride, pad, dilation, groups) = _data((4, 16, (24, 24), 16, (3, 3), (2, 2), (1, 1), (1, 1), 1),
+                                                         np.float32)
+    conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="im2col")
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        dx = conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="im2col")
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    bound = conv_common.tileBytesFor(dx.nbytes)
+    assert peak - dx.nbytes <= 2 * bound + (64 << 10)
+    np.testing.assert_allclose(dx, convBackwardData(dy, w, x.shape, stride, pad, dilation, groups),
+                               rtol=1e-4, atol=1e-4)
