@@ -157,6 +157,9 @@ def test_dispatchAndHeuristic():
         # Small problems: the transforms' fixed costs do not pay off.
         assert conv.chooseAlgorithm(direction, (1, 64, 256), (64, 64, 3), (1,), (1,), (1,), 1) == "im2col"
         assert conv.chooseAlgorithm(direction, (8, 8, 4096), (8, 8, 3), (1,), (1,), (1,), 1) == "im2col"
+        # Short maps: the edge tiles' bounds-checked path makes it a tie at best.
+        assert conv.chooseAlgorithm(direction, (64, 64, 64), (64, 64, 3), (1,), (1,), (1,), 1) == "im2col"
+        assert conv.chooseAlgorithm(direction, (32, 64, 128), (64, 64, 3), (1,), (1,), (1,), 1) == "winograd"
     # Dilated, strided or other kernel sizes: not this algorithm.
     assert "winograd" not in conv.algorithms("forward", (2, 4, 20), (4, 4, 3), (1,), (1,), (2,), 1)
     assert "winograd" not in conv.algorithms("forward", (2, 4, 20), (4, 4, 3), (2,), (1,), (1,), 1)

@@ -92,9 +92,11 @@ def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
         # 1-D 3-tap (conv_winograd1d, F(6, 3)), same-process interleaved vs im2col, fwd / bwd-data / bwd-params:
         # N8 64->64 L4096 7.8 / 7.4 / 9.6 vs 13.1 / 12.2 / 13.2 ms; N4 32->32 L1024 0.49 / 0.52 / 0.56 vs
         # 0.74 / 0.77 / 0.74; N2 16->16 L2048 0.25 / 0.23 / 0.33 vs 0.35 / 0.31 / 0.38. Loses below ~4096
-        # outputs per map summed over the batch (N1 64->64 L256: 0.32 vs 0.23 forward) or 8 channels (ties).
+        # outputs per map summed over the batch (N1 64->64 L256: 0.32 vs 0.23 forward) or 8 channels (ties),
+        # and ties on short maps, whose edge tiles take the bounds-checked path (N64 64->64 L64: 1.71 / 1.75 /
+        # 2.13 vs 1.57 / 2.37 / 2.47; N32 L128 wins: 1.13 / 1.19 / 1.80 vs 1.59 / 2.54 / 2.07).
         out = outputShape(xShape[2:], kernel, stride, pad, dilation)[0]
-        return "winograd" if cg >= 16 and o // groups >= 16 and xShape[0] * out >= 4096 else "im2col"
+        return "winograd" if cg >= 16 and o // groups >= 16 and out >= 96 and xShape[0] * out >= 4096 else "im2col"
     if _winogradApplies(wShape, stride, dilation):
         outSpatial = outputShape(xShape[2:], kernel, stride, pad, dilation)
         # Enough channels for the 36 GEMMs to run near peak, enough pixels for the tiles to pay off.

@@ -111,6 +111,7 @@ def _inputTransform(x, V, pad, tiles, q0, q1, c0, c1, cst):
     first = -(-pad // 6)                                             # first tile whose window starts in bounds
     stop = (size + pad - 8) // 6 + 1 if size + pad - 8 >= 0 else 0   # tiles before it end in bounds
     D = np.empty((6, q1 - q0 + 1), dtype=x.dtype)
+    E = np.empty(8, dtype=x.dtype)                                   # an edge tile's window
     for c in range(c0, c1):
         cc = c - c0
         q = q0
@@ -121,17 +122,15 @@ def _inputTransform(x, V, pad, tiles, q0, q1, c0, c1, cst):
             row = x[item, c]
             ta = min(t1, max(t0, first))
             tb = max(ta, min(t1, stop))
-            for t in range(t0, t1):                                  # edge tiles: bounds-checked reads
-                if ta <= t < tb:
-                    continue
-                s = 6 * t - pad
-                d = [zero] * 8
-                for j in range(8):
-                    if 0 <= s + j < size:
-                        d[j] = row[s + j]
-                v = _bt(d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], k)
-                for j in range(8):
-                    V[j, cc, col + t] = v[j]
+            for side in range(2):                                    # edge tiles: bounds-checked reads
+                lo, hi = (t0, ta) if side == 0 else (tb, t1)
+                for t in range(lo, hi):
+                    s = 6 * t - pad
+                    for j in range(8):
+                        E[j] = row[s + j] if 0 <= s + j < size else zero
+                    v = _bt(E[0], E[1], E[2], E[3], E[4], E[5], E[6], E[7], k)
+                    for j in range(8):
+                        V[j, cc, col + t] = v[j]
             if tb > ta:
                 # The six phases of the interior windows: D[r, i] = row[6 (ta + i) + r - pad], one more
                 # tile's phases 0 and 1 at the end (samples 6 and 7 of the last window).
@@ -226,6 +225,7 @@ def _gradTransform(dy, Mg, tiles, q0, q1, o0, o1, cst):
     zero = cst[0] - cst[0]
     k = (cst[2], cst[3], cst[6], cst[7], cst[9], cst[10], cst[11], cst[12], cst[13], cst[14])
     full = size // 6
+    E = np.empty(6, dtype=dy.dtype)                                  # the last, partial run
     for o in range(o0, o1):
         oc = o - o0
         q = q0
@@ -249,11 +249,9 @@ def _gradTransform(dy, Mg, tiles, q0, q1, o0, o1, cst):
                 Mg[6, oc, u] = m6
                 Mg[7, oc, u] = m7
             for t in range(tf, t1):
-                g = [zero] * 6
                 for i in range(6):
-                    if 6 * t + i < size:
-                        g[i] = row[6 * t + i]
-                m = _ag(g[0], g[1], g[2], g[3], g[4], g[5], k)
+                    E[i] = row[6 * t + i] if 6 * t + i < size else zero
+                m = _ag(E[0], E[1], E[2], E[3], E[4], E[5], k)
                 for j in range(8):
                     Mg[j, oc, col + t] = m[j]
             q += t1 - t0
