@@ -392,11 +392,13 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
                 _fastGather(xs, tables, cols, n0, r0, r1)
             else:
                 _gatherRows5(xs, cols, *tables, n0, r0, r1, 0, ck)
-            np.matmul(wg, cols.reshape(n1 - n0, groups, ck // groups, -1),
-                      out=yg[n0:n1, :, :, r0 * rowLen:r1 * rowLen])
+            out = yg[n0:n1, :, :, r0 * rowLen:r1 * rowLen]
+            np.matmul(wg, cols.reshape(n1 - n0, groups, ck // groups, -1), out=out)
+            if biasG is not None:  # while the tile's output is in cache, on the tile's thread
+                out += biasG
 
+    biasG = None if bias is None else bias.reshape(1, groups, o // groups, 1)
     conv_common.runChunks(work, workers)
-    _addBias(y, bias)
     return y
 
 
