@@ -1,12 +1,13 @@
 """Winograd engine internals: the weight gradient split in fixed parts (whole groups, or rows of tile
-positions), per-group chunks, and the transforms of a share of the tile positions; float64 references
-from test_conv_algorithms (independent direct sums)."""
+positions), per-group chunks, and the transforms of a share of the tile positions; F(2x2, 3x3)
+(conv_winograd2x2) in every direction and mode; float64 references from test_conv_algorithms
+(independent direct sums)."""
 
 import numpy as np
 import pytest
-from test_conv_algorithms import refBackwardParams, refForward
+from test_conv_algorithms import refBackwardData, refBackwardParams, refForward
 
-from PuzzleLib.Engines.cpu import conv, conv_common, conv_winograd
+from PuzzleLib.Engines.cpu import conv, conv_common, conv_winograd, conv_winograd2x2
 
 pytestmark = pytest.mark.skipif(not conv_winograd.available, reason="numba is not installed")
 
@@ -61,3 +62,110 @@ def test_transformsOfSomeTilePositionsEqualTheFullOnesRows(a0, a1):
     conv_winograd._gradTransform(dy, full, 0, 0, 3, th, tw, 1, 4, cst, 0, 3, 0, 6)
     conv_winograd._gradTransform(dy, part, 0, 0, 3, th, tw, 1, 4, cst, 0, 3, a0, a1)
     assert np.array_equal(full[6 * a0:6 * a1], part)
+
+
+# -- F(2x2, 3x3) (conv_winograd2x2): small maps ----------------------------------------------------------
+# (n, c, (h, w), o, pad, groups): odd maps, no / negative-cropping / asymmetric padding, groups, 1x1 maps.
+WINOGRAD2 = [
+    (2, 5, (7, 7), 6, (1, 1), 1),
+    (2, 4, (9, 4), 6, (0, 2), 2),
+    (1, 6, (5, 6), 3, (3, 1), 3),    # pad 3: backward-data runs with padding -1 (crops)
+    (3, 8, (3, 3), 4, (0, 0), 1),    # a single output pixel per map
+    (2, 6, (11, 10), 9, (1, 1), 3),
+]
+
+
+def _check2(case, dtype, tol, withBias=True):
+    n, c, spatial, o, pad, groups = case
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((n, c) + spatial).astype(dtype)
+    w = rng.standard_normal((o, c // groups, 3, 3)).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype) if withBias else None
+    ref = refForward(x, w, b, (1, 1), pad, (1, 1), groups)
+    dy = rng.standard_normal(ref.shape).astype(dtype)
+    conv_common.beginCall(1 << 20)
+    try:
+        got = [conv_winograd2x2.forward(x, w, b, pad, groups),
+               conv_winograd2x2.backwardData(dy, w, x.shape, pad, groups),
+               conv_winograd2x2.backwardParams(x, dy, w.shape, pad, groups)]
+    finally:
+        conv_common.endCall()
+    refs = [ref, refBackwardData(dy, w, x.shape, (1, 1), pad, (1, 1), groups),
+            refBackwardParams(x, dy, w.shape, (1, 1), pad, (1, 1), groups)[0]]
+    for a, r in zip(got, refs):
+        assert a.dtype == dtype and a.shape == r.shape
+        err = np.abs(a - r).max() / np.abs(r).max()
+        assert err < tol, f"relative error {err:.3g} exceeds {tol:.3g}"
+    return got
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", WINOGRAD2)
+def test_winograd2x2MatchesReferenceWithinStatedBound(case, dtype, chunked, monkeypatch):
+    # The stated bound (conv_winograd2x2): 1e-5 (float32), 1e-13 (float64) of the largest result. Chunked:
+    # tiles in one-row chunks (the whole kernel transformed first; weight gradient summed over chunks).
+    if chunked:
+        monkeypatch.setattr(conv_winograd2x2, "WHOLE_BYTES", 0)
+        monkeypatch.setattr(conv_winograd2x2, "CHUNK_BYTES", 1)
+    _check2(case, dtype, 1e-5 if dtype == np.float32 else 1e-13, withBias=case[4] != (0, 0))
+
+
+def test_winograd2x2BoundOnManyChannels():
+    # 256 input channels: more rounding accumulates in every sum; the bound still holds (a block per 32 maps).
+    _check2((2, 256, (7, 7), 64, (1, 1), 1), np.float32, 1e-5)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_winograd2x2IndependentOfThreadCount(chunked, monkeypatch):
+    # Blocks of maps and chunks of tiles are fixed by the shape: bit-identical on one thread or two, and run
+    # to run. Small blocks: several per thread.
+    monkeypatch.setattr(conv_winograd2x2, "BLOCK_BYTES", 512)
+    if chunked:
+        monkeypatch.setattr(conv_winograd2x2, "WHOLE_BYTES", 0)
+        monkeypatch.setattr(conv_winograd2x2, "CHUNK_BYTES", 4096)
+    results = []
+    for threads in (1, 2, 2):
+        monkeypatch.setattr(conv_common, "THREADS", threads)
+        results.append(_check2((3, 12, (9, 7), 10, (1, 1), 2), np.float32, 1e-5))
+    for again in results[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(results[0], again))
+
+
+def test_winograd2x2FlippedKernelTransformIsThePermutedOne():
+    # Backward-data's kernel: the flipped kernel's transform is the kernel's with rows and columns 0 and 3
+    # of the 4x4 tile positions swapped (G J = P G): check against np.flip, transformed plainly.
+    w = np.random.default_rng(3).standard_normal((5, 4, 3, 3))
+    cst = np.array([0.5])
+    u, uf = np.empty((16, 5, 4)), np.empty((16, 5, 4))
+    conv_winograd2x2._kernelTransform(np.ascontiguousarray(np.flip(w, (2, 3))), u, 0, 5, 0, 4, cst,
+                                      conv_winograd2x2._ORDER)
+    conv_winograd2x2._kernelTransform(w, uf, 0, 5, 0, 4, cst, conv_winograd2x2._FLIPPED)
+    assert np.array_equal(u, uf)
+
+
+def test_winograd2x2ThroughTheEngine():
+    # algo="winograd" runs F(2x2) on small maps and F(4x4) on larger ones, with results within the bound.
+    assert conv._winograd((8, 8, 3, 3), (2, 8, 7, 7), (1, 1)) is conv_winograd2x2
+    assert conv._winograd((8, 8, 3, 3), (2, 8, 56, 56), (1, 1)) is conv_winograd
+    x, w, dy = _data(2, 8, 8, 1, 7, 9)
+    got = conv.backwardParams(x, dy, w.shape, False, (1, 1), (1, 1), (1, 1), 1, algo="winograd")[0]
+    ref = refBackwardParams(x, dy, w.shape, (1, 1), (1, 1), (1, 1), 1)[0]
+    assert np.abs(got - ref).max() <= 1e-13 * np.abs(ref).max()
+    assert conv.workspaceBytes("forward", "winograd", x.shape, w.shape, (1, 1), (1, 1), (1, 1), 1) == \
+        conv_winograd2x2.workspaceBytes("forward", x.shape, w.shape, (1, 1), 1)
+
+
+def test_heuristicPicksWinograd2x2OnSmallMapsWithManyChannelsAndTiles():
+    args = ((1, 1), (1, 1), (1, 1), 1)
+    for direction in conv.DIRECTIONS:  # benchmarks/conv.py case 4: F(2x2) in every direction
+        assert conv.chooseAlgorithm(direction, (8, 512, 7, 7), (512, 512, 3, 3), *args) == "winograd"
+    assert conv._winograd((512, 512, 3, 3), (8, 512, 7, 7), (1, 1)) is conv_winograd2x2
+    # Few tiles (N1: 16), few channels (32): im2col; the weight gradient wants 64 tiles (N2: 32).
+    assert conv.chooseAlgorithm("forward", (1, 512, 7, 7), (512, 512, 3, 3), *args) == "im2col"
+    assert conv.chooseAlgorithm("forward", (8, 32, 7, 7), (32, 32, 3, 3), *args) == "im2col"
+    assert conv.chooseAlgorithm("forward", (2, 512, 7, 7), (512, 512, 3, 3), *args) == "winograd"
+    assert conv.chooseAlgorithm("backwardParams", (2, 512, 7, 7), (512, 512, 3, 3), *args) == "im2col"
+    # 14x14 maps and up keep F(4x4).
+    assert conv.chooseAlgorithm("forward", (8, 256, 14, 14), (256, 256, 3, 3), *args) == "winograd"
+    assert conv._winograd((256, 256, 3, 3), (8, 256, 14, 14), (1, 1)) is conv_winograd

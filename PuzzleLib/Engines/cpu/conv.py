@@ -11,7 +11,9 @@ Algorithms (each direction: "forward", "backwardData", "backwardParams"):
   undilated convolutions on the polyphase sub-planes (conv_polyphase)
   (conv_winograd); its error is larger than the others' (bound stated there). 3-D (kD, 3, 3) kernels
   with unit stride and dilation run through it with the depth slices stacked as channels (conv_winograd3d).
-  1-D 3-tap kernels with unit stride and dilation: F(6, 3) (conv_winograd1d).
+  1-D 3-tap kernels with unit stride and dilation: F(6, 3) (conv_winograd1d). Small undilated 2-D maps
+  (conv_winograd2x2.preferred) run F(2x2, 3x3) instead (conv_winograd2x2): less padding per tile, a
+  smaller kernel transform.
 - ``direct``: direct loops, meant for depthwise and small-group convolutions (conv_direct).
 
 ``algo=None`` picks one with a fast heuristic (``chooseAlgorithm``); ``timeAlgorithms`` measures the
@@ -32,6 +34,7 @@ from PuzzleLib.Engines.cpu import (
     conv_polyphase,
     conv_winograd,
     conv_winograd1d,
+    conv_winograd2x2,
     conv_winograd3d,
 )
 from PuzzleLib.Engines.cpu.conv_common import isPointwise, outputShape, prod, workspace
@@ -106,6 +109,15 @@ def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
         phaseSpatial = [s // d for s, d in zip(outSpatial, dilation)]
         if cg >= 32 and o // groups >= 32 and min(phaseSpatial) >= 12:
             return "winograd"
+        # Smaller undilated maps run F(2x2, 3x3) (conv_winograd2x2). Same-process interleaved vs im2col, 2 threads
+        # (noisy host), fwd / bwd-data / bwd-params: N8 512->512 7x7 31 / 37 / 35 vs 41 / 44 / 38 ms (torch 32 /
+        # 27 / 45 in the same run); N4 10.3 / 11.5 / 11.1 vs 13.6 / 14.2 / 12.0; N8 64->64 7x7 0.72 / 0.62 / 0.87
+        # vs 0.81 / 0.77 / 1.03. Loses with 32 channels (forward 0.56 vs 0.32 ms) and on few tiles (the weight
+        # gradient of N2 512->512 7x7, 32 tiles: 7.9 vs 7.0 ms; every direction of N1, 16 tiles).
+        tiles = xShape[0] * prod(-(-s // 2) for s in outSpatial)
+        if (conv_winograd2x2.preferred(xShape, wShape, pad) and tuple(dilation) == (1, 1) and cg >= 64
+                and o // groups >= 64 and tiles >= (64 if direction == "backwardParams" else 32)):
+            return "winograd"
     return "im2col"
 
 
@@ -138,6 +150,8 @@ def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, group
         phaseX = tuple(-(-s // d) + 2 for s, d in zip(xShape[2:], dilation))
         return (conv_polyphase.workspaceBytes(xShape, dilation, itemsize) + 36 * o * cg * itemsize
                 + workspaceBytes(direction, algo, (n, c) + phaseX, wShape, stride, (0, 0), (1, 1), groups, dtype))
+    if algo == "winograd" and conv_winograd2x2.preferred(xShape, wShape, pad):
+        return conv_winograd2x2.workspaceBytes(direction, xShape, wShape, pad, groups, itemsize)
     if algo == "winograd":
         u = 36 * o * cg * itemsize
         if direction == "backwardData":
@@ -180,7 +194,7 @@ def forward(x, w, bias, stride, pad, dilation, groups, algo=None):
         if algo == "winograd" and _winogradApplies(w.shape, stride, dilation):
             if conv_polyphase.applies(w.shape[2:], stride, dilation):
                 return conv_polyphase.forward(x, w, bias, pad, dilation, groups)
-            return _winograd(w.shape).forward(x, w, bias, pad, groups)
+            return _winograd(w.shape, x.shape, pad).forward(x, w, bias, pad, groups)
     finally:
         conv_common.endCall()
     raise _badAlgo("forward", algo, x.shape, w.shape, stride, pad, dilation, groups)
@@ -201,7 +215,7 @@ def backwardData(dy, w, xShape, stride, pad, dilation, groups, algo=None):
         if algo == "winograd" and _winogradApplies(w.shape, stride, dilation):
             if conv_polyphase.applies(w.shape[2:], stride, dilation):
                 return conv_polyphase.backwardData(dy, w, xShape, pad, dilation, groups)
-            return _winograd(w.shape).backwardData(dy, w, xShape, pad, groups)
+            return _winograd(w.shape, xShape, pad).backwardData(dy, w, xShape, pad, groups)
     finally:
         conv_common.endCall()
     raise _badAlgo("backwardData", algo, xShape, w.shape, stride, pad, dilation, groups)
@@ -226,7 +240,7 @@ def backwardParams(x, dy, wShape, withBias, stride, pad, dilation, groups, algo=
             if conv_polyphase.applies(wShape[2:], stride, dilation):
                 dw = conv_polyphase.backwardParams(x, dy, wShape, pad, dilation, groups)
             else:
-                dw = _winograd(wShape).backwardParams(x, dy, wShape, pad, groups)
+                dw = _winograd(wShape, x.shape, pad).backwardParams(x, dy, wShape, pad, groups)
         else:
             raise _badAlgo("backwardParams", algo, x.shape, wShape, stride, pad, dilation, groups)
     finally:
@@ -241,9 +255,12 @@ def _winogradApplies(wShape, stride, dilation):
                                         or conv_polyphase.applies(wShape[2:], stride, dilation))
 
 
-def _winograd(wShape):
-    """2-D 3x3 kernels: conv_winograd; 3-D (kD, 3, 3) kernels: conv_winograd3d (depth slices stacked);
-    1-D 3-tap kernels: conv_winograd1d (F(6, 3))."""
+def _winograd(wShape, xShape, pad):
+    """2-D 3x3 kernels: conv_winograd (F(4x4, 3x3)), or conv_winograd2x2 (F(2x2, 3x3)) on the maps it is
+    preferred for; 3-D (kD, 3, 3) kernels: conv_winograd3d (depth slices stacked); 1-D 3-tap kernels:
+    conv_winograd1d (F(6, 3))."""
+    if len(wShape) == 4 and conv_winograd2x2.preferred(xShape, wShape, pad):
+        return conv_winograd2x2
     return {5: conv_winograd3d, 3: conv_winograd1d}.get(len(wShape), conv_winograd)
 
 
