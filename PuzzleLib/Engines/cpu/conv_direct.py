@@ -625,10 +625,12 @@ def _forwardSame3(x, w, bias, y, dims, dl, o0, o1, transposed, mL, mR):
 
 # Weight gradient of the same planes: per (output map, channel in group), nine sums over every item and
 # pixel, run by run in the forward's layout (a select drops the wrapped left/right products). The sums
-# of a run vectorise only if the compiler may reassociate them, so these two loops (and only they) are
-# compiled with fastmath "reassoc": each tap's products then go into a register-wide vector of partial
-# sums that is added up in a fixed tree at the end. The order is fixed by the compiled loop (it depends
-# on the run length only), so the result is the same on every run and for any thread count.
+# of a run vectorise only if the compiler may reassociate them, so the plane's runs (_gradPlane with
+# _gradRun3/_gradRun2 inlined; not the scalar _gradPixel, not the generic kernels) are compiled with
+# fastmath "reassoc" and no other fastmath flag: each tap's products go into a register-wide vector of
+# partial sums, added up in a fixed tree at the end. The order is fixed by the compiled code and depends
+# on the shape only, so the result is the same on every run and for any thread count (one thread owns
+# each output map).
 def _gradRun3(acc, gf, xf, lo, n, s, d, mL, mR, m0):
     """acc[0:9] += sums over pixels [lo, lo + n) of the interior rows (all nine taps)."""
     z = acc.dtype.type(-0.0)
@@ -749,8 +751,9 @@ if njit is not None:
     _kernelOf = njit(cache=True, nogil=True)(_kernelOf)
     _forwardSame5 = njit(cache=True, nogil=True)(_forwardSame5)
     _same3Plane = njit(cache=True, nogil=True)(_same3Plane)
-    _same3Run3 = njit(cache=True, nogil=True)(_same3Run3)
-    _same3Run2 = njit(cache=True, nogil=True)(_same3Run2)
+    # Inlined into _same3Plane: a call per run (and its loop's setup) cost about 30% of a 28x28 plane.
+    _same3Run3 = njit(cache=True, nogil=True, inline="always")(_same3Run3)
+    _same3Run2 = njit(cache=True, nogil=True, inline="always")(_same3Run2)
     _same3Pixel = njit(cache=True, nogil=True)(_same3Pixel)
     _gradRun3 = njit(cache=True, nogil=True, fastmath={"reassoc"})(_gradRun3)
     _gradRun2 = njit(cache=True, nogil=True, fastmath={"reassoc"})(_gradRun2)
@@ -916,7 +919,7 @@ def backwardParams(x, dy, wShape, stride, pad, dilation, groups):
     x5, dy5, dw5 = _as5(_contiguous(x)), _as5(_contiguous(dy)), _as5(dw)
     st, pd, dl = _params3(stride, pad, dilation)
     work = dy.size * prod(wShape[1:])
-    if (st == (1, 1, 1) and dw5.shape[2:] == (1, 3, 3) and dy5.shape[2:] == x5.shape[2:]
+    if (wShape[-1] == 3 and st == (1, 1, 1) and dw5.shape[2:] == (1, 3, 3) and dy5.shape[2:] == x5.shape[2:]
             and _same3Fits(x5.shape[3], x5.shape[4], dl[1], dl[2])):
         mL, mR = _masks(x5.shape[2:], dl[2])
         x3, dy3 = x5.reshape(x5.shape[:2] + (-1,)), dy5.reshape(dy5.shape[:2] + (-1,))
