@@ -838,12 +838,12 @@ _maskCache = {}
 
 
 def _zeroBias(o, dtype):
-    """A shared, read-only zero bias (never written)."""
+    """A shared zero bias, private to this module (the kernels only read it). Left writeable: numba types a
+    read-only array apart, so a read-only one compiled every kernel a second time (about 2 s on first use)."""
     key = (o, dtype)
     bias = _zeros.get(key)
     if bias is None:
         bias = _zeros[key] = np.zeros(o, dtype=dtype)
-        bias.flags.writeable = False
     return bias
 
 
