@@ -346,7 +346,9 @@ def benchmarkCase(c, engines, args, np):
         engine.timing(True)
     try:
         for rep in range(args.reps):
-            shift = rep % len(keys)  # rotate who goes first, so no engine always follows the same neighbour
+            # Rotate who goes first, so no key always runs first in a repetition. Within a repetition the
+            # cyclic order, and so each key's predecessor, stays the same (ours' forward follows onnxruntime).
+            shift = rep % len(keys)
             for name, direction in keys[shift:] + keys[:shift]:
                 samples[(name, direction)].append(engines[name].sample(direction, inner[(name, direction)]))
     finally:
