@@ -163,6 +163,8 @@ class LocalEngine:
             # The module needs the directions in this order (forward stores the input backward uses).
             info["first_call_ms"] = {d: timeCall(calls[d], 1) * 1e3 for d in DIRECTIONS}
             info["algos"] = _peers.algosOf(conv)
+            # Which copy of the package was timed (PYTHONPATH can put another one before the repository's).
+            info["puzzlelib_path"] = os.path.dirname(sys.modules["PuzzleLib"].__file__)
         elif self.name == "torch":
             calls, self.results, _ = _peers.setupTorch(self.module, c, arrays)
         else:
@@ -332,6 +334,7 @@ def benchmarkCase(c, engines, args, np):
         info = engine.setup(c["id"])
         if name == "ours":
             rec["first_call_ms"], rec["optimize"], rec["algos"] = info["first_call_ms"], info["optimize"], info["algos"]
+            rec["puzzlelib_path"] = info["puzzlelib_path"]
         keys += [(name, d) for d in info["directions"]]
 
     # Warm-up, and how many calls one timed sample needs to last about args.sample_s (tiny cases loop).
@@ -775,6 +778,7 @@ def run(args, engines, np):
     for cid in args.caseIds:
         c = CASE_IDS[cid]
         rec = benchmarkCase(c, engines, args, np)
+        info["puzzlelib_path"] = rec.pop("puzzlelib_path")
         rec["memory"] = memory.get(cid, {})
         rec["goals"] = goals(c, rec)
         rec["gflop"] = flops(c) / 1e9

@@ -44,6 +44,7 @@ def test_tiny_run_writes_the_table(tmp_path):
     assert set(workers) == {"ours", *peers} and workers["ours"]["loaded_peers"] == []
     assert len({w["pid"] for w in workers.values()} | {os.getpid()}) == len(workers) + 1
     assert any(b.get("user_api") == "blas" for b in workers["ours"]["blas"])
+    assert (Path(meta["puzzlelib_path"]) / "Modules").is_dir()
     for p in peers:
         assert p in workers[p]["loaded_peers"]
     if "onnxruntime" in peers:
@@ -79,6 +80,7 @@ def test_inprocess_mode(tmp_path):
     stdout, table = _run(tmp_path, "--cases", "tiny2d", "--no-memory", "--inprocess")
     meta = table["meta"]
     assert meta["method"] == "inprocess" and meta["workers"] == {} and meta["peers_used"] == sorted(peers)
+    assert Path(meta["puzzlelib_path"]).name == "PuzzleLib"
     for rec in table["results"]:
         assert set(rec["ms"]) == {"ours", *peers} and all(t > 0 for t in rec["ms"]["ours"].values())
         assert set(rec["first_call_ms"]) == set(DIRECTIONS) and rec["memory"] == {}
