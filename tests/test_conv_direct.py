@@ -122,7 +122,8 @@ def test_same3WrappedColumnsNeverLeak(case):
     assert np.isfinite(dw[..., 2]).all() and not np.isfinite(dw[..., 0]).any()
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[10]])
+@pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[10],
+                                  (3, 1, (6, 7), 1, (3, 3), (1, 1), (1, 1), 1)])  # one map: threads split items
 def test_same3BitIdenticalRunsAndThreads(case, monkeypatch):
     x, w, b, dy, (stride, pad, dilation, groups) = _data(case, np.float32)
 

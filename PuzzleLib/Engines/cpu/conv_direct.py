@@ -599,11 +599,12 @@ def _same3Plane(yf, xf, base, k, hh_, ww_, dh, dw_, mL, mR, init, add):
         _same3Pixel(yf, xf, i, b0, (0, 2), s, d, W, k, init, add)
 
 
-def _forwardSame3(x, w, bias, y, dims, dl, o0, o1, transposed, mL, mR):
+def _forwardSame3(x, w, bias, y, dims, dl, p0, p1, transposed, mL, mR):
     """Forward (or transposed, see _forwardFlat5) of a 1 x 3 x 3 kernel, unit stride, pad = dilation, on
-    (N, C, D*H*W) views: every depth slice is one plane (_same3Plane)."""
+    (N, C, D*H*W) views: every depth slice is one plane (_same3Plane). Output planes [p0, p1) of the
+    N * O (item, map) planes in memory order."""
     dd_, hh_, ww_ = dims
-    n_, c_ = x.shape[0], x.shape[1]
+    c_ = x.shape[1]
     if transposed:
         o_, cg = y.shape[1], w.shape[0] // (y.shape[1] // w.shape[1])
     else:
@@ -611,17 +612,18 @@ def _forwardSame3(x, w, bias, y, dims, dl, o0, o1, transposed, mL, mR):
     og = o_ // (c_ // cg)
     hw = hh_ * ww_
     wk = np.empty((1, 3, 3), dtype=y.dtype)
-    for b in range(n_):
-        for oc in range(o0, o1):
-            g = oc // og
-            yf = y[b, oc]
-            for c in range(cg):
-                xf = x[b, g * cg + c]
-                _kernelOf(w, oc, c, cg, og, transposed, wk)
-                k = (wk[0, 0, 0], wk[0, 0, 1], wk[0, 0, 2], wk[0, 1, 0], wk[0, 1, 1], wk[0, 1, 2], wk[0, 2, 0],
-                     wk[0, 2, 1], wk[0, 2, 2])
-                for od in range(dd_):
-                    _same3Plane(yf, xf, od * hw, k, hh_, ww_, dl[1], dl[2], mL, mR, bias[oc], c > 0)
+    for p in range(p0, p1):
+        b, oc = p // o_, p % o_
+        g = oc // og
+        yf = y[b, oc]
+        for c in range(cg):
+            xf = x[b, g * cg + c]
+            _kernelOf(w, oc, c, cg, og, transposed, wk)
+            k = (wk[0, 0, 0], wk[0, 0, 1], wk[0, 0, 2], wk[0, 1, 0], wk[0, 1, 1], wk[0, 1, 2], wk[0, 2, 0],
+                 wk[0, 2, 1], wk[0, 2, 2])
+            for od in range(dd_):
+                _same3Plane(yf, xf, od * hw, k, hh_, ww_, dl[1], dl[2], mL, mR, bias[oc], c > 0)
+
 
 # Weight gradient of the same planes: per (output map, channel in group), nine sums over every item and
 # pixel, run by run in the forward's layout (a select drops the wrapped left/right products). The sums
@@ -864,8 +866,9 @@ def forward(x, w, bias, stride, pad, dilation, groups):
     if same and w5[2:] == (1, 3, 3) and _same3Fits(x5[3], x5[4], dl[1], dl[2]):
         x3, y3 = xv.reshape(x5[:2] + (-1,)), yv.reshape(y5[:2] + (-1,))
         mL, mR = _masks(x5[2:], dl[2])
-        parallel(lambda o0, o1: _forwardSame3(x3, wv, bv, y3, x5[2:], dl, o0, o1, False, mL, mR), w.shape[0],
-                 y.size * prod(w.shape[1:]))
+        # Threads take contiguous runs of (item, map) planes: balanced even for a few maps.
+        parallel(lambda p0, p1: _forwardSame3(x3, wv, bv, y3, x5[2:], dl, p0, p1, False, mL, mR),
+                 y5[0] * y5[1], y.size * prod(w.shape[1:]))
     elif same:
         dims = x5[2:]
         mL, mR = _masks(dims, dl[2])
@@ -893,8 +896,8 @@ def backwardData(dy, w, xShape, stride, pad, dilation, groups):
         if same and w5[2:] == (1, 3, 3) and _same3Fits(dx5[3], dx5[4], dl[1], dl[2]):
             dy3, dx3 = dyv.reshape(dy5[:2] + (-1,)), dxv.reshape(dx5[:2] + (-1,))
             mL, mR = _masks(dx5[2:], dl[2])
-            parallel(lambda c0, c1: _forwardSame3(dy3, wv, bias, dx3, dx5[2:], dl, c0, c1, True, mL, mR),
-                     xShape[1], dy.size * prod(w.shape[1:]))
+            parallel(lambda p0, p1: _forwardSame3(dy3, wv, bias, dx3, dx5[2:], dl, p0, p1, True, mL, mR),
+                     dx5[0] * dx5[1], dy.size * prod(w.shape[1:]))
             return dx
         if same:
             dims = dx5[2:]
