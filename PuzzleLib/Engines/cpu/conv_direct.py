@@ -514,9 +514,9 @@ def _forwardSame5(x, w, bias, y, dims, pd, dl, o0, o1, transposed, mL, mR):
 # vectorises over the whole run; the left and right taps of a pixel in the first/last dW columns read
 # across the row boundary and are dropped by a select (mL/mR), never multiplied by zero, so an inf or
 # nan there never leaks in. The few pixels whose wrapped reads would leave the plane (the first and last
-# dW of the plane and of the interior run) go through the same sums in scalar code. Every pixel adds
-# its taps in one fixed order: result = (init + centre column) + left column + right column, each
-# column summed over its valid kernel rows top to bottom; deterministic.
+# dW of the plane and of the interior run) add the same sums, less the missing taps, in scalar code.
+# Every pixel adds its taps in one fixed order: result = (init + centre column) + left column + right
+# column, each column summed over its valid kernel rows top to bottom; deterministic.
 def _same3Fits(hh_, ww_, dh, dw_):
     return hh_ > 2 * dh and ww_ > 2 * dw_
 
@@ -552,51 +552,33 @@ def _same3Run2(yf, xf, lo, n, ta, tb, d, a0, a1, a2, q0, q1, q2, mL, mR, m0, ini
         yf[lo + j] = v
 
 
-def _same3Pixel(yf, xf, i, b0, rows, s, d, W, k, init, add):
-    """Pixel i (plane starting at b0) with the valid kernel rows [rows[0], rows[1]) and the valid
-    columns only, in the runs' order."""
-    col = (i - b0) % W
-    hasL, hasR = col >= d, col + d < W
-    z = yf.dtype.type(-0.0)
-    left, centre, right = z, z, z
-    first = True
-    for r in range(rows[0], rows[1]):
-        base = i + np.uintp(r) * s - s
-        kl, kc, kr = k[3 * r], k[3 * r + 1], k[3 * r + 2]
-        pl = kl * xf[base - d] if hasL else z
-        pr = kr * xf[base + d] if hasR else z
-        if first:
-            left, centre, right = pl, kc * xf[base], pr
-            first = False
-        else:
-            left, centre, right = left + pl, centre + kc * xf[base], right + pr
-    v = (yf[i] if add else init) + centre
-    v += left if hasL else z
-    v += right if hasR else z
-    yf[i] = v
-
-
 def _same3Plane(yf, xf, base, k, hh_, ww_, dh, dw_, mL, mR, init, add):
     """yf[base + p] (+)= init + 3x3 convolution of plane xf[base:base + H*W] at pixel p (H > 2 dH, W > 2 dW)."""
-    W, d, s, b0 = np.uintp(ww_), np.uintp(dw_), np.uintp(dh * ww_), np.uintp(base)
+    d, s, b0 = np.uintp(dw_), np.uintp(dh * ww_), np.uintp(base)
     hw = np.uintp(hh_ * ww_)
     top, bottom = b0 + s, b0 + hw - s   # first interior pixel, first bottom-border pixel
     k00, k01, k02, k10, k11, k12, k20, k21, k22 = k
+    # The four sets of dW pixels the runs cannot take (a wrapped tap would read outside the plane) lack
+    # their left (first columns) or right (last columns) taps; they add the same sums in the same order.
+    for c in range(d):
+        i = b0 + c  # top border, first columns: kernel rows 1-2, no left taps
+        v = (yf[i] if add else init) + (k11 * xf[i] + k21 * xf[i + s])
+        yf[i] = v + (k12 * xf[i + d] + k22 * xf[i + s + d])
+        i = top + c  # interior, first columns
+        v = (yf[i] if add else init) + (k01 * xf[i - s] + k11 * xf[i] + k21 * xf[i + s])
+        yf[i] = v + (k02 * xf[i - s + d] + k12 * xf[i + d] + k22 * xf[i + s + d])
+        i = bottom - d + c  # interior, last columns: no right taps
+        v = (yf[i] if add else init) + (k01 * xf[i - s] + k11 * xf[i] + k21 * xf[i + s])
+        yf[i] = v + (k00 * xf[i - s - d] + k10 * xf[i - d] + k20 * xf[i + s - d])
+        i = b0 + hw - d + c  # bottom border, last columns: kernel rows 0-1
+        v = (yf[i] if add else init) + (k01 * xf[i - s] + k11 * xf[i])
+        yf[i] = v + (k00 * xf[i - s - d] + k10 * xf[i - d])
     # Top border: rows 1-2 of the kernel read rows 0 and +dH.
-    for i in range(b0, b0 + d):
-        _same3Pixel(yf, xf, i, b0, (1, 3), s, d, W, k, init, add)
     _same3Run2(yf, xf, b0 + d, s - d, b0, b0 + s, d, k10, k11, k12, k20, k21, k22, mL, mR, d, init, add)
-    # Interior: the first and last dW pixels would read outside the plane through the wrapped taps.
-    for i in range(top, top + d):
-        _same3Pixel(yf, xf, i, b0, (0, 3), s, d, W, k, init, add)
     _same3Run3(yf, xf, top + d, bottom - top - d - d, s, d, k, mL, mR, s + d, init, add)
-    for i in range(bottom - d, bottom):
-        _same3Pixel(yf, xf, i, b0, (0, 3), s, d, W, k, init, add)
     # Bottom border: rows 0-1 of the kernel read rows -dH and 0.
     _same3Run2(yf, xf, bottom, s - d, bottom - s - d, bottom - d, d, k00, k01, k02, k10, k11, k12, mL, mR,
                hw - s, init, add)
-    for i in range(b0 + hw - d, b0 + hw):
-        _same3Pixel(yf, xf, i, b0, (0, 2), s, d, W, k, init, add)
 
 
 def _forwardSame3(x, w, bias, y, dims, dl, p0, p1, transposed, mL, mR):
@@ -628,7 +610,7 @@ def _forwardSame3(x, w, bias, y, dims, dl, p0, p1, transposed, mL, mR):
 # Weight gradient of the same planes: per (output map, channel in group), nine sums over every item and
 # pixel, run by run in the forward's layout (a select drops the wrapped left/right products). The sums
 # of a run vectorise only if the compiler may reassociate them, so the plane's runs (_gradPlane with
-# _gradRun3/_gradRun2 inlined; not the scalar _gradPixel, not the generic kernels) are compiled with
+# _gradRun3/_gradRun2 inlined; not the scalar _gradCorners, not the generic kernels) are compiled with
 # fastmath "reassoc" and no other fastmath flag: each tap's products go into a register-wide vector of
 # partial sums, added up in a fixed tree at the end. The order is fixed by the compiled code and depends
 # on the shape only, so the result is the same on every run and for any thread count (one thread owns
@@ -684,35 +666,49 @@ def _gradRun2(acc, t, gf, xf, lo, n, ta, tb, d, mL, mR, m0):
     acc[t + 5] += s5
 
 
-def _gradPixel(acc, gf, xf, i, b0, rows, s, d, W):
-    """acc += the valid products of pixel i (plane starting at b0), kernel rows [rows[0], rows[1])."""
-    col = (i - b0) % W
-    g = gf[i]
-    for r in range(rows[0], rows[1]):
-        base = i + np.uintp(r) * s - s
-        if col >= d:
-            acc[3 * r] += g * xf[base - d]
-        acc[3 * r + 1] += g * xf[base]
-        if col + d < W:
-            acc[3 * r + 2] += g * xf[base + d]
+def _gradCorners(acc, gf, xf, b0, hw, s, d):
+    """acc += the products of the four sets of dW pixels the runs cannot take (see _same3Plane)."""
+    top, bottom = b0 + s, b0 + hw - s
+    for c in range(d):
+        i = b0 + c  # top border, first columns: kernel rows 1-2, no left taps
+        g = gf[i]
+        acc[4] += g * xf[i]
+        acc[5] += g * xf[i + d]
+        acc[7] += g * xf[i + s]
+        acc[8] += g * xf[i + s + d]
+        i = top + c  # interior, first columns
+        g = gf[i]
+        acc[1] += g * xf[i - s]
+        acc[2] += g * xf[i - s + d]
+        acc[4] += g * xf[i]
+        acc[5] += g * xf[i + d]
+        acc[7] += g * xf[i + s]
+        acc[8] += g * xf[i + s + d]
+        i = bottom - d + c  # interior, last columns: no right taps
+        g = gf[i]
+        acc[0] += g * xf[i - s - d]
+        acc[1] += g * xf[i - s]
+        acc[3] += g * xf[i - d]
+        acc[4] += g * xf[i]
+        acc[6] += g * xf[i + s - d]
+        acc[7] += g * xf[i + s]
+        i = b0 + hw - d + c  # bottom border, last columns: kernel rows 0-1
+        g = gf[i]
+        acc[0] += g * xf[i - s - d]
+        acc[1] += g * xf[i - s]
+        acc[3] += g * xf[i - d]
+        acc[4] += g * xf[i]
 
 
 def _gradPlane(acc, gf, xf, base, hh_, ww_, dh, dw_, mL, mR):
     """acc[0:9] += the weight gradient of one plane pair (gradient gf, input xf at flat offset base)."""
-    W, d, s, b0 = np.uintp(ww_), np.uintp(dw_), np.uintp(dh * ww_), np.uintp(base)
+    d, s, b0 = np.uintp(dw_), np.uintp(dh * ww_), np.uintp(base)
     hw = np.uintp(hh_ * ww_)
     top, bottom = b0 + s, b0 + hw - s
-    for i in range(b0, b0 + d):
-        _gradPixel(acc, gf, xf, i, b0, (1, 3), s, d, W)
+    _gradCorners(acc, gf, xf, b0, hw, s, d)
     _gradRun2(acc, 3, gf, xf, b0 + d, s - d, b0, b0 + s, d, mL, mR, d)
-    for i in range(top, top + d):
-        _gradPixel(acc, gf, xf, i, b0, (0, 3), s, d, W)
     _gradRun3(acc, gf, xf, top + d, bottom - top - d - d, s, d, mL, mR, s + d)
-    for i in range(bottom - d, bottom):
-        _gradPixel(acc, gf, xf, i, b0, (0, 3), s, d, W)
     _gradRun2(acc, 0, gf, xf, bottom, s - d, bottom - s - d, bottom - d, d, mL, mR, hw - s)
-    for i in range(b0 + hw - d, b0 + hw):
-        _gradPixel(acc, gf, xf, i, b0, (0, 2), s, d, W)
 
 
 def _backwardParamsSame3(x, dy, dw, dims, dl, o0, o1, mL, mR):
@@ -756,10 +752,9 @@ if njit is not None:
     # Inlined into _same3Plane: a call per run (and its loop's setup) cost about 30% of a 28x28 plane.
     _same3Run3 = njit(cache=True, nogil=True, inline="always")(_same3Run3)
     _same3Run2 = njit(cache=True, nogil=True, inline="always")(_same3Run2)
-    _same3Pixel = njit(cache=True, nogil=True)(_same3Pixel)
     _gradRun3 = njit(cache=True, nogil=True, fastmath={"reassoc"})(_gradRun3)
     _gradRun2 = njit(cache=True, nogil=True, fastmath={"reassoc"})(_gradRun2)
-    _gradPixel = njit(cache=True, nogil=True)(_gradPixel)
+    _gradCorners = njit(cache=True, nogil=True)(_gradCorners)
     _gradPlane = njit(cache=True, nogil=True)(_gradPlane)
     _backwardParamsSame3 = njit(cache=True, nogil=True)(_backwardParamsSame3)
     _forwardSame3 = njit(cache=True, nogil=True)(_forwardSame3)
