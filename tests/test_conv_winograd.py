@@ -121,6 +121,7 @@ def test_winograd2x2IndependentOfThreadCount(chunked, monkeypatch):
     # Blocks of maps and chunks of tiles are fixed by the shape: bit-identical on one thread or two, and run
     # to run. Small blocks: several per thread.
     monkeypatch.setattr(conv_winograd2x2, "BLOCK_BYTES", 512)
+    monkeypatch.setattr(conv_winograd2x2, "GRAD_BLOCK_BYTES", 512)
     if chunked:
         monkeypatch.setattr(conv_winograd2x2, "WHOLE_BYTES", 0)
         monkeypatch.setattr(conv_winograd2x2, "CHUNK_BYTES", 4096)

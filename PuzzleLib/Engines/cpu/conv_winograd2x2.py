@@ -13,8 +13,8 @@ in fixed blocks, each transforming its own slice of the kernel (U is never whole
 transforming back. The weight gradient goes the same way: per block of output maps,
 dU^T = sum over tiles V (C, tiles) @ (A g A^T)^T (tiles, maps), then dW = G^T dU G for the block's rows.
 When V of all tiles would be large, the tiles are taken in chunks instead. Blocks and chunks are fixed
-by the shape, each run whole by one thread with single-threaded BLAS (runChunks): results do not depend
-on the thread count.
+by the shape, each run whole by one thread with single-threaded BLAS (runChunks), the threads taking the
+next one as they finish: results do not depend on the thread count or on which thread ran what.
 
 Backward-data of a stride-1 convolution is the forward convolution of the gradient with the flipped,
 transposed kernel and padding 2 - pad (negative padding crops). With the points 0, 1, -1, the flipped
@@ -26,6 +26,8 @@ convolution's. Measured against a float64 reference (standard normal data, 16 to
 7x7 to 14x14 maps), max |error| / max |result| was at most 8e-7 in float32 and 5e-15 in float64 in every
 direction. The tests assert the stated bound, 1e-5 (float32) and 1e-13 (float64).
 """
+
+import itertools
 
 import numpy as np
 
@@ -45,8 +47,12 @@ M_OUT, TILE, POSITIONS = 2, 4, 16
 VECTOR_SPAN = conv_winograd.VECTOR_SPAN
 # The input of all tiles is transformed at once (V whole) while it takes at most this; above it, chunks.
 WHOLE_BYTES = 4 << 20
-# Bound of one block's transformed kernel slice (U block, 16 x maps x channels).
-BLOCK_BYTES = 1 << 20
+# Bound of one block's transformed kernel slice (U block, 16 x maps x channels) in forward and backward-data,
+# and of its gradient (dU^T) in the weight gradient, whose result (dW) is large too: smaller blocks keep the
+# call's peak memory under torch's there (N8 512->512 7x7: blocks of 32 maps; the GEMMs of blocks of 64 ran
+# ~10% faster, 70 vs 64 GFLOP/s, single-threaded).
+BLOCK_BYTES = 2 << 20
+GRAD_BLOCK_BYTES = 1 << 20
 # Bound of one chunk's V and M buffers (chunked mode, per thread).
 CHUNK_BYTES = 1 << 20
 # Fewest blocks the output maps are cut into (fixed, so the blocks do not depend on the thread count),
@@ -61,35 +67,36 @@ def _kernelTransform(w, U, o0, o1, c0, c1, cst, order):
     (with the points 0, 1, -1, G J = P G for the reversal J, P swapping rows 0 and 3). Per kernel row
     w[o, c0:c1], two flat passes with stride-3 interleaved loads (vectorised): G along each 3-tap row
     into T[b], then G down the columns into U's 16 planes (which must not lie a multiple of 4 KiB apart:
-    16 store streams on one cache set ran this 4x slower; see _planes).
+    16 store streams on one cache set ran this 4x slower; see _planes). Everything is indexed in place:
+    slicing views per row cost more than the arithmetic on short rows (backward-data's blocks).
     """
     half = cst[0]
     n = c1 - c0
     T = np.empty((4, 3 * n), dtype=w.dtype)
+    f = w.reshape(w.shape[0], -1)
     p0, p1, p2, p3 = order[0], order[1], order[2], order[3]
-    t0, t1, t2, t3 = T[p0], T[p1], T[p2], T[p3]
     for o in range(o0, o1):
-        r = o - o0
-        f = w[o].reshape(-1)[c0 * 9:c1 * 9]
+        r, uo, s0 = uintp(o - o0), uintp(o), uintp(9 * c0)
         for p in range(3 * n):
-            u = uintp(3 * p)
-            g0, g1, g2 = f[u], f[u + uintp(1)], f[u + uintp(2)]
+            u = s0 + uintp(3 * p)
+            g0, g1, g2 = f[uo, u], f[uo, u + uintp(1)], f[uo, u + uintp(2)]
             s = g0 + g2
-            t0[p] = g0
-            t1[p] = half * (s + g1)
-            t2[p] = half * (s - g1)
-            t3[p] = g2
+            T[p0, p] = g0
+            T[p1, p] = half * (s + g1)
+            T[p2, p] = half * (s - g1)
+            T[p3, p] = g2
         for b in range(4):
-            e = T[b]
-            u0, u1, u2, u3 = U[4 * p0 + b, r], U[4 * p1 + b, r], U[4 * p2 + b, r], U[4 * p3 + b, r]
+            k0, k1, k2, k3 = uintp(4 * p0 + b), uintp(4 * p1 + b), uintp(4 * p2 + b), uintp(4 * p3 + b)
+            ub = uintp(b)
             for j in range(n):
                 v = uintp(3 * j)
-                e0, e1, e2 = e[v], e[v + uintp(1)], e[v + uintp(2)]
+                e0, e1, e2 = T[ub, v], T[ub, v + uintp(1)], T[ub, v + uintp(2)]
                 a = e0 + e2
-                u0[j] = e0
-                u1[j] = half * (a + e1)
-                u2[j] = half * (a - e1)
-                u3[j] = e2
+                uj = uintp(j)
+                U[k0, r, uj] = e0
+                U[k1, r, uj] = half * (a + e1)
+                U[k2, r, uj] = half * (a - e1)
+                U[k3, r, uj] = e2
 
 
 def _kernelGradient(dUT, dw, o0, o1, cst):
@@ -97,33 +104,34 @@ def _kernelGradient(dUT, dw, o0, o1, cst):
 
     Per kernel column c (its row of every plane of dUT: all the block's maps), two flat passes: G^T down
     the tiles' columns into X[b] (map r's kernel row i at 3 r + i, stride-3 stores), then G^T along the
-    rows into Z (map r's nine taps at 9 r), copied into dw. G^T's rows: (1, 1/2, 1/2, 0),
-    (0, 1/2, -1/2, 0), (0, 1/2, 1/2, 1).
+    rows, each map's nine taps stored straight into dw. G^T's rows: (1, 1/2, 1/2, 0), (0, 1/2, -1/2, 0),
+    (0, 1/2, 1/2, 1). Indexed in place (no views per column: they cost more than the arithmetic).
     """
     half = cst[0]
     n = o1 - o0
     X = np.empty((4, 3 * n), dtype=dw.dtype)
-    Z = np.empty(9 * n, dtype=dw.dtype)
+    f = dw.reshape(dw.shape[0], -1)
     for c in range(dw.shape[1]):
+        uc = uintp(c)
         for b in range(4):
-            d0, d1, d2, d3 = dUT[b, c], dUT[4 + b, c], dUT[8 + b, c], dUT[12 + b, c]
-            xb = X[b]
+            k0, k1, k2, k3, ub = uintp(b), uintp(4 + b), uintp(8 + b), uintp(12 + b), uintp(b)
             for r in range(n):
-                v = uintp(3 * r)
-                s, m = half * (d1[r] + d2[r]), half * (d1[r] - d2[r])
-                xb[v] = d0[r] + s
-                xb[v + uintp(1)] = m
-                xb[v + uintp(2)] = s + d3[r]
-        x0, x1, x2, x3 = X[0], X[1], X[2], X[3]
-        for p in range(3 * n):
-            v = uintp(3 * p)
-            s, m = half * (x1[p] + x2[p]), half * (x1[p] - x2[p])
-            Z[v] = x0[p] + s
-            Z[v + uintp(1)] = m
-            Z[v + uintp(2)] = s + x3[p]
+                ur, v = uintp(r), uintp(3 * r)
+                d1, d2 = dUT[k1, uc, ur], dUT[k2, uc, ur]
+                s, m = half * (d1 + d2), half * (d1 - d2)
+                X[ub, v] = dUT[k0, uc, ur] + s
+                X[ub, v + uintp(1)] = m
+                X[ub, v + uintp(2)] = s + dUT[k3, uc, ur]
         for r in range(n):
-            for t in range(9):
-                dw[o0 + r, c, t // 3, t % 3] = Z[9 * r + t]
+            uo = uintp(o0 + r)
+            for i in range(3):
+                p = uintp(3 * r + i)
+                x1, x2 = X[1, p], X[2, p]
+                s, m = half * (x1 + x2), half * (x1 - x2)
+                t = uintp(9 * c + 3 * i)
+                f[uo, t] = X[0, p] + s
+                f[uo, t + uintp(1)] = m
+                f[uo, t + uintp(2)] = s + X[3, p]
 
 
 def _inputTransform(x, V, cb0, ph, pw, th, tw, q0, q1, c0, c1):
@@ -337,10 +345,10 @@ def _tiles(h, w, pad):
     return -(-oh // M_OUT), -(-ow // M_OUT)
 
 
-def _blocks(groups, maps, channels, itemsize):
+def _blocks(groups, maps, channels, itemsize, limit):
     """[(group, m0, m1)]: each group's output maps (``maps`` per group) in equal blocks whose kernel slice
-    (16 x block x ``channels``) stays under BLOCK_BYTES; at least _MIN_BLOCKS blocks in all."""
-    count = max(-(-POSITIONS * maps * channels * itemsize // BLOCK_BYTES), -(-_MIN_BLOCKS // groups))
+    (16 x block x ``channels``) stays under ``limit`` bytes; at least _MIN_BLOCKS blocks in all."""
+    count = max(-(-POSITIONS * maps * channels * itemsize // limit), -(-_MIN_BLOCKS // groups))
     count = max(1, min(maps, count))
     return [(g, maps * i // count, maps * (i + 1) // count) for g in range(groups) for i in range(count)]
 
@@ -355,9 +363,25 @@ def _chunks(total, tw, perTileBytes, whole):
     return [(total * i // m, total * (i + 1) // m) for i in range(m)]
 
 
-def _deal(items, workers):
-    """Contiguous shares of ``items``, one per worker."""
-    return [items[len(items) * k // workers:len(items) * (k + 1) // workers] for k in range(workers)]
+def _share(fn, items, workers):
+    """fn(k, item) for every item, on ``workers`` threads (runChunks), each worker k taking the next item
+    when it is done with one, so that a thread the host slows down takes fewer (a fixed half each waited
+    for the slower thread). An item's result does not depend on the worker that runs it."""
+    taken = itertools.count()  # next() on it is atomic under the GIL
+
+    def work(k):
+        for i in iter(taken.__next__, None):
+            if i >= len(items):
+                return
+            fn(k, items[i])
+
+    runChunks(work, workers)
+
+
+def _pieces(count, workers):
+    """[(a, b)]: [0, count) in 4 pieces per worker (fewer when count is small)."""
+    m = max(1, min(count, 4 * workers))
+    return [(count * i // m, count * (i + 1) // m) for i in range(m)]
 
 
 def workspaceBytes(direction, xShape, wShape, pad, groups, itemsize=4):
@@ -370,7 +394,7 @@ def workspaceBytes(direction, xShape, wShape, pad, groups, itemsize=4):
         pad = (2 - pad[0], 2 - pad[1])
         c, og, cg = o, cg, og
     th, tw = _tiles(h, w, pad)
-    blocks = _blocks(groups, og, cg, itemsize)
+    blocks = _blocks(groups, og, cg, itemsize, GRAD_BLOCK_BYTES if direction == "backwardParams" else BLOCK_BYTES)
     ob = max(m1 - m0 for _, m0, m1 in blocks)
     threads = min(conv_common.THREADS, len(blocks)) if conv_common.blasThreads is not None else 1
     if direction == "backwardParams":
@@ -403,10 +427,9 @@ _FLIPPED = np.array([3, 1, 2, 0])
 def _transformAll(x, v, pad, th, tw, total):
     """V (16, C * tiles) of every tile, the channels split between the threads (elementwise: any split
     gives the same bits)."""
-    c = x.shape[1]
-    workers = chunkWorkers(c)
-    runChunks(lambda k: _inputTransform(x, v, 0, pad[0], pad[1], th, tw, 0, total, c * k // workers,
-                                        c * (k + 1) // workers), workers)
+    workers = chunkWorkers(x.shape[1])
+    _share(lambda k, r: _inputTransform(x, v, 0, pad[0], pad[1], th, tw, 0, total, r[0], r[1]),
+           _pieces(x.shape[1], workers), workers)
 
 
 # -- the three directions ---------------------------------------------------------------------------------
@@ -441,7 +464,7 @@ def _convolve(x, w, bias, pad, groups, flip):
     cst = np.array([0.5], dtype=x.dtype)
     order = _FLIPPED if flip else _ORDER
     isz = x.itemsize
-    blocks = _blocks(groups, og, cg, isz)
+    blocks = _blocks(groups, og, cg, isz, BLOCK_BYTES)
     chunks = _chunks(total, tw, POSITIONS * (c + o) * isz, POSITIONS * c * isz)
 
     def kernelMatrix(u, g, m0, m1):
@@ -461,49 +484,44 @@ def _convolve(x, w, bias, pad, groups, flip):
         _transformAll(xc, v.reshape(POSITIONS, -1), pad, th, tw, total)
         ob = max(m1 - m0 for _, m0, m1 in blocks)
         workers = chunkWorkers(len(blocks))
-        parts = _deal(blocks, workers)
         bufs = [(_planes(f"w2-u{k}", (POSITIONS, ob * cg), x.dtype), _planes(f"w2-m{k}", (POSITIONS, ob * p), x.dtype))
                 for k in range(workers)]
 
-        def work(k):
-            ub, mb = bufs[k]
-            for g, m0, m1 in parts[k]:
-                mm = m1 - m0
-                u = ub[:, :mm * cg].reshape((POSITIONS, cg, mm) if flip else (POSITIONS, mm, cg))
-                m = mb[:, :mm * p].reshape(POSITIONS, mm, p)
-                np.matmul(kernelMatrix(u, g, m0, m1), v[:, g * cg:(g + 1) * cg], out=m)
-                _outputTransform(mb, g * og + m0, y, biasv, th, tw, 0, total, g * og + m0, g * og + m1)
+        def block(k, item):
+            (ub, mb), (g, m0, m1) = bufs[k], item
+            mm = m1 - m0
+            u = ub[:, :mm * cg].reshape((POSITIONS, cg, mm) if flip else (POSITIONS, mm, cg))
+            m = mb[:, :mm * p].reshape(POSITIONS, mm, p)
+            np.matmul(kernelMatrix(u, g, m0, m1), v[:, g * cg:(g + 1) * cg], out=m)
+            _outputTransform(mb, g * og + m0, y, biasv, th, tw, 0, total, g * og + m0, g * og + m1)
 
-        runChunks(work, workers)
+        _share(block, blocks, workers)
         return y
 
     # Many tiles: the whole transformed kernel (blocks split between threads), then chunks of tiles, each
     # thread its own, group by group.
     rows = cg * groups if flip else o
     u = _planes("w2-u", (POSITIONS, rows, og if flip else cg), x.dtype)
-    workers = chunkWorkers(len(blocks))
-    cuts = [rows * k // workers for k in range(workers + 1)]
-    runChunks(lambda k: _kernelTransform(wc, u[:, cuts[k]:cuts[k + 1]], cuts[k], cuts[k + 1], 0, u.shape[2], cst,
-                                         order), workers)
+    workers = chunkWorkers(rows)
+    _share(lambda k, r: _kernelTransform(wc, u[:, r[0]:r[1]], r[0], r[1], 0, u.shape[2], cst, order),
+           _pieces(rows, workers), workers)
     mats = [u[:, g * cg:(g + 1) * cg].transpose(0, 2, 1) if flip else u[:, g * og:(g + 1) * og]
             for g in range(groups)]
     step = max(q1 - q0 for q0, q1 in chunks) * tw
     workers = chunkWorkers(len(chunks))
-    runs = _deal(chunks, workers)
     bufs = [(_planes(f"w2-v{k}", (POSITIONS, c * step), x.dtype), _planes(f"w2-m{k}", (POSITIONS, o * step), x.dtype))
             for k in range(workers)]
 
-    def work(k):
-        vb, mb = bufs[k]
-        for q0, q1 in runs[k]:
-            p = (q1 - q0) * tw
-            v, m = vb[:, :c * p].reshape(POSITIONS, c, p), mb[:, :o * p].reshape(POSITIONS, o, p)
-            _inputTransform(xc, vb, 0, pad[0], pad[1], th, tw, q0, q1, 0, c)
-            for g in range(groups):
-                np.matmul(mats[g], v[:, g * cg:(g + 1) * cg], out=m[:, g * og:(g + 1) * og])
-            _outputTransform(mb, 0, y, biasv, th, tw, q0, q1, 0, o)
+    def chunk(k, item):
+        (vb, mb), (q0, q1) = bufs[k], item
+        p = (q1 - q0) * tw
+        v, m = vb[:, :c * p].reshape(POSITIONS, c, p), mb[:, :o * p].reshape(POSITIONS, o, p)
+        _inputTransform(xc, vb, 0, pad[0], pad[1], th, tw, q0, q1, 0, c)
+        for g in range(groups):
+            np.matmul(mats[g], v[:, g * cg:(g + 1) * cg], out=m[:, g * og:(g + 1) * og])
+        _outputTransform(mb, 0, y, biasv, th, tw, q0, q1, 0, o)
 
-    runChunks(work, workers)
+    _share(chunk, chunks, workers)
     return y
 
 
@@ -522,7 +540,7 @@ def backwardParams(x, dy, wShape, pad, groups):
     cst = np.array([0.5], dtype=x.dtype)
     isz = x.itemsize
     dw = np.empty(wShape, dtype=x.dtype)
-    blocks = _blocks(groups, og, cg, isz)
+    blocks = _blocks(groups, og, cg, isz, GRAD_BLOCK_BYTES)
     ob = max(m1 - m0 for _, m0, m1 in blocks)
     chunks = _chunks(total, tw, POSITIONS * (cg + ob) * isz, POSITIONS * c * isz)
     step = max(q1 - q0 for q0, q1 in chunks) * tw
@@ -531,7 +549,6 @@ def backwardParams(x, dy, wShape, pad, groups):
         shared = _planes("w2-v", (POSITIONS, c, step), x.dtype)
         _transformAll(xc, shared.reshape(POSITIONS, -1), pad, th, tw, total)
     workers = chunkWorkers(len(blocks))
-    parts = _deal(blocks, workers)
     several = len(chunks) > 1
     bufs = [(_planes(f"w2-m{k}", (POSITIONS, ob * step), x.dtype),
              _planes(f"w2-du{k}", (POSITIONS, ob * cg), x.dtype),
@@ -539,27 +556,26 @@ def backwardParams(x, dy, wShape, pad, groups):
              _planes(f"w2-v{k}", (POSITIONS, cg * step if several else 1), x.dtype))
             for k in range(workers)]
 
-    def work(k):
-        mb, dub, tb, vb = bufs[k]
-        for g, m0, m1 in parts[k]:
-            mm = m1 - m0
-            dut = dub[:, :cg * mm].reshape(POSITIONS, cg, mm)
-            for ci, (q0, q1) in enumerate(chunks):
-                p = (q1 - q0) * tw
-                mgt = mb[:, :mm * p].reshape(POSITIONS, mm, p).transpose(0, 2, 1)
-                _gradTransform(dyc, mb, g * og + m0, th, tw, q0, q1, g * og + m0, g * og + m1)
-                if several:
-                    v = vb[:, :cg * p].reshape(POSITIONS, cg, p)
-                    _inputTransform(xc, vb, g * cg, pad[0], pad[1], th, tw, q0, q1, g * cg, (g + 1) * cg)
-                else:
-                    v = shared[:, g * cg:(g + 1) * cg]
-                if ci == 0:
-                    np.matmul(v, mgt, out=dut)
-                else:
-                    t = tb[:, :cg * mm].reshape(dut.shape)
-                    np.matmul(v, mgt, out=t)
-                    dut += t
-            _kernelGradient(dut, dw, g * og + m0, g * og + m1, cst)
+    def block(k, item):
+        (mb, dub, tb, vb), (g, m0, m1) = bufs[k], item
+        mm = m1 - m0
+        dut = dub[:, :cg * mm].reshape(POSITIONS, cg, mm)
+        for ci, (q0, q1) in enumerate(chunks):
+            p = (q1 - q0) * tw
+            mgt = mb[:, :mm * p].reshape(POSITIONS, mm, p).transpose(0, 2, 1)
+            _gradTransform(dyc, mb, g * og + m0, th, tw, q0, q1, g * og + m0, g * og + m1)
+            if several:
+                v = vb[:, :cg * p].reshape(POSITIONS, cg, p)
+                _inputTransform(xc, vb, g * cg, pad[0], pad[1], th, tw, q0, q1, g * cg, (g + 1) * cg)
+            else:
+                v = shared[:, g * cg:(g + 1) * cg]
+            if ci == 0:
+                np.matmul(v, mgt, out=dut)
+            else:
+                t = tb[:, :cg * mm].reshape(dut.shape)
+                np.matmul(v, mgt, out=t)
+                dut += t
+        _kernelGradient(dut, dw, g * og + m0, g * og + m1, cst)
 
-    runChunks(work, workers)
+    _share(block, blocks, workers)
     return dw
