@@ -170,3 +170,28 @@ def test_heuristicPicksWinograd2x2OnSmallMapsWithManyChannelsAndTiles():
     # 14x14 maps and up keep F(4x4).
     assert conv.chooseAlgorithm("forward", (8, 256, 14, 14), (256, 256, 3, 3), *args) == "winograd"
     assert conv._winograd((256, 256, 3, 3), (8, 256, 14, 14), (1, 1)) is conv_winograd
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [(2, 5, (9, 11), 7, (1, 1), 1), (1, 3, (4, 3), 2, (0, 0), 1),
+                                  (2, 4, (13, 6), 6, (2, 0), 2)])
+def test_winograd4x4StillMatchesOnSmallMaps(case, dtype):
+    # algo="winograd" now runs F(2x2) on these maps; F(4x4) itself (conv_polyphase runs it on small phases)
+    # keeps its own bound there: 5e-5 (float32), 1e-12 (float64).
+    n, c, spatial, o, pad, groups = case
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((n, c) + spatial).astype(dtype)
+    w = rng.standard_normal((o, c // groups, 3, 3)).astype(dtype)
+    ref = refForward(x, w, None, (1, 1), pad, (1, 1), groups)
+    dy = rng.standard_normal(ref.shape).astype(dtype)
+    tol = 5e-5 if dtype == np.float32 else 1e-12
+    conv_common.beginCall(1 << 20)
+    try:
+        got = [conv_winograd.forward(x, w, None, pad, groups), conv_winograd.backwardData(dy, w, x.shape, pad, groups),
+               conv_winograd.backwardParams(x, dy, w.shape, pad, groups)]
+    finally:
+        conv_common.endCall()
+    refs = [ref, refBackwardData(dy, w, x.shape, (1, 1), pad, (1, 1), groups),
+            refBackwardParams(x, dy, w.shape, (1, 1), pad, (1, 1), groups)[0]]
+    for a, r in zip(got, refs):
+        assert np.abs(a - r).max() <= tol * np.abs(r).max()
