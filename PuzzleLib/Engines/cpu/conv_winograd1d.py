@@ -1,4 +1,4 @@
-"""Winograd F(6, 3) for 1-D convolutions with 3-tap kernels, unit stride and no dilation, all three directions.
+"""Winograd F(6, 3) for 1-D convolutions with 3-tap kernels and unit stride, all three directions.
 
 Each run of 6 outputs is computed from an 8-sample input window (tile t of an item reads input samples
 6 t - pad .. 6 t - pad + 7): v = B^T d (input transform), u = G g (kernel transform), then for each of
