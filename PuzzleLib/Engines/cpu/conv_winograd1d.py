@@ -32,6 +32,8 @@ max |error| / max |result| was at most 3e-6 in float32 and 7e-15 in float64 (im2
 1e-15). The tests assert the stated bound, 2e-5 (float32) and 1e-13 (float64).
 """
 
+import itertools
+
 import numpy as np
 
 from PuzzleLib.Engines.cpu.conv_common import chunkWorkers, runChunks, workspace
@@ -358,15 +360,19 @@ def _forward(x, w, bias, p, out, groups, u=None):
     cst = _constants(x.dtype)
     chunks = _chunks(n * tiles, cg, og, x.itemsize)
     workers = chunkWorkers(len(chunks))
-    runs = _runs(chunks, workers)
     step = max(q1 - q0 for q0, q1 in chunks)
     # Buffers are taken here, in the calling thread (the workspace is not thread-safe).
     bufs = [(workspace.get(f"wino1d-v{k}", (POINTS * cg * step,), x.dtype),
              workspace.get(f"wino1d-m{k}", (POINTS * og * step,), x.dtype)) for k in range(workers)]
+    # Each thread takes the next chunk as it finishes one (next() on the shared counter is atomic under the
+    # GIL), so a thread the host slows does not hold back a fixed half (no difference measured on a steady
+    # load: 7.17 vs 7.21 ms). Every chunk writes its own outputs the same way whichever thread runs it.
+    order = itertools.count()
 
     def work(k):
         vb, mb = bufs[k]
-        for q0, q1 in runs[k]:
+        while (i := next(order)) < len(chunks):
+            q0, q1 = chunks[i]
             span = q1 - q0
             v, m = vb[:POINTS * cg * span].reshape(POINTS, cg, span), mb[:POINTS * og * span].reshape(POINTS, og, span)
             for gi in range(groups):
