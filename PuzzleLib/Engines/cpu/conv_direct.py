@@ -8,7 +8,8 @@ innermost loop along the output row (vectorised for unit stride) and a loop over
 kernels: flat runs over whole planes with the nine taps unrolled (``_same3Plane``, ``_gradPlane``).
 One 3-D kernel serves 1-D, 2-D and 3-D: lower ranks are viewed with unit leading spatial axes.
 Without numba the same algorithm runs as numpy array operations, one per (channel in group, tap).
-Every accumulation runs in a fixed order: results are identical run to run.
+Every accumulation runs in a fixed order: results are identical run to run and for any thread count
+(the 3x3 weight gradient's order is the one its compiled loops fix, see _gradRun3).
 """
 
 import numpy as np
