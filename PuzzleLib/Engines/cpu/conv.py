@@ -109,11 +109,11 @@ def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
         phaseSpatial = [s // d for s, d in zip(outSpatial, dilation)]
         if cg >= 32 and o // groups >= 32 and min(phaseSpatial) >= 12:
             return "winograd"
-        # Smaller undilated maps run F(2x2, 3x3) (conv_winograd2x2). Same-process interleaved vs im2col, 2 threads
-        # (noisy host), fwd / bwd-data / bwd-params: N8 512->512 7x7 31 / 37 / 35 vs 41 / 44 / 38 ms (torch 32 /
-        # 27 / 45 in the same run); N4 10.3 / 11.5 / 11.1 vs 13.6 / 14.2 / 12.0; N8 64->64 7x7 0.72 / 0.62 / 0.87
-        # vs 0.81 / 0.77 / 1.03. Loses with 32 channels (forward 0.56 vs 0.32 ms) and on few tiles (the weight
-        # gradient of N2 512->512 7x7, 32 tiles: 7.9 vs 7.0 ms; every direction of N1, 16 tiles).
+        # Smaller undilated maps run F(2x2, 3x3) (conv_winograd2x2). Same-process interleaved vs im2col, 2 threads,
+        # fwd / bwd-data / bwd-params: N8 512->512 7x7 9.3 / 9.5 / 10.3 vs 13.4 / 13.6 / 12.3 ms (torch 8.3 / 8.2 /
+        # 12.5 in the same run); N4 10.3 / 11.5 / 11.1 vs 13.6 / 14.2 / 12.0 (loaded host); N8 64->64 7x7 0.72 /
+        # 0.62 / 0.87 vs 0.81 / 0.77 / 1.03. Loses with 32 channels (forward 0.56 vs 0.32 ms) and on few tiles
+        # (the weight gradient of N2 512->512 7x7, 32 tiles: 7.9 vs 7.0 ms; every direction of N1, 16 tiles).
         tiles = xShape[0] * prod(-(-s // 2) for s in outSpatial)
         if (conv_winograd2x2.preferred(xShape, wShape, pad) and tuple(dilation) == (1, 1) and cg >= 64
                 and o // groups >= 64 and tiles >= (64 if direction == "backwardParams" else 32)):
