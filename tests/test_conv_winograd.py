@@ -139,9 +139,9 @@ def test_winograd2x2FlippedKernelTransformIsThePermutedOne():
     w = np.random.default_rng(3).standard_normal((5, 4, 3, 3))
     cst = np.array([0.5])
     u, uf = np.empty((16, 5, 4)), np.empty((16, 5, 4))
-    conv_winograd2x2._kernelTransform(np.ascontiguousarray(np.flip(w, (2, 3))), u, 0, 5, 0, 4, cst,
+    conv_winograd2x2._kernelTransform(np.ascontiguousarray(np.flip(w, (2, 3))), u, 0, 0, 5, 0, 4, cst,
                                       conv_winograd2x2._ORDER)
-    conv_winograd2x2._kernelTransform(w, uf, 0, 5, 0, 4, cst, conv_winograd2x2._FLIPPED)
+    conv_winograd2x2._kernelTransform(w, uf, 0, 0, 5, 0, 4, cst, conv_winograd2x2._FLIPPED)
     assert np.array_equal(u, uf)
 
 

@@ -60,15 +60,15 @@ CHUNK_BYTES = 1 << 20
 _MIN_BLOCKS = 2
 
 
-def _kernelTransform(w, U, o0, o1, c0, c1, cst, order):
-    """U[4 order[a] + b, o - o0, c - c0] = (G g G^T)[a, b] for g = w[o, c], o in [o0, o1), c in [c0, c1).
+def _kernelTransform(w, U, u0, o0, o1, c0, c1, cst, order):
+    """U[4 order[a] + b, o - u0, c - c0] = (G g G^T)[a, b] for g = w[o, c], o in [o0, o1), c in [c0, c1).
 
     ``order`` (0, 1, 2, 3) gives the transform; (3, 1, 2, 0) gives the transform of the flipped kernel
     (with the points 0, 1, -1, G J = P G for the reversal J, P swapping rows 0 and 3). Per kernel row
-    w[o, c0:c1], two flat passes with stride-3 interleaved loads (vectorised): G along each 3-tap row
-    into T[b], then G down the columns into U's 16 planes (which must not lie a multiple of 4 KiB apart:
-    16 store streams on one cache set ran this 4x slower; see _planes). Everything is indexed in place:
-    slicing views per row cost more than the arithmetic on short rows (backward-data's blocks).
+    w[o, c0:c1], two flat passes with stride-3 interleaved loads: G along each 3-tap row into T[b], then
+    G down the columns into U's 16 planes. U must be C-contiguous, as every array handed to these
+    kernels: numba compiles a strided view ('A' layout) into loops LLVM does not vectorise (planes 32
+    elements apart ran this 3x slower, case 4's whole calls 5-15%).
     """
     half = cst[0]
     n = c1 - c0
@@ -76,7 +76,7 @@ def _kernelTransform(w, U, o0, o1, c0, c1, cst, order):
     f = w.reshape(w.shape[0], -1)
     p0, p1, p2, p3 = order[0], order[1], order[2], order[3]
     for o in range(o0, o1):
-        r, uo, s0 = uintp(o - o0), uintp(o), uintp(9 * c0)
+        r, uo, s0 = uintp(o - u0), uintp(o), uintp(9 * c0)
         for p in range(3 * n):
             u = s0 + uintp(3 * p)
             g0, g1, g2 = f[uo, u], f[uo, u + uintp(1)], f[uo, u + uintp(2)]
@@ -105,7 +105,7 @@ def _kernelGradient(dUT, dw, o0, o1, cst):
     Per kernel column c (its row of every plane of dUT: all the block's maps), two flat passes: G^T down
     the tiles' columns into X[b] (map r's kernel row i at 3 r + i, stride-3 stores), then G^T along the
     rows, each map's nine taps stored straight into dw. G^T's rows: (1, 1/2, 1/2, 0), (0, 1/2, -1/2, 0),
-    (0, 1/2, 1/2, 1). Indexed in place (no views per column: they cost more than the arithmetic).
+    (0, 1/2, 1/2, 1).
     """
     half = cst[0]
     n = o1 - o0
@@ -410,16 +410,11 @@ def workspaceBytes(direction, xShape, wShape, pad, groups, itemsize=4):
     return (POSITIONS * og * groups * cg + threads * POSITIONS * (c + og * groups) * p) * itemsize
 
 
-def _planes(tag, shape, dtype):
-    """A workspace buffer viewed as ``shape`` (16 planes first) with the planes 32 elements further apart
-    than their size: plane strides that are multiples of 4 KiB put the transforms' 16 load or store
-    streams on one L1 cache set (the kernel transform ran 4x slower)."""
-    size = int(np.prod(shape[1:]))
-    flat = workspace.get(tag, (shape[0], size + _PLANE_PAD), dtype)
-    return flat[:, :size].reshape(shape)
+def _view(buf, shape):
+    """The leading part of the flat buffer ``buf`` as a C-contiguous array of ``shape`` (see _kernelTransform)."""
+    return buf[:int(np.prod(shape))].reshape(shape)
 
 
-_PLANE_PAD = 32
 _ORDER = np.arange(4)
 _FLIPPED = np.array([3, 1, 2, 0])
 
@@ -471,29 +466,30 @@ def _convolve(x, w, bias, pad, groups, flip):
         """Group g's kernel matrices for its maps [m0, m1) into u ((16, m1 - m0, cg), or (16, cg, m1 - m0)
         with ``flip``); returns them as (16, m1 - m0, cg)."""
         if flip:  # this group's input (dy) channels are w's rows, its output maps w's columns
-            _kernelTransform(wc, u, g * cg, (g + 1) * cg, m0, m1, cst, order)
+            _kernelTransform(wc, u, g * cg, g * cg, (g + 1) * cg, m0, m1, cst, order)
             return u.transpose(0, 2, 1)
-        _kernelTransform(wc, u, g * og + m0, g * og + m1, 0, cg, cst, order)
+        _kernelTransform(wc, u, g * og + m0, g * og + m0, g * og + m1, 0, cg, cst, order)
         return u
 
     if len(chunks) == 1:
         # V of all tiles, transformed once (channels split between threads), then the blocks of maps, each
         # thread transforming its blocks' kernel slices.
         p = total * tw
-        v = _planes("w2-v", (POSITIONS, c, p), x.dtype)
+        v = workspace.get("w2-v", (POSITIONS, c, p), x.dtype)
         _transformAll(xc, v.reshape(POSITIONS, -1), pad, th, tw, total)
         ob = max(m1 - m0 for _, m0, m1 in blocks)
         workers = chunkWorkers(len(blocks))
-        bufs = [(_planes(f"w2-u{k}", (POSITIONS, ob * cg), x.dtype), _planes(f"w2-m{k}", (POSITIONS, ob * p), x.dtype))
-                for k in range(workers)]
+        bufs = [(workspace.get(f"w2-u{k}", (POSITIONS * ob * cg,), x.dtype),
+                 workspace.get(f"w2-m{k}", (POSITIONS * ob * p,), x.dtype)) for k in range(workers)]
 
         def block(k, item):
             (ub, mb), (g, m0, m1) = bufs[k], item
             mm = m1 - m0
-            u = ub[:, :mm * cg].reshape((POSITIONS, cg, mm) if flip else (POSITIONS, mm, cg))
-            m = mb[:, :mm * p].reshape(POSITIONS, mm, p)
+            u = _view(ub, (POSITIONS, cg, mm) if flip else (POSITIONS, mm, cg))
+            m = _view(mb, (POSITIONS, mm, p))
             np.matmul(kernelMatrix(u, g, m0, m1), v[:, g * cg:(g + 1) * cg], out=m)
-            _outputTransform(mb, g * og + m0, y, biasv, th, tw, 0, total, g * og + m0, g * og + m1)
+            _outputTransform(m.reshape(POSITIONS, -1), g * og + m0, y, biasv, th, tw, 0, total, g * og + m0,
+                             g * og + m1)
 
         _share(block, blocks, workers)
         return y
@@ -501,16 +497,16 @@ def _convolve(x, w, bias, pad, groups, flip):
     # Many tiles: the whole transformed kernel (blocks split between threads), then chunks of tiles, each
     # thread its own, group by group.
     rows = cg * groups if flip else o
-    u = _planes("w2-u", (POSITIONS, rows, og if flip else cg), x.dtype)
+    u = workspace.get("w2-u", (POSITIONS, rows, og if flip else cg), x.dtype)
     workers = chunkWorkers(rows)
-    _share(lambda k, r: _kernelTransform(wc, u[:, r[0]:r[1]], r[0], r[1], 0, u.shape[2], cst, order),
+    _share(lambda k, r: _kernelTransform(wc, u, 0, r[0], r[1], 0, u.shape[2], cst, order),
            _pieces(rows, workers), workers)
     mats = [u[:, g * cg:(g + 1) * cg].transpose(0, 2, 1) if flip else u[:, g * og:(g + 1) * og]
             for g in range(groups)]
     step = max(q1 - q0 for q0, q1 in chunks) * tw
     workers = chunkWorkers(len(chunks))
-    bufs = [(_planes(f"w2-v{k}", (POSITIONS, c * step), x.dtype), _planes(f"w2-m{k}", (POSITIONS, o * step), x.dtype))
-            for k in range(workers)]
+    bufs = [(workspace.get(f"w2-v{k}", (POSITIONS, c * step), x.dtype),
+             workspace.get(f"w2-m{k}", (POSITIONS, o * step), x.dtype)) for k in range(workers)]
 
     def chunk(k, item):
         (vb, mb), (q0, q1) = bufs[k], item
@@ -546,20 +542,20 @@ def backwardParams(x, dy, wShape, pad, groups):
     step = max(q1 - q0 for q0, q1 in chunks) * tw
     shared = None
     if len(chunks) == 1:  # V of all tiles, transformed once (channels split between threads)
-        shared = _planes("w2-v", (POSITIONS, c, step), x.dtype)
+        shared = workspace.get("w2-v", (POSITIONS, c, step), x.dtype)
         _transformAll(xc, shared.reshape(POSITIONS, -1), pad, th, tw, total)
     workers = chunkWorkers(len(blocks))
     several = len(chunks) > 1
-    bufs = [(_planes(f"w2-m{k}", (POSITIONS, ob * step), x.dtype),
-             _planes(f"w2-du{k}", (POSITIONS, ob * cg), x.dtype),
-             _planes(f"w2-t{k}", (POSITIONS, ob * cg if several else 1), x.dtype),
-             _planes(f"w2-v{k}", (POSITIONS, cg * step if several else 1), x.dtype))
+    bufs = [(workspace.get(f"w2-m{k}", (POSITIONS, ob * step), x.dtype),
+             workspace.get(f"w2-du{k}", (POSITIONS * ob * cg,), x.dtype),
+             workspace.get(f"w2-t{k}", (POSITIONS * ob * cg if several else 1,), x.dtype),
+             workspace.get(f"w2-v{k}", (POSITIONS, cg * step if several else 1), x.dtype))
             for k in range(workers)]
 
     def block(k, item):
         (mb, dub, tb, vb), (g, m0, m1) = bufs[k], item
         mm = m1 - m0
-        dut = dub[:, :cg * mm].reshape(POSITIONS, cg, mm)
+        dut = _view(dub, (POSITIONS, cg, mm))  # the planes of mb and vb keep their full strides
         for ci, (q0, q1) in enumerate(chunks):
             p = (q1 - q0) * tw
             mgt = mb[:, :mm * p].reshape(POSITIONS, mm, p).transpose(0, 2, 1)
@@ -572,7 +568,7 @@ def backwardParams(x, dy, wShape, pad, groups):
             if ci == 0:
                 np.matmul(v, mgt, out=dut)
             else:
-                t = tb[:, :cg * mm].reshape(dut.shape)
+                t = _view(tb, dut.shape)
                 np.matmul(v, mgt, out=t)
                 dut += t
         _kernelGradient(dut, dw, g * og + m0, g * og + m1, cst)
