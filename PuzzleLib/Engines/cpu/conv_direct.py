@@ -722,17 +722,22 @@ def _backwardParamsSame3(x, dy, dw, dims, dl, o0, o1, mL, mR):
     o_, cg = dw.shape[0], dw.shape[1]
     og = o_ // (c_ // cg)
     hw = hh_ * ww_
-    acc = np.empty(9, dtype=dw.dtype)
-    for oc in range(o0, o1):
-        g = oc // og
-        for c in range(cg):
-            acc[:] = 0
-            for b in range(n_):
-                gf, xf = dy[b, oc], x[b, g * cg + c]
+    # Items outermost: the thread streams through its maps' planes in memory order. Each (map, channel)
+    # still sums its planes in the same order (items, then depth slices).
+    acc = np.zeros((o1 - o0, cg, 9), dtype=dw.dtype)
+    for b in range(n_):
+        for oc in range(o0, o1):
+            g = oc // og
+            gf = dy[b, oc]
+            for c in range(cg):
+                xf, a = x[b, g * cg + c], acc[oc - o0, c]
                 for od in range(dd_):
-                    _gradPlane(acc, gf, xf, od * hw, hh_, ww_, dl[1], dl[2], mL, mR)
+                    _gradPlane(a, gf, xf, od * hw, hh_, ww_, dl[1], dl[2], mL, mR)
+    for oc in range(o0, o1):
+        for c in range(cg):
             for t in range(9):
-                dw[oc, c, 0, t // 3, t % 3] = acc[t]
+                dw[oc, c, 0, t // 3, t % 3] = acc[oc - o0, c, t]
+
 
 if njit is not None:
     _ranges = njit(cache=True)(_ranges)
