@@ -14,6 +14,7 @@ Every accumulation runs in a fixed order: results are identical run to run and f
 
 import numpy as np
 
+from PuzzleLib.Engines.cpu import conv_common
 from PuzzleLib.Engines.cpu.conv_common import outputShape, parallel, prod, tapRange, threadCount
 
 try:
@@ -838,6 +839,7 @@ def _planT(dyShape, wShape, xShape, pad, dilation):
 
 _UNIT = {1: (1,), 2: (1, 1), 3: (1, 1, 1)}
 _plans = {}
+_runners = {}
 _plansT = {}
 _zeros = {}
 _maskCache = {}
@@ -855,36 +857,67 @@ def _zeroBias(o, dtype):
 
 # -- entry points ------------------------------------------------------------------------------------
 def forward(x, w, bias, stride, pad, dilation, groups):
-    if not useNumba:
-        outSpatial = outputShape(x.shape[2:], w.shape[2:], stride, pad, dilation)
-        return _numpyForward(x, w, bias, stride, pad, dilation, groups, outSpatial)
-    yShape, x5, w5, y5, params, same = _plan(x.shape, w.shape, stride, pad, dilation)
-    y = np.empty(yShape, dtype=x.dtype)
-    if bias is None:
-        bias = _zeroBias(w.shape[0], x.dtype)
-    elif bias.dtype != x.dtype or not bias.flags.c_contiguous:
-        bias = np.ascontiguousarray(bias, dtype=x.dtype)
-    st, pd, dl = params
-    xv, wv, bv, yv = _contiguous(x).reshape(x5), _contiguous(w).reshape(w5), bias.reshape(-1), y.reshape(y5)
-    # Output maps are split between threads (the kernels release the GIL); each map is one thread's.
+    return forwardRunner(x.shape, w.shape, stride, pad, dilation, groups, x.dtype)(x, w, bias)
+
+
+def forwardRunner(xShape, wShape, stride, pad, dilation, groups, dtype):
+    """``run(x, w, bias) -> y`` for inputs of exactly these shapes and dtype, memoised.
+
+    Every per-shape decision (output shape, 5-D views, which kernel, border masks) is taken once here:
+    on small inputs (the page example) that bookkeeping cost more than the kernel itself.
+    """
+    key = (xShape, wShape, stride, pad, dilation, groups, dtype)
+    run = _runners.get(key)
+    if run is None:
+        if len(_runners) > 256:
+            _runners.clear()
+        run = _runners[key] = _makeForwardRunner(xShape, wShape, stride, pad, dilation, groups, np.dtype(dtype))
+    return run
+
+
+def _makeForwardRunner(xShape, wShape, stride, pad, dilation, groups, dtype):
+    yShape, x5, w5, y5, (st, pd, dl), same = _plan(xShape, wShape, stride, pad, dilation)
+    zeroBias, maps, work = _zeroBias(wShape[0], dtype), wShape[0], prod(yShape) * prod(wShape[1:])
+    # Output maps (or (item, map) planes) are split between threads; the kernels release the GIL.
     if same and w5[2:] == (1, 3, 3) and _same3Fits(x5[3], x5[4], dl[1], dl[2]):
-        x3, y3 = xv.reshape(x5[:2] + (-1,)), yv.reshape(y5[:2] + (-1,))
-        mL, mR = _masks(x5[2:], dl[2])
-        # Threads take contiguous runs of (item, map) planes: balanced even for a few maps.
-        parallel(lambda p0, p1: _forwardSame3(x3, wv, bv, y3, x5[2:], dl, p0, p1, False, mL, mR),
-                 y5[0] * y5[1], y.size * prod(w.shape[1:]))
-    elif same:
-        dims = x5[2:]
+        x3, y3, planes, dims = x5[:2] + (-1,), y5[:2] + (-1,), y5[0] * y5[1], x5[2:]
         mL, mR = _masks(dims, dl[2])
-        x3, y3 = xv.reshape(x5[:2] + (-1,)), yv.reshape(y5[:2] + (-1,))
-        parallel(lambda o0, o1: _forwardSame5(x3, wv, bv, y3, dims, pd, dl, o0, o1, False, mL, mR), w.shape[0],
-                 y.size * prod(w.shape[1:]))
+
+        def launch(x, wv, b, y):
+            xv, yv = x.reshape(x3), y.reshape(y3)
+            # Threads take contiguous runs of (item, map) planes: balanced even for a few maps.
+            parallel(lambda p0, p1: _forwardSame3(xv, wv, b, yv, dims, dl, p0, p1, False, mL, mR), planes, work)
+    elif same:
+        x3, y3, dims = x5[:2] + (-1,), y5[:2] + (-1,), x5[2:]
+        mL, mR = _masks(dims, dl[2])
+
+        def launch(x, wv, b, y):
+            xv, yv = x.reshape(x3), y.reshape(y3)
+            parallel(lambda o0, o1: _forwardSame5(xv, wv, b, yv, dims, pd, dl, o0, o1, False, mL, mR), maps, work)
     elif st == (1, 1, 1):
-        parallel(lambda o0, o1: _forwardFlat5(xv, wv, bv, yv, pd, dl, o0, o1, False), w.shape[0],
-                 y.size * prod(w.shape[1:]))
+        def launch(x, wv, b, y):
+            xv, yv = x.reshape(x5), y.reshape(y5)
+            if work < conv_common.PARALLEL_WORK:  # one thread whatever the count: no closure, no split
+                _forwardFlat5(xv, wv, b, yv, pd, dl, 0, maps, False)
+            else:
+                parallel(lambda o0, o1: _forwardFlat5(xv, wv, b, yv, pd, dl, o0, o1, False), maps, work)
     else:
-        parallel(lambda o0, o1: _forward5(xv, wv, bv, yv, st, pd, dl, o0, o1), w.shape[0], y.size * prod(w.shape[1:]))
-    return y
+        def launch(x, wv, b, y):
+            xv, yv = x.reshape(x5), y.reshape(y5)
+            parallel(lambda o0, o1: _forward5(xv, wv, b, yv, st, pd, dl, o0, o1), maps, work)
+
+    def run(x, w, bias):
+        if not useNumba:  # read per call: the fallback can be switched on after the runner was made
+            return _numpyForward(x, w, bias, stride, pad, dilation, groups, yShape[2:])
+        y = np.empty(yShape, dtype=dtype)
+        if bias is None:
+            bias = zeroBias
+        elif bias.dtype != dtype or not bias.flags.c_contiguous:
+            bias = np.ascontiguousarray(bias, dtype=dtype)
+        launch(_contiguous(x), _contiguous(w).reshape(w5), bias, y)
+        return y
+
+    return run
 
 
 def backwardData(dy, w, xShape, stride, pad, dilation, groups):
