@@ -356,14 +356,13 @@ def _contiguous(a):
 def _fastForward(x, w, bias, stride, pad, dilation, groups):
     """Tiles of output rows: gathered, then one GEMM each writing straight into y.
 
-    The tiles are dealt out as contiguous runs, one per thread (_ownGemms), and each thread gathers its tile
-    and runs its GEMM itself, with BLAS single-threaded meanwhile: a two-thread gather between two-thread
-    GEMMs lost time to OpenBLAS's idle worker spinning on the second core (case 3, runs of same-process calls:
-    15.1 -> 12.3 ms), and on a loaded host each two-thread GEMM waits for a descheduled worker (case 5 fwd,
-    2 threads, other jobs running: 67.8 -> 19.9 ms per call, CPU time 67.6 -> 19.9 ms). Each thread's tile
-    is 1 / _SPLIT of the call's bound, so the columns in flight stay within it, but at least one whole item
-    where one fits the bound: a thinner GEMM re-reads the weights more often (case 5, one thread's CPU time:
-    items of 196 pixels 13 ms, half items 16 ms).
+    With a small weight matrix (_ownGemms) the tiles are dealt out as contiguous runs, one per thread, and
+    each thread gathers its tile and runs its GEMM itself, with BLAS single-threaded meanwhile: a two-thread
+    gather between two-thread GEMMs lost time to OpenBLAS's idle worker spinning on the second core (case 3,
+    runs of same-process calls: 15.1 -> 12.3 ms). Each thread's tile is then 1 / _SPLIT of the call's bound,
+    so the columns in flight stay within it, but at least one whole item where one fits the bound (thinner
+    GEMMs run further from peak: case 5's GEMMs on one thread, items of 196 pixels 11.6 ms of CPU time, half
+    items 14.1 ms). Larger weights: two threads share each GEMM (see _OWN_GEMM_BYTES).
     """
     n, c = x.shape[:2]
     o = w.shape[0]
@@ -413,10 +412,12 @@ def _threadTileBytes(itemBytes):
     return max(1, limit // _SPLIT, itemBytes if itemBytes <= limit else 0)
 
 
-# Weight (or weight-gradient) bytes up to which threads run their own GEMMs (see _fastForward). Measured up to
-# case 4's 9 MiB (512->512 3x3), where each thread's single-threaded GEMMs still beat two-thread ones; far
-# larger weights would be packed by each thread for each of its tiles, so they share each GEMM instead.
-_OWN_GEMM_BYTES = 32 << 20
+# Weight (or weight-gradient) bytes up to which threads run their own GEMMs (see _fastForward): a quarter of
+# a core's 1 MiB L2, so that the packed weights and a column tile stay there together. Larger weights share
+# each GEMM between BLAS's threads: on a quiet host that won for case 4 (9 MiB: fwd 20.7 vs 32.2 ms, bwd-params
+# 17.2 vs 24.9, medians of samples taken after an idle check) and case 5 (1.2 MiB: 12.4 vs 13.9, 13.7 vs 17.9);
+# on a loaded host own GEMMs win by far (case 5 fwd 68 vs 20 ms), as OpenBLAS's workers wait to be scheduled.
+_OWN_GEMM_BYTES = 256 << 10
 
 # Weight-gradient bytes up to which each thread sums its chunks into a partial of its own (_SPLIT partials,
 # added at the end): beyond, the threads split dw's columns instead, so no dw-sized partials are allocated.
@@ -430,17 +431,16 @@ _SPLIT = 2
 def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
     """Weight gradient as GEMMs (O/g, pixels) @ (pixels, rows) with the pixels the inner dimension of both.
 
-    Units of work are (chunk of the batch's pixels, block of dw's columns = channel-taps of one group); each
-    thread runs whole units, gather and GEMM, with BLAS single-threaded (see _fastForward; case 3: 28 -> 19 ms;
-    case 5 on a loaded host: 172 -> 27 ms per call), unless dw is huge (_ownGemms), where the units run in
-    turn on the threads of the gather and of BLAS. When all the batch's pixels fit one chunk, each block's
-    GEMM is the final value of its slice of dw, written in place. Otherwise a small dw (_PARTIAL_BYTES) has
-    its chunks cut into _SPLIT fixed runs, each summed by one thread into its own (kg, O) partial, and the
-    partials added; a larger one has its blocks dealt out to the threads, each block summing its chunks in
-    order in place (a block-sized product added each time). Either way the blocks, chunks and partials are
-    fixed by the shape: the same result on any number of threads. A chunk within one item reads dy in place
-    (rows of pixels); one spanning items gets dy transposed to (O, items * pixels). Strided last axes are
-    read in place.
+    Units of work are (chunk of the batch's pixels, block of dw's columns = channel-taps of one group). If dw
+    is small (_ownGemms) each thread runs whole units, gather and GEMM, with BLAS single-threaded (see
+    _fastForward; case 3: 28 -> 19 ms), else the units run in turn on the threads of the gather and of BLAS.
+    When all the batch's pixels fit one chunk, each block's GEMM is the final value of its slice of dw,
+    written in place. Otherwise a dw of at most _PARTIAL_BYTES on threads of their own has its chunks cut
+    into _SPLIT fixed runs, each summed by one thread into its own (kg, O) partial, and the partials added;
+    else each block (dealt out to the threads, if they run their own) sums its chunks in order in place (a
+    block-sized product added each time). Either way the blocks, chunks and partials are fixed by the shape:
+    the same result on any number of threads. A chunk within one item reads dy in place (rows of pixels);
+    one spanning items gets dy transposed to (O, items * pixels). Strided last axes are read in place.
     """
     n, c = x.shape[:2]
     o = dy.shape[1]
@@ -698,13 +698,13 @@ if useNumba:
 
 
 def _fastBackwardData(dy, w, xShape, stride, pad, dilation, groups):
-    """GEMM + col2im with a compiled scatter: each thread runs whole tiles of its own items, GEMM and scatter.
+    """GEMM + col2im per tile: the GEMM on BLAS's threads, then a compiled scatter split over channel ranges.
 
-    A thread's items are its own slice of dx, so the threads never add into the same element. Tiles are
-    bounded per thread as in _fastForward; each element of dx sums its taps' terms in one fixed order, so the
-    result does not depend on the number of threads. With one item (or one thread) the GEMMs run on BLAS's
-    threads and the scatter on disjoint channel ranges. Case 5 (stride 2), one thread's CPU time: GEMM 10 ms,
-    numpy scatter 5.3-6.6 ms.
+    Each thread adds into its own channels of dx, and each element of dx sums its taps' terms in one fixed
+    order (as _scatterAdd), so the result does not depend on the number of threads. One thread's CPU time
+    for the scatter: case 3 (7x7 stride 2) 36 -> 11 ms, case 4 4.4 -> 3.0 ms, case 5 3.2 -> 2.9 ms. Running
+    whole items per thread with single-threaded GEMMs instead was slower on a quiet host (case 5 12.4 vs
+    7.7 ms, case 4 30 vs 18 ms, case 3 33 vs 23 ms), though faster on a loaded one.
     """
     n, o = dy.shape[:2]
     c = xShape[1]
@@ -720,33 +720,17 @@ def _fastBackwardData(dy, w, xShape, stride, pad, dilation, groups):
     rowLen = o5[2]
     wgT = _contiguous(w).reshape(groups, og, ckg).transpose(0, 2, 1)
     dyg = _contiguous(dy).reshape(n, groups, og, -1)
-    limit = _threadTileBytes(ck * prod(o5) * dy.itemsize)
-    workers = conv_common.chunkWorkers(n)
-    runs = []
-    for k in range(workers):
-        a, b = n * k // workers, n * (k + 1) // workers
-        runs.append([(a + n0, a + n1, r0, r1) for n0, n1, r0, r1 in
-                     rowTiles(b - a, o5[0] * o5[1], ck * rowLen * dy.itemsize, limit)])
-    size = max((n1 - n0) * ck * (r1 - r0) * rowLen for run in runs for n0, n1, r0, r1 in run)
-    buffers = [workspace.get(f"col2im-fast{k}", (size,), dy.dtype) for k in range(workers)]  # not thread-safe
-
-    def work(k):
-        for n0, n1, r0, r1 in runs[k]:
-            nb, span = n1 - n0, (r1 - r0) * rowLen
-            dcols = buffers[k][:nb * ck * span]
-            np.matmul(wgT, dyg[n0:n1, :, :, r0 * rowLen:r1 * rowLen], out=dcols.reshape(nb, groups, ckg, span))
-            _scatterTile(x5, dcols, tables, n0, nb, r0, r1, span, c, taps, workers == 1)
-
-    conv_common.runChunks(work, workers)
+    for n0, n1, r0, r1 in rowTiles(n, o5[0] * o5[1], ck * rowLen * dy.itemsize):
+        nb, span = n1 - n0, (r1 - r0) * rowLen
+        dcols = workspace.get("col2im-fast", (nb * ck * span,), dy.dtype)
+        np.matmul(wgT, dyg[n0:n1, :, :, r0 * rowLen:r1 * rowLen], out=dcols.reshape(nb, groups, ckg, span))
+        _scatterTile(x5, dcols, tables, n0, nb, r0, r1, span, c, taps)
     return dx
 
 
-def _scatterTile(x5, dcols, tables, n0, nb, r0, r1, span, c, taps, threaded):
-    """One tile's columns added into x5; ``threaded``: split over channel ranges (disjoint parts of x5)."""
+def _scatterTile(x5, dcols, tables, n0, nb, r0, r1, span, c, taps):
+    """One tile's columns added into x5, split between threads over channel ranges (disjoint parts of x5)."""
     def scatter(c0, c1):
         _scatterRowsT(x5, dcols, *tables, n0, nb, r0, r1, 0, span, c * taps * span, c0 * taps, c1 * taps)
 
-    if threaded:
-        parallel(scatter, c, dcols.size)
-    else:
-        scatter(0, c)
+    parallel(scatter, c, dcols.size)
