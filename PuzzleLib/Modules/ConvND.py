@@ -42,7 +42,7 @@ class ConvND(Module):
         self.useBias = bool(useBias)
         self.wscale = wscale
         self.fwdAlgo = self.bwdDataAlgo = self.bwdFilterAlgo = None
-        self._checkedShape = None
+        self._checkedShape = self._checkedGradShapes = None
 
         self.W = None
         self.b = None
@@ -120,10 +120,15 @@ class ConvND(Module):
         self._checkedShape = shape
 
     def checkGradShape(self, shape):
+        # As in checkDataShape: a (grad, input) shape pair accepted once is accepted again.
+        pair = (shape, self.inData.shape if self.inData is not None else None)
+        if pair == self._checkedGradShapes:
+            return
         self.checkRank(shape, self.nd + 2, "Grad")
         if shape[1] != self.outmaps:
             raise ModuleError(f"Grad has {shape[1]} maps (expected: {self.outmaps})")
         super().checkGradShape(shape)
+        self._checkedGradShapes = pair
 
 
     def numOfFlops(self, shape):

@@ -210,15 +210,23 @@ def forward(x, w, bias, stride, pad, dilation, groups, algo=None):
     raise _badAlgo("forward", algo, x.shape, w.shape, stride, pad, dilation, groups)
 
 
-_directRunners = {}
+_directRunners, _directRunnersT = {}, {}
 
 
 def backwardData(dy, w, xShape, stride, pad, dilation, groups, algo=None):
     xShape = tuple(xShape)
+    key = (dy.shape, w.shape, xShape, dy.dtype, stride, pad, dilation, groups, algo)  # as in forward
+    run = _directRunnersT.get(key)
+    if run is not None:
+        return run(dy, w)
     if algo is None:
         algo = chooseAlgorithm("backwardData", xShape, w.shape, stride, pad, dilation, groups)
     if algo == "direct":
-        return conv_direct.backwardData(dy, w, xShape, stride, pad, dilation, groups)
+        if len(_directRunnersT) > 256:
+            _directRunnersT.clear()
+        run = _directRunnersT[key] = conv_direct.backwardDataRunner(dy.shape, w.shape, xShape, stride, pad,
+                                                                    dilation, groups, dy.dtype)
+        return run(dy, w)
     conv_common.beginCall(dy.itemsize * prod(xShape))
     try:
         if algo == "gemm" and isPointwise(w.shape[2:], stride, pad):

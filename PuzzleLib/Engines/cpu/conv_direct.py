@@ -785,19 +785,12 @@ def _params3(stride, pad, dilation):
 
 
 def _plan(xShape, wShape, stride, pad, dilation):
-    """Per-shape constants of a forward call, memoised: small inputs are dominated by this bookkeeping."""
-    key = (xShape, wShape, stride, pad, dilation)
-    plan = _plans.get(key)
-    if plan is None:
-        if len(_plans) > 256:
-            _plans.clear()
-        outSpatial = outputShape(xShape[2:], wShape[2:], stride, pad, dilation)
-        lead = (1,) * (3 - len(outSpatial))
-        yShape = (xShape[0], wShape[0]) + outSpatial
-        plan = _plans[key] = (yShape, xShape[:2] + lead + xShape[2:], wShape[:2] + lead + wShape[2:],
-                              yShape[:2] + lead + outSpatial, _params3(stride, pad, dilation),
-                              _isSame(xShape, wShape, stride, outSpatial))
-    return plan
+    """Per-shape constants of a forward call (output shape, 5-D views, kernel parameters)."""
+    outSpatial = outputShape(xShape[2:], wShape[2:], stride, pad, dilation)
+    lead = (1,) * (3 - len(outSpatial))
+    yShape = (xShape[0], wShape[0]) + outSpatial
+    return (yShape, xShape[:2] + lead + xShape[2:], wShape[:2] + lead + wShape[2:], yShape[:2] + lead + outSpatial,
+            _params3(stride, pad, dilation), _isSame(xShape, wShape, stride, outSpatial))
 
 
 def _isSame(xShape, wShape, stride, outSpatial):
@@ -821,26 +814,19 @@ def _masks(dims, dilation, dtype=np.bool_):
 
 
 def _planT(dyShape, wShape, xShape, pad, dilation):
-    """Per-shape constants of a unit-stride backward-data call (5-D views, transposed padding), memoised."""
-    key = (dyShape, wShape, xShape, pad, dilation)
-    plan = _plansT.get(key)
-    if plan is None:
-        if len(_plansT) > 256:
-            _plansT.clear()
-        lead = (1,) * (5 - len(xShape))
-        # Padding of the transposed convolution (negative: the gradient is cropped).
-        tpad = tuple(d * (k - 1) - p for k, p, d in zip(wShape[2:], pad, dilation))
-        _, pd, dl = _params3((1,) * len(pad), tpad, dilation)
-        same = tuple(dyShape[2:]) == tuple(xShape[2:]) and wShape[-1] == 3
-        plan = _plansT[key] = (dyShape[:2] + lead + dyShape[2:], wShape[:2] + lead + wShape[2:],
-                               xShape[:2] + lead + xShape[2:], pd, dl, same)
-    return plan
+    """Per-shape constants of a unit-stride backward-data call (5-D views, transposed padding)."""
+    lead = (1,) * (5 - len(xShape))
+    # Padding of the transposed convolution (negative: the gradient is cropped).
+    tpad = tuple(d * (k - 1) - p for k, p, d in zip(wShape[2:], pad, dilation))
+    _, pd, dl = _params3((1,) * len(pad), tpad, dilation)
+    same = tuple(dyShape[2:]) == tuple(xShape[2:]) and wShape[-1] == 3
+    return (dyShape[:2] + lead + dyShape[2:], wShape[:2] + lead + wShape[2:], xShape[:2] + lead + xShape[2:], pd, dl,
+            same)
 
 
 _UNIT = {1: (1,), 2: (1, 1), 3: (1, 1, 1)}
-_plans = {}
 _runners = {}
-_plansT = {}
+_runnersT = {}
 _zeros = {}
 _maskCache = {}
 
@@ -877,34 +863,8 @@ def forwardRunner(xShape, wShape, stride, pad, dilation, groups, dtype):
 
 def _makeForwardRunner(xShape, wShape, stride, pad, dilation, groups, dtype):
     yShape, x5, w5, y5, (st, pd, dl), same = _plan(xShape, wShape, stride, pad, dilation)
-    zeroBias, maps, work = _zeroBias(wShape[0], dtype), wShape[0], prod(yShape) * prod(wShape[1:])
-    # Output maps (or (item, map) planes) are split between threads; the kernels release the GIL.
-    if same and w5[2:] == (1, 3, 3) and _same3Fits(x5[3], x5[4], dl[1], dl[2]):
-        x3, y3, planes, dims = x5[:2] + (-1,), y5[:2] + (-1,), y5[0] * y5[1], x5[2:]
-        mL, mR = _masks(dims, dl[2])
-
-        def launch(x, wv, b, y):
-            xv, yv = x.reshape(x3), y.reshape(y3)
-            # Threads take contiguous runs of (item, map) planes: balanced even for a few maps.
-            parallel(lambda p0, p1: _forwardSame3(xv, wv, b, yv, dims, dl, p0, p1, False, mL, mR), planes, work)
-    elif same:
-        x3, y3, dims = x5[:2] + (-1,), y5[:2] + (-1,), x5[2:]
-        mL, mR = _masks(dims, dl[2])
-
-        def launch(x, wv, b, y):
-            xv, yv = x.reshape(x3), y.reshape(y3)
-            parallel(lambda o0, o1: _forwardSame5(xv, wv, b, yv, dims, pd, dl, o0, o1, False, mL, mR), maps, work)
-    elif st == (1, 1, 1):
-        def launch(x, wv, b, y):
-            xv, yv = x.reshape(x5), y.reshape(y5)
-            if work < conv_common.PARALLEL_WORK:  # one thread whatever the count: no closure, no split
-                _forwardFlat5(xv, wv, b, yv, pd, dl, 0, maps, False)
-            else:
-                parallel(lambda o0, o1: _forwardFlat5(xv, wv, b, yv, pd, dl, o0, o1, False), maps, work)
-    else:
-        def launch(x, wv, b, y):
-            xv, yv = x.reshape(x5), y.reshape(y5)
-            parallel(lambda o0, o1: _forward5(xv, wv, b, yv, st, pd, dl, o0, o1), maps, work)
+    launch = _gatherLauncher(x5, w5, y5, st, pd, dl, same, False, prod(yShape) * prod(wShape[1:]))
+    zeroBias = _zeroBias(wShape[0], dtype)
 
     def run(x, w, bias):
         if not useNumba:  # read per call: the fallback can be switched on after the runner was made
@@ -920,36 +880,81 @@ def _makeForwardRunner(xShape, wShape, stride, pad, dilation, groups, dtype):
     return run
 
 
+def _gatherLauncher(src5, w5, dst5, st, pd, dl, same, flip, work):
+    """``launch(src, w5view, bias, dst)``: the gather kernels from src to dst viewed as 5-D. Forward: src is
+    the input; flip: the transposed convolution (backward-data, unit stride) reading the kernel flipped."""
+    maps = dst5[1]
+    # Output maps (or (item, map) planes) are split between threads; the kernels release the GIL.
+    if same and w5[2:] == (1, 3, 3) and _same3Fits(dst5[3], dst5[4], dl[1], dl[2]):
+        src3, dst3, planes, dims = src5[:2] + (-1,), dst5[:2] + (-1,), dst5[0] * dst5[1], dst5[2:]
+        mL, mR = _masks(dims, dl[2])
+
+        def launch(src, wv, b, dst):
+            sv, dv = src.reshape(src3), dst.reshape(dst3)
+            # Threads take contiguous runs of (item, map) planes: balanced even for a few maps.
+            parallel(lambda p0, p1: _forwardSame3(sv, wv, b, dv, dims, dl, p0, p1, flip, mL, mR), planes, work)
+    elif same:
+        src3, dst3, dims = src5[:2] + (-1,), dst5[:2] + (-1,), dst5[2:]
+        mL, mR = _masks(dims, dl[2])
+
+        def launch(src, wv, b, dst):
+            sv, dv = src.reshape(src3), dst.reshape(dst3)
+            parallel(lambda o0, o1: _forwardSame5(sv, wv, b, dv, dims, pd, dl, o0, o1, flip, mL, mR), maps, work)
+    elif st == (1, 1, 1):
+        def launch(src, wv, b, dst):
+            sv, dv = src.reshape(src5), dst.reshape(dst5)
+            if work < conv_common.PARALLEL_WORK:  # one thread whatever the count: no closure, no split
+                _forwardFlat5(sv, wv, b, dv, pd, dl, 0, maps, flip)
+            else:
+                parallel(lambda o0, o1: _forwardFlat5(sv, wv, b, dv, pd, dl, o0, o1, flip), maps, work)
+    else:
+        def launch(src, wv, b, dst):
+            sv, dv = src.reshape(src5), dst.reshape(dst5)
+            parallel(lambda o0, o1: _forward5(sv, wv, b, dv, st, pd, dl, o0, o1), maps, work)
+    return launch
+
+
 def backwardData(dy, w, xShape, stride, pad, dilation, groups):
-    if not useNumba:
-        return _numpyBackwardData(dy, w, xShape, stride, pad, dilation, groups)
-    if stride == _UNIT[len(stride)]:
-        # A gather (the forward kernel run as the transposed convolution, reading w flipped in place)
-        # beats the scatter-add loop.
-        dy5, w5, dx5, pd, dl, same = _planT(dy.shape, w.shape, xShape, pad, dilation)
-        dx = np.empty(xShape, dtype=dy.dtype)
-        dyv, wv, dxv = _contiguous(dy).reshape(dy5), _contiguous(w).reshape(w5), dx.reshape(dx5)
-        bias = _zeroBias(xShape[1], dy.dtype)
-        if same and w5[2:] == (1, 3, 3) and _same3Fits(dx5[3], dx5[4], dl[1], dl[2]):
-            dy3, dx3 = dyv.reshape(dy5[:2] + (-1,)), dxv.reshape(dx5[:2] + (-1,))
-            mL, mR = _masks(dx5[2:], dl[2])
-            parallel(lambda p0, p1: _forwardSame3(dy3, wv, bias, dx3, dx5[2:], dl, p0, p1, True, mL, mR),
-                     dx5[0] * dx5[1], dy.size * prod(w.shape[1:]))
+    return backwardDataRunner(dy.shape, w.shape, tuple(xShape), stride, pad, dilation, groups, dy.dtype)(dy, w)
+
+
+def backwardDataRunner(dyShape, wShape, xShape, stride, pad, dilation, groups, dtype):
+    """``run(dy, w) -> dx`` for exactly these shapes and dtype, memoised (as forwardRunner)."""
+    key = (dyShape, wShape, xShape, stride, pad, dilation, groups, dtype)
+    run = _runnersT.get(key)
+    if run is None:
+        if len(_runnersT) > 256:
+            _runnersT.clear()
+        run = _runnersT[key] = _makeBackwardDataRunner(dyShape, wShape, xShape, stride, pad, dilation, groups,
+                                                       np.dtype(dtype))
+    return run
+
+
+def _makeBackwardDataRunner(dyShape, wShape, xShape, stride, pad, dilation, groups, dtype):
+    if stride != _UNIT[len(stride)]:
+        def scatter(dy, w):
+            if not useNumba:
+                return _numpyBackwardData(dy, w, xShape, stride, pad, dilation, groups)
+            dx = np.zeros(xShape, dtype=dtype)
+            _backwardData5(_as5(np.ascontiguousarray(dy)), _as5(np.ascontiguousarray(w)), _as5(dx),
+                           *_params3(stride, pad, dilation))
             return dx
-        if same:
-            dims = dx5[2:]
-            mL, mR = _masks(dims, dl[2])
-            dy3, dx3 = dyv.reshape(dy5[:2] + (-1,)), dxv.reshape(dx5[:2] + (-1,))
-            parallel(lambda c0, c1: _forwardSame5(dy3, wv, bias, dx3, dims, pd, dl, c0, c1, True, mL, mR),
-                     xShape[1], dy.size * prod(w.shape[1:]))
-            return dx
-        parallel(lambda c0, c1: _forwardFlat5(dyv, wv, bias, dxv, pd, dl, c0, c1, True), xShape[1],
-                 dy.size * prod(w.shape[1:]))
+
+        return scatter
+    # Unit stride: a gather (the forward kernel run as the transposed convolution, reading w flipped in
+    # place) beats the scatter-add loop.
+    dy5, w5, dx5, pd, dl, same = _planT(dyShape, wShape, xShape, pad, dilation)
+    launch = _gatherLauncher(dy5, w5, dx5, (1, 1, 1), pd, dl, same, True, prod(dyShape) * prod(wShape[1:]))
+    zeroBias = _zeroBias(xShape[1], dtype)
+
+    def gather(dy, w):
+        if not useNumba:
+            return _numpyBackwardData(dy, w, xShape, stride, pad, dilation, groups)
+        dx = np.empty(xShape, dtype=dtype)
+        launch(_contiguous(dy), _contiguous(w).reshape(w5), zeroBias, dx)
         return dx
-    dx = np.zeros(xShape, dtype=dy.dtype)
-    _backwardData5(_as5(np.ascontiguousarray(dy)), _as5(np.ascontiguousarray(w)), _as5(dx),
-                   *_params3(stride, pad, dilation))
-    return dx
+
+    return gather
 
 
 def backwardParams(x, dy, wShape, stride, pad, dilation, groups):
