@@ -195,14 +195,55 @@ def chunkWorkers(chunks):
 
 
 def runChunks(fn, workers):
-    """fn(k) for k in range(workers), one per thread, with BLAS single-threaded meanwhile."""
-    if workers == 1:
-        fn(0)
+    """fn(k) for k in range(workers), one per thread, with BLAS single-threaded meanwhile (one worker too).
+
+    The engine never runs OpenBLAS's own threads: once woken by a multi-threaded call they spin for about
+    0.1 s (OPENBLAS_THREAD_TIMEOUT) holding a core, and the next step's threads (a gather, a transform,
+    per-thread GEMMs) and the next call ran up to 2x slower (case 3 forward right after a backward-data:
+    25.5 vs 13.2 ms; with OPENBLAS_THREAD_TIMEOUT=4, 16.4). A GEMM big enough for two threads is split
+    between the engine's threads instead (matmul).
+    """
+    if blasThreads is None:
+        for k in range(workers):
+            fn(k)
         return
     setN, getN = blasThreads
     before = getN()
     setN(1)
+    _chunks.depth += 1
     try:
-        parallel(lambda k0, k1: [fn(k) for k in range(k0, k1)], workers, 1 << 62)
+        if workers == 1:
+            fn(0)
+        else:
+            parallel(lambda k0, k1: [fn(k) for k in range(k0, k1)], workers, 1 << 62)
     finally:
+        _chunks.depth -= 1
         setN(before)
+
+
+class _Chunks:
+    depth = 0  # > 0 while runChunks runs: BLAS is single-threaded and the pool is busy
+
+
+_chunks = _Chunks()
+
+
+def matmul(a, b, out):
+    """``np.matmul(a, b, out=out)``, out's last axis (columns) split between the engine's threads, each
+    running a single-threaded GEMM (see runChunks). Every element is the same product over the same inner
+    dimension as unsplit (tested bit-identical), so the result does not depend on the thread count."""
+    if _chunks.depth or blasThreads is None:  # already on a worker (BLAS single-threaded), or no control
+        np.matmul(a, b, out=out)
+        return
+    cols = out.shape[-1]
+    workers = chunkWorkers(cols // _MIN_SPLIT_COLS) if out.size * a.shape[-1] >= PARALLEL_WORK else 1
+    if workers == 1:
+        runChunks(lambda k: np.matmul(a, b, out=out), 1)
+        return
+    bounds = [cols * k // workers for k in range(workers + 1)]
+    runChunks(lambda k: np.matmul(a, b[..., bounds[k]:bounds[k + 1]], out=out[..., bounds[k]:bounds[k + 1]]),
+              workers)
+
+
+# Fewest columns per thread worth a split (thinner GEMMs run far from peak).
+_MIN_SPLIT_COLS = 64

@@ -31,8 +31,8 @@ def gemmForward(x, w, bias, groups):
     o = w.shape[0]
     spatial = x.shape[2:]
     y = np.empty((n, o) + spatial, dtype=x.dtype)
-    np.matmul(w.reshape(groups, o // groups, c // groups), x.reshape(n, groups, c // groups, -1),
-              out=y.reshape(n, groups, o // groups, -1))
+    conv_common.matmul(w.reshape(groups, o // groups, c // groups), x.reshape(n, groups, c // groups, -1),
+                       y.reshape(n, groups, o // groups, -1))
     _addBias(y, bias)
     return y
 
@@ -42,8 +42,8 @@ def gemmBackwardData(dy, w, xShape, groups):
     c = xShape[1]
     dx = np.empty(xShape, dtype=dy.dtype)
     wg = w.reshape(groups, o // groups, c // groups)
-    np.matmul(wg.transpose(0, 2, 1), dy.reshape(n, groups, o // groups, -1),
-              out=dx.reshape(n, groups, c // groups, -1))
+    conv_common.matmul(wg.transpose(0, 2, 1), dy.reshape(n, groups, o // groups, -1),
+                       dx.reshape(n, groups, c // groups, -1))
     return dx
 
 
@@ -59,7 +59,7 @@ def gemmBackwardParams(x, dy, wShape, groups):
     for n0 in range(0, n, step):
         n1 = min(n, n0 + step)
         part = workspace.get("gemm-dw", (n1 - n0, groups, og, cg), x.dtype)
-        np.matmul(dys[n0:n1], xs[n0:n1].transpose(0, 1, 3, 2), out=part)
+        conv_common.matmul(dys[n0:n1], xs[n0:n1].transpose(0, 1, 3, 2), part)
         dw += part.sum(axis=0)
     return dw.reshape(wShape)
 
@@ -392,12 +392,13 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
             else:
                 _gatherRows5(xs, cols, *tables, n0, r0, r1, 0, ck)
             out = yg[n0:n1, :, :, r0 * rowLen:r1 * rowLen]
-            np.matmul(wg, cols.reshape(n1 - n0, groups, ck // groups, -1), out=out)
+            conv_common.matmul(wg, cols.reshape(n1 - n0, groups, ck // groups, -1), out)  # split if shared
             if biasG is not None:  # while the tile's output is in cache, on the tile's thread
                 out += biasG
 
     biasG = None if bias is None else bias.reshape(1, groups, o // groups, 1)
-    conv_common.runChunks(work, workers)
+    # Shared GEMMs (one worker) are split by conv_common.matmul; own ones run whole on single-threaded BLAS.
+    work(0) if workers == 1 else conv_common.runChunks(work, workers)
     return y
 
 
@@ -412,12 +413,13 @@ def _threadTileBytes(itemBytes):
     return max(1, limit // _SPLIT, itemBytes if itemBytes <= limit else 0)
 
 
-# Weight (or weight-gradient) bytes up to which threads run their own GEMMs (see _fastForward): a quarter of
-# a core's 1 MiB L2, so that the packed weights and a column tile stay there together. Larger weights share
-# each GEMM between BLAS's threads: on a quiet host that won for case 4 (9 MiB: fwd 20.7 vs 32.2 ms, bwd-params
-# 17.2 vs 24.9, medians of samples taken after an idle check) and case 5 (1.2 MiB: 12.4 vs 13.9, 13.7 vs 17.9);
-# on a loaded host own GEMMs win by far (case 5 fwd 68 vs 20 ms), as OpenBLAS's workers wait to be scheduled.
-_OWN_GEMM_BYTES = 256 << 10
+# Weight (or weight-gradient) bytes up to which threads run their own GEMMs (see _fastForward); larger weights
+# share each GEMM between the threads (split by columns, conv_common.matmul). Measured with the engine never
+# waking OpenBLAS's own threads (same process, directions interleaved as in training, 2 threads, ms, shared vs
+# own): case 4 im2col fwd 31.0 vs 14.2, bwd-params 15.1 vs 13.3; case 5 fwd 8.5 vs 7.0, bwd-params 9.0 vs
+# 8.3; case 3 alike. (Earlier measurements that favoured shared GEMMs for large weights had OpenBLAS's idle
+# workers spinning on the cores that the own-GEMM threads needed.)
+_OWN_GEMM_BYTES = 64 << 20
 
 # Weight-gradient bytes up to which each thread sums its chunks into a partial of its own (_SPLIT partials,
 # added at the end): beyond, the threads split dw's columns instead, so no dw-sized partials are allocated.
@@ -538,10 +540,10 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
         left, right = (cols, dyOp.T) if flipped else (dyOp, cols.T)
         if summed:
             part = partBuf[:og * (k1 - k0)].reshape(out.shape)
-            np.matmul(left, right, out=part)
+            conv_common.matmul(left, right, part)
             out += part
         else:
-            np.matmul(left, right, out=out)
+            conv_common.matmul(left, right, out)
 
     def work(k):
         for h, chunk, block in runs[k]:
@@ -550,7 +552,7 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
             else:
                 gemm(k, chunk, block, partials[h], chunk is not firsts[h], True)
 
-    conv_common.runChunks(work, workers)
+    work(0) if workers == 1 else conv_common.runChunks(work, workers)  # as in _fastForward
     if partials is not None:
         np.copyto(dw, partials[0].T)
         for h in range(1, len(partials)):
@@ -723,7 +725,7 @@ def _fastBackwardData(dy, w, xShape, stride, pad, dilation, groups):
     for n0, n1, r0, r1 in rowTiles(n, o5[0] * o5[1], ck * rowLen * dy.itemsize):
         nb, span = n1 - n0, (r1 - r0) * rowLen
         dcols = workspace.get("col2im-fast", (nb * ck * span,), dy.dtype)
-        np.matmul(wgT, dyg[n0:n1, :, :, r0 * rowLen:r1 * rowLen], out=dcols.reshape(nb, groups, ckg, span))
+        conv_common.matmul(wgT, dyg[n0:n1, :, :, r0 * rowLen:r1 * rowLen], dcols.reshape(nb, groups, ckg, span))
         _scatterTile(x5, dcols, tables, n0, nb, r0, r1, span, c, taps)
     return dx
 
