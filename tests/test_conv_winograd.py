@@ -36,6 +36,26 @@ def test_weightGradientPartsMatchReferenceOnAnyThreadCount(groups, tiny, monkeyp
     assert np.array_equal(results[0], results[1]) and np.array_equal(results[1], results[2])
 
 
+@pytest.mark.parametrize("groups", [1, 2, 3])
+@pytest.mark.parametrize("tileBytes", [1, 80000, 1 << 30])  # a chunk per tile row / several / one (no split)
+def test_weightGradientByChunksMatchesReferenceOnAnyThreadCount(groups, tileBytes, monkeypatch):
+    # byChunks (conv_polyphase's stacked phases): the parts take fixed runs of chunks, all tile positions,
+    # each into its own dU, added in part order; too few chunks fall back to the positions split.
+    x, w, dy = _data(3, 6, 6, groups, 13, 18)
+    ref = refBackwardParams(x, dy, w.shape, (1, 1), (1, 1), (1, 1), groups)[0]
+    dw = conv_winograd.backwardParams(x, dy, w.shape, (1, 1), groups, tileBytes=tileBytes, byChunks=True)
+    assert np.abs(dw - ref).max() <= 1e-12 * np.abs(ref).max()
+    x32, dy32 = x.astype(np.float32), dy.astype(np.float32)
+    results = []
+    for threads in (1, 2, 2):
+        monkeypatch.setattr(conv_common, "THREADS", threads)
+        results.append(conv_winograd.backwardParams(x32, dy32, w.shape, (1, 1), groups, tileBytes=tileBytes,
+                                                    byChunks=True))
+    assert results[0].dtype == np.float32
+    assert np.abs(results[0] - ref).max() <= 5e-5 * np.abs(ref).max()
+    assert np.array_equal(results[0], results[1]) and np.array_equal(results[1], results[2])
+
+
 @pytest.mark.parametrize("groups", [2, 4])
 def test_forwardOneGroupPerPassMatchesReference(groups, monkeypatch):
     # Chunks are transformed and multiplied one group at a time; tiny chunks cross batch items.
