@@ -126,3 +126,43 @@ def test_backwardDataScratchWithinOneTile():
     assert peak - dx.nbytes <= bound + (64 << 10)
     np.testing.assert_allclose(dx, convBackwardData(dy, w, x.shape, stride, pad, dilation, groups),
                                rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", [CASES[0], CASES[5], CASES[6]])
+def test_weightGradientWholeItemChunksDeinterleavedPerBlock(case, dtype, monkeypatch):
+    # A strided last axis, one item per chunk and dw's columns cut into blocks that split channels: each unit
+    # de-interleaves its item's channels of its block (no copy of all of x) and gathers as the forward does.
+    # Same bits on one thread and on two.
+    monkeypatch.setattr(conv_im2col, "_DW_ROWS", 4)
+    x, w, b, dy, (stride, pad, dilation, groups) = _data(case, dtype)
+    pixels = np.prod(dy.shape[2:])
+    tile = 2 * (pixels * 4 * x.itemsize * 7 // 4)  # bound: whole items of 4 rows fit, blocks of about 7 rows
+    calls = []
+    tileFn = conv_im2col._deinterleaveTile
+    monkeypatch.setattr(conv_im2col, "_deinterleaveTile", lambda *a: calls.append(a[1].shape[1]) or tileFn(*a))
+    results = []
+    for threads in (1, 2):
+        _tiles(monkeypatch, tile, threads)
+        results.append(conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups, algo="im2col")[0])
+    assert len(calls) > 2 * x.shape[0] and min(calls) < x.shape[1]  # per (item, block), part of the channels
+    assert np.array_equal(results[0], results[1])
+    tol = TOL64 if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(results[0], convBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0],
+                               **tol)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_forwardDeinterleavesWholeItemTilesOnly(threads, monkeypatch):
+    # Whole-item tiles de-interleave their own items (no copy of all of x); bands of rows within an item use
+    # one copy of x for the call. Both match the reference.
+    x, w, b, dy, (stride, pad, dilation, groups) = _data(CASES[1])
+    calls = []
+    tileFn = conv_im2col._deinterleaveTile
+    monkeypatch.setattr(conv_im2col, "_deinterleaveTile", lambda *a: calls.append(1) or tileFn(*a))
+    for tile, perTile in ((1 << 20, True), (900, False)):
+        _tiles(monkeypatch, tile, threads)
+        calls.clear()
+        y = conv.forward(x, w, b, stride, pad, dilation, groups, algo="im2col")
+        assert bool(calls) == perTile
+        np.testing.assert_allclose(y, convForward(x, w, b, stride, pad, dilation, groups), **TOL64)
