@@ -166,3 +166,17 @@ def test_forwardDeinterleavesWholeItemTilesOnly(threads, monkeypatch):
         y = conv.forward(x, w, b, stride, pad, dilation, groups, algo="im2col")
         assert bool(calls) == perTile
         np.testing.assert_allclose(y, convForward(x, w, b, stride, pad, dilation, groups), **TOL64)
+
+
+def test_biasGradientSplitOverMapsSameBits(monkeypatch):
+    # Large enough to be split between threads; each map's sum is the same on one thread or two.
+    rng = np.random.default_rng(3)
+    dy = rng.standard_normal((3, 7, 260, 250)).astype(np.float32)
+    results = []
+    for threads in (1, 2):
+        monkeypatch.setattr(conv_common, "THREADS", threads)
+        results.append((conv_im2col.biasGrad(dy), conv_im2col.biasGrad(dy.transpose(0, 1, 3, 2))))  # contiguous or not
+    for got in results[0]:
+        np.testing.assert_allclose(got, dy.astype(np.float64).sum(axis=(0, 2, 3)), rtol=1e-5)
+    for one, two in zip(*results):
+        assert np.array_equal(one, two)

@@ -226,7 +226,18 @@ def im2colBackwardParams(x, dy, wShape, stride, pad, dilation, groups, tileBytes
 
 
 def biasGrad(dy):
-    return dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
+    """dy summed over the batch and the pixels: per item and map a sum over its pixels (numpy's pairwise sum of
+    one contiguous row), then the items added in order. Maps are split between threads (case 3's 25 MiB dy:
+    1.0 -> 0.55 ms); each map's sum is the same on any number of threads."""
+    n, o = dy.shape[:2]
+    rows = _contiguous(dy).reshape(n, o, prod(dy.shape[2:]))
+    db = np.empty(o, dtype=dy.dtype)
+
+    def part(o0, o1):
+        np.sum(rows[:, o0:o1].sum(axis=2), axis=0, out=db[o0:o1])
+
+    parallel(part, o, rows.size)
+    return db
 
 
 # -- compiled gather (numba): contiguous row copies into small, cache-sized tiles --------------------------
