@@ -7,6 +7,8 @@ Algorithms (each direction: "forward", "backwardData", "backwardParams"):
 
 - ``gemm``: 1x1 kernel, unit stride, no padding: a (grouped, batched) GEMM on the input itself.
 - ``im2col``: any convolution: tiled column buffer (bounded, reused) + batched GEMM (conv_im2col).
+  Strided backward-data with O <= 2C runs by stride phases instead (conv_phases: a gather and a GEMM per
+  phase, no scatter-add).
 - ``winograd``: 2-D 3x3, unit stride, all three directions: F(4x4, 3x3); dilated ones run as
   undilated convolutions on the polyphase sub-planes (conv_polyphase)
   (conv_winograd); its error is larger than the others' (bound stated there). 3-D (kD, 3, 3) kernels
@@ -31,6 +33,7 @@ from PuzzleLib.Engines.cpu import (
     conv_common,
     conv_direct,
     conv_im2col,
+    conv_phases,
     conv_polyphase,
     conv_winograd,
     conv_winograd1d,
@@ -163,6 +166,8 @@ def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, group
         resultBytes = max(prod(xShape), n * o * prod(outSpatial)) * itemsize
         return conv_winograd.workspaceBytes(xShape, o, pad, itemsize, resultBytes=resultBytes,
                                             grad=True, groups=groups) + 2 * u
+    if direction == "backwardData" and conv_phases.preferred(xShape, wShape, stride, dilation, groups):
+        return conv_phases.workspaceBytes(xShape, (n, o) + outSpatial, wShape, stride, pad, itemsize)
     # im2col: one tile of columns, bounded per call (conv_common.tileBytesFor the call's result).
     ck = c * prod(kernel)
     result = {"forward": n * o * prod(outSpatial), "backwardData": prod(xShape),
@@ -231,6 +236,8 @@ def backwardData(dy, w, xShape, stride, pad, dilation, groups, algo=None):
     try:
         if algo == "gemm" and isPointwise(w.shape[2:], stride, pad):
             return conv_im2col.gemmBackwardData(dy, w, xShape, groups)
+        if algo == "im2col" and conv_phases.preferred(xShape, w.shape, stride, dilation, groups):
+            return conv_phases.backwardData(dy, w, xShape, stride, pad, groups)
         if algo == "im2col":
             return conv_im2col.im2colBackwardData(dy, w, xShape, stride, pad, dilation, groups)
         if algo == "winograd" and _winogradApplies(w.shape, stride, dilation):
@@ -255,8 +262,8 @@ def backwardParams(x, dy, wShape, withBias, stride, pad, dilation, groups, algo=
     try:
         if algo == "gemm" and isPointwise(wShape[2:], stride, pad):
             dw = conv_im2col.gemmBackwardParams(x, dy, wShape, groups)
-        elif algo == "im2col":
-            dw = conv_im2col.im2colBackwardParams(x, dy, wShape, stride, pad, dilation, groups)
+        elif algo == "im2col":  # the bias gradient may come out of the weight gradient's GEMMs
+            return conv_im2col.im2colBackwardParamsAndBias(x, dy, wShape, withBias, stride, pad, dilation, groups)
         elif algo == "winograd" and _winogradApplies(wShape, stride, dilation):
             if conv_polyphase.applies(wShape[2:], stride, dilation):
                 dw = conv_polyphase.backwardParams(x, dy, wShape, pad, dilation, groups)
