@@ -56,6 +56,22 @@ def test_weightGradientByChunksMatchesReferenceOnAnyThreadCount(groups, tileByte
     assert np.array_equal(results[0], results[1]) and np.array_equal(results[1], results[2])
 
 
+def test_forwardChunksDoNotDependOnThreadCount(monkeypatch):
+    # OpenBLAS's products differ in the last bits with their column count (tiles per chunk): chunks cut per
+    # thread (8 rows on one thread, 4 on two) gave float32 results that changed with the thread count.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 64, 30, 30)).astype(np.float32)
+    w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
+    tile = 8 * 36 * 128 * 7 * 4  # 8 tile rows of 7 tiles, 64 + 64 channels, float32
+    results = []
+    for threads in (1, 2, 2):
+        monkeypatch.setattr(conv_common, "THREADS", threads)
+        results.append(conv_winograd.forward(x, w, None, (1, 1), 1, tileBytes=tile))
+    ref = refForward(x.astype(np.float64), w.astype(np.float64), None, (1, 1), (1, 1), (1, 1), 1)
+    assert np.abs(results[0] - ref).max() <= 5e-5 * np.abs(ref).max()
+    assert np.array_equal(results[0], results[1]) and np.array_equal(results[1], results[2])
+
+
 @pytest.mark.parametrize("groups", [2, 4])
 def test_forwardOneGroupPerPassMatchesReference(groups, monkeypatch):
     # Chunks are transformed and multiplied one group at a time; tiny chunks cross batch items.

@@ -69,6 +69,8 @@ _MIN_GRAD_TILES = 24
 # Parts of the weight gradient (fixed, so the result does not depend on the thread count; _gradUnits;
 # conv_winograd3d's partial sums).
 _GRAD_PARTS = 2
+# Runs of chunks of the forward (fixed for the same reason; the threads take whole runs).
+_PARTS = 2
 # Elements per vectorised pass of the transforms: channels are taken in blocks so a pass is this long
 # (a chunk's tiles alone can be fewer than one unrolled vector loop iteration, which then runs scalar).
 VECTOR_SPAN = 256
@@ -499,16 +501,20 @@ def forward(x, w, bias, pad, groups, tileBytes=None, u=None, out=None):
     # so a chunk has groups x more tiles for the same bytes, and the GEMMs (O/g, C/g) @ (C/g, tiles) get
     # a longer tile dimension (case 7, 4 groups of 32: 144 GEMMs of 21 tiles per chunk ran at ~70
     # GFLOP/s single-threaded, 36 of 84 tiles at ~95).
-    workers = chunkWorkers(-(-total // _chunkRows(total, tw, cg, og, x.itemsize, limit)))
-    step = _chunkRows(total, tw, cg, og, x.itemsize, limit // workers)
-    runs = _chunkRanges(total, step, workers)
+    # The chunks are fixed by the shape (_PARTS runs), not by the thread count: OpenBLAS's products differ in
+    # the last bits with the number of columns (tiles) they get (its small-matrix kernels), so chunks cut per
+    # thread made the result depend on the thread count.
+    parts = max(1, min(_PARTS, -(-total // _chunkRows(total, tw, cg, og, x.itemsize, limit))))
+    step = _chunkRows(total, tw, cg, og, x.itemsize, limit // parts)
+    runs = _chunkRanges(total, step, parts)
+    workers = chunkWorkers(parts)
     # Buffers are taken here, in the calling thread (the workspace is not thread-safe).
     bufs = [(workspace.get(f"wino-v{k}", (36 * cg * step * tw,), x.dtype),
              workspace.get(f"wino-m{k}", (36 * og * step * tw,), x.dtype)) for k in range(workers)]
 
     def work(k):
         vb, mb = bufs[k]
-        for q0, q1 in runs[k]:
+        for q0, q1 in (chunk for r in range(k, parts, workers) for chunk in runs[r]):
             p = (q1 - q0) * tw
             v, m = vb[:36 * cg * p].reshape(36, cg, p), mb[:36 * og * p].reshape(36, og, p)
             for gi in range(groups):
