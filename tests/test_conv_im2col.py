@@ -180,3 +180,23 @@ def test_biasGradientSplitOverMapsSameBits(monkeypatch):
         np.testing.assert_allclose(got, dy.astype(np.float64).sum(axis=(0, 2, 3)), rtol=1e-5)
     for one, two in zip(*results):
         assert np.array_equal(one, two)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_biasGradientFromTheWeightGradientPartials(dtype, monkeypatch):
+    # Chunks summed in fixed partials, one block of dw's columns: the bias gradient is the partials' extra row
+    # (no separate pass over dy), the same bits on one thread or two.
+    x, w, b, dy, (stride, pad, dilation, groups) = _data(CASES[1], dtype)
+    calls = []
+    monkeypatch.setattr(conv_im2col, "biasGrad", lambda *a: calls.append(1))
+    results = []
+    for threads in (1, 2):
+        _tiles(monkeypatch, 16800 * x.itemsize // 8, threads)  # bands of two output rows, one block
+        results.append(conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation, groups, algo="im2col"))
+    assert not calls
+    rdw, rdb = convBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)
+    tol = TOL64 if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
+    for dw, db in results:
+        np.testing.assert_allclose(dw, rdw, **tol)
+        np.testing.assert_allclose(db, rdb.reshape(-1), **tol)
+    assert all(np.array_equal(u, v) for u, v in zip(*results))

@@ -201,9 +201,16 @@ def _col2imBackwardData(dy, w, xShape, stride, pad, dilation, groups, tileBytes)
 
 
 # -- backward params ---------------------------------------------------------------------------------
+def im2colBackwardParamsAndBias(x, dy, wShape, withBias, stride, pad, dilation, groups):
+    """(dw, db or None): the bias gradient taken from the weight gradient's GEMMs where they can carry it."""
+    if _fastApplies(x):
+        return _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias)
+    return im2colBackwardParams(x, dy, wShape, stride, pad, dilation, groups), biasGrad(dy) if withBias else None
+
+
 def im2colBackwardParams(x, dy, wShape, stride, pad, dilation, groups, tileBytes=None):
     if tileBytes is None and _fastApplies(x):
-        return _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups)
+        return _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups)[0]
     n, c = x.shape[:2]
     o = dy.shape[1]
     kernel = tuple(wShape[2:])
@@ -487,8 +494,8 @@ _PARTIAL_BYTES = 256 << 10
 _SPLIT = 2
 
 
-def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
-    """Weight gradient as GEMMs (O/g, pixels) @ (pixels, rows) with the pixels the inner dimension of both.
+def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=False):
+    """(dw, db or None): dw as GEMMs (O/g, pixels) @ (pixels, rows) with the pixels the inner dimension of both.
 
     Units of work are (chunk of the batch's pixels, block of dw's columns = channel-taps of one group). If dw
     is small (_ownGemms) each thread runs whole units, gather and GEMM, with BLAS single-threaded (see
@@ -501,6 +508,8 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
     the same result on any number of threads. A chunk within one item reads dy in place (rows of pixels);
     one spanning items gets dy transposed to (O, items * pixels). A strided last axis is de-interleaved (once
     for the call, or per unit for its item's channels) where chunks are single items, else read in place.
+    With fixed partials and one block, the bias gradient rides along: a row of ones below the columns makes
+    each partial's last row a sum of dy over its chunks' pixels (case 3: no separate pass over its 25 MiB dy).
     """
     n, c = x.shape[:2]
     o = dy.shape[1]
@@ -512,7 +521,7 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
     pixels = prod(o5)
     if n * pixels == 0 or kg == 0:
         dw.fill(0)
-        return dw.reshape(wShape)
+        return dw.reshape(wShape), biasGrad(dy) if withBias else None
     own = _ownGemms(dw)
     limit = max(1, tileBytes() // _SPLIT) if own else tileBytes()
     rowsWanted = min(kg, _DW_ROWS)
@@ -557,7 +566,8 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
                 for k in range(workers)]
         # Own partials are kept transposed, (kg, O): cols @ dy.T runs faster than dy @ cols.T on these thin
         # products (case 3, one thread: 21.9 vs 25.4 ms).
-        partials = workspace.get("im2col-dw-partials", (parts, kg, o), x.dtype)
+        ones = int(withBias and len(blocks) == 1)  # the bias gradient as one more row of the partials
+        partials = workspace.get("im2col-dw-partials", (parts, kg + ones, o), x.dtype)
     else:
         # Each thread a contiguous run of dw's column blocks, written in place: per block the chunks in order,
         # the first written, the others added (each element sums its chunks in the same order on any threads).
@@ -566,7 +576,7 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
         workers = conv_common.chunkWorkers(len(blocks)) if own else 1
         runs = [units[len(chunks) * (len(blocks) * k // workers):len(chunks) * (len(blocks) * (k + 1) // workers)]
                 for k in range(workers)]
-        partials = None
+        partials, ones = None, 0
     shared = None
     if folded and len(chunks) == 1:  # one chunk spanning items: dy transposed once, read by every thread
         (n0, n1, r0, r1), = chunks
@@ -577,9 +587,9 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
         channels = max(-(-k1 // taps) - k0 // taps for _, k0, k1 in blocks)
         phasesShape = (1, channels) + _phasesShape(x5, stride[-1])[2:]
         phases = [workspace.get(f"im2col-dw-phases{k}", phasesShape, x.dtype) for k in range(workers)]
-    scratch = [(workspace.get(f"im2col-dw-cols{k}", (rows * inner,), x.dtype),
+    scratch = [(workspace.get(f"im2col-dw-cols{k}", ((rows + ones) * inner,), x.dtype),
                 workspace.get(f"im2col-dw-dy{k}", (og * inner,), x.dtype) if folded and shared is None else None,
-                workspace.get(f"im2col-dw-part{k}", (og * rows,), x.dtype) if len(chunks) > 1 else None)
+                workspace.get(f"im2col-dw-part{k}", (og * (rows + ones),), x.dtype) if len(chunks) > 1 else None)
                for k in range(workers)]
     firsts = [half[0] for half in halves]
 
@@ -587,7 +597,10 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
         (n0, n1, r0, r1), (g, k0, k1) = chunk, block
         nb, span = n1 - n0, (r1 - r0) * o5[2]
         colsBuf, dyBuf, partBuf = scratch[k]
-        cols = colsBuf[:(k1 - k0) * nb * span].reshape(k1 - k0, nb * span)
+        withOnes = colsBuf[:(k1 - k0 + ones) * nb * span].reshape(k1 - k0 + ones, nb * span)
+        cols = withOnes[:k1 - k0]
+        if ones:
+            withOnes[-1] = 1
         start = g * kg
         if phased:
             cols5 = cols.reshape(1, kg, span)
@@ -618,10 +631,10 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
             dyOp = dyBuf[:og * nb * span].reshape(og, nb, span)
             np.copyto(dyOp, dyFlat[n0:n1, g * og:(g + 1) * og, r0 * o5[2]:r1 * o5[2]].transpose(1, 0, 2))
             dyOp = dyOp.reshape(og, nb * span)
-        out = target[k0:k1, g * og:(g + 1) * og] if flipped else target[g * og:(g + 1) * og, k0:k1]
-        left, right = (cols, dyOp.T) if flipped else (dyOp, cols.T)
+        out = target[k0:k1 + ones, g * og:(g + 1) * og] if flipped else target[g * og:(g + 1) * og, k0:k1]
+        left, right = (withOnes, dyOp.T) if flipped else (dyOp, cols.T)
         if summed:
-            part = partBuf[:og * (k1 - k0)].reshape(out.shape)
+            part = partBuf[:og * (k1 - k0 + ones)].reshape(out.shape)
             conv_common.matmul(left, right, part)
             out += part
         else:
@@ -635,11 +648,18 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
                 gemm(k, chunk, block, partials[h], chunk is not firsts[h], True)
 
     work(0) if workers == 1 else conv_common.runChunks(work, workers)  # as in _fastForward
+    db = None
     if partials is not None:
-        np.copyto(dw, partials[0].T)
+        np.copyto(dw, partials[0, :kg].T)
         for h in range(1, len(partials)):
-            dw += partials[h].T
-    return dw.reshape(wShape)
+            dw += partials[h, :kg].T
+        if ones:
+            db = partials[0, kg].copy()
+            for h in range(1, len(partials)):
+                db += partials[h, kg]
+    if withBias and db is None:
+        db = biasGrad(dy)
+    return dw.reshape(wShape), db
 
 
 # Inner dimension (channel-taps) below which the forward folds the bias into its GEMMs (see _fastForward).
