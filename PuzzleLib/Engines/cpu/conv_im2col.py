@@ -403,11 +403,12 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
     ck = c * prod(kernel)
     xs, tables, o5 = _fastPlan(x, kernel, stride, pad, dilation, False)
     wg = _contiguous(w).reshape(groups, o // groups, ck // groups)
-    # One group and a short inner dimension: the bias folded into the GEMM as one more inner row (ones in the
-    # columns, the bias next to the weights) instead of added to each tile's output afterwards (case 3, inner
-    # 147: the adds cost 1.4 ms of one thread, 7% of the GEMMs, the extra row nothing measurable; case 5, inner
-    # 1152: the adds 0.08 ms, the extra row 1.8% of the GEMMs, 0.16 ms).
-    folded = bias is not None and groups == 1 and ck < _FOLD_BIAS_INNER
+    # One group and a short, already ragged inner dimension: the bias folded into the GEMM as one more inner row
+    # (ones in the columns, the bias next to the weights) instead of added to each tile's output afterwards
+    # (case 3, inner 147: the adds cost 1.4 ms of one thread, 7% of the GEMMs, the extra row nothing
+    # measurable). A multiple of 8 made ragged costs more than the adds (one thread: inner 1152 -> 1153 +1.8%
+    # on case 5's GEMMs, adds 0.5%; 192 -> 193 on 128 x 784 products +22%, adds 4%).
+    folded = bias is not None and groups == 1 and ck < _FOLD_BIAS_INNER and ck % 8 != 0
     ckA = ck + folded
     if folded:
         wg = workspace.get("im2col-wbias", (1, o, ckA), x.dtype)
