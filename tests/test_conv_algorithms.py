@@ -575,3 +575,22 @@ def test_polyphaseStackedChunks(case, stackBytes):
     np.testing.assert_allclose(dx, refBackwardData(dy, w, x.shape, stride, pad, dilation, groups), **TOL64)
     dw = conv_polyphase.backwardParams(x, dy, w.shape, pad, dilation, groups, stackBytes=stackBytes)
     np.testing.assert_allclose(dw, refBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0], **TOL64)
+
+
+@pytest.mark.parametrize("aShape, bShape", [((64, 64), (64, 196)), ((256, 1152), (1152, 1568)), ((3, 7), (7, 4001)),
+                                            ((1, 64, 256), (2, 1, 256, 3136))])
+def test_sharedMatmulIndependentOfThreadCount(aShape, bShape, monkeypatch):
+    # conv_common.matmul cuts the columns by shape, not by thread count: same bits on 1 and 2 threads,
+    # and the product itself (checked against float64).
+    from PuzzleLib.Engines.cpu import conv_common
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal(aShape, dtype=np.float32), rng.standard_normal(bShape, dtype=np.float32)
+    expected = np.matmul(a.astype(np.float64), b)
+    outs = []
+    for threads in (1, 2):
+        monkeypatch.setattr(conv_common, "THREADS", threads)
+        out = np.empty(expected.shape, np.float32)
+        conv_common.matmul(a, b, out)
+        outs.append(out)
+    assert np.array_equal(outs[0], outs[1])
+    np.testing.assert_allclose(outs[0], expected, rtol=1e-4, atol=1e-3)

@@ -229,21 +229,25 @@ _chunks = _Chunks()
 
 
 def matmul(a, b, out):
-    """``np.matmul(a, b, out=out)``, out's last axis (columns) split between the engine's threads, each
-    running a single-threaded GEMM (see runChunks). Every element is the same product over the same inner
-    dimension as unsplit (tested bit-identical), so the result does not depend on the thread count."""
+    """``np.matmul(a, b, out=out)``, out's last axis (columns) cut into parts shared between the engine's
+    threads, each part a single-threaded GEMM (see runChunks). The parts depend on the shape alone: OpenBLAS
+    can round the last bits of a column differently with the width of the slice it is given, so cutting by
+    thread count would make results depend on it."""
     if _chunks.depth or blasThreads is None:  # already on a worker (BLAS single-threaded), or no control
         np.matmul(a, b, out=out)
         return
     cols = out.shape[-1]
-    workers = chunkWorkers(cols // _MIN_SPLIT_COLS) if out.size * a.shape[-1] >= PARALLEL_WORK else 1
-    if workers == 1:
-        runChunks(lambda k: np.matmul(a, b, out=out), 1)
-        return
-    bounds = [cols * k // workers for k in range(workers + 1)]
-    runChunks(lambda k: np.matmul(a, b[..., bounds[k]:bounds[k + 1]], out=out[..., bounds[k]:bounds[k + 1]]),
-              workers)
+    parts = max(1, min(_SPLIT_PARTS, cols // _MIN_SPLIT_COLS)) if out.size * a.shape[-1] >= PARALLEL_WORK else 1
+    bounds = [cols * k // parts for k in range(parts + 1)]
+    workers = chunkWorkers(parts)
+
+    def part(k):
+        for j in range(k, parts, workers):
+            np.matmul(a, b[..., bounds[j]:bounds[j + 1]], out=out[..., bounds[j]:bounds[j + 1]])
+
+    runChunks(part, workers)
 
 
-# Fewest columns per thread worth a split (thinner GEMMs run far from peak).
+# Column parts of a shared GEMM (fixed, whatever the thread count), and the fewest columns worth a part.
+_SPLIT_PARTS = 2
 _MIN_SPLIT_COLS = 64
