@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from reference import convBackwardData, outShape
 
-from PuzzleLib.Engines.cpu import conv, conv_common, conv_phases
+from PuzzleLib.Engines.cpu import conv, conv_col2im, conv_common, conv_phases
 
 pytestmark = pytest.mark.skipif(not conv_phases.available, reason="numba is not installed")
 
@@ -99,19 +99,23 @@ def test_emptyBatch():
 
 
 def test_dispatchOnlyWhereItWins(monkeypatch):
-    # conv.backwardData (im2col) takes the phases for strided kernels with O <= 2C, keeps col2im otherwise.
+    # conv.backwardData (im2col): the phases for strided kernels with O <= C, else col2im with whole items per
+    # thread (conv_col2im) for batches of several items, else the shared col2im.
     calls = []
-    phases = conv_phases.backwardData
-    monkeypatch.setattr(conv_phases, "backwardData", lambda *a: calls.append(a[2]) or phases(*a))
+    for module in (conv_phases, conv_col2im):
+        run = module.backwardData
+        monkeypatch.setattr(module, "backwardData",
+                            lambda *a, run=run, name=module.__name__: calls.append((name[-7:], a[2])) or run(*a))
     for case in [(2, 8, (9, 9), 8, (3, 3), (2, 2), (1, 1), 2), (2, 4, (9, 9), 8, (3, 3), (2, 2), (1, 1), 1),
-                 (2, 4, (9, 9), 12, (3, 3), (2, 2), (1, 1), 1), (2, 8, (9, 9), 8, (1, 1), (2, 2), (0, 0), 1),
+                 (1, 4, (9, 9), 8, (3, 3), (2, 2), (1, 1), 1), (2, 8, (9, 9), 8, (1, 1), (2, 2), (0, 0), 1),
                  (2, 8, (9, 9), 8, (3, 3), (1, 1), (1, 1), 1)]:
         dy, w, xShape, stride, pad, groups = _data(case, np.float32)
         dx = conv.backwardData(dy, w, xShape, stride, pad, (1, 1), groups, algo="im2col")
         np.testing.assert_allclose(dx, convBackwardData(dy, w, xShape, stride, pad, (1, 1), groups),
                                    rtol=1e-4, atol=1e-4)
-    assert calls == [(2, 8, 9, 9), (2, 4, 9, 9)]
-    assert conv_phases.preferred((8, 128, 28, 28), (256, 128, 3, 3), (2, 2), (1, 1), 1)  # case 5
+    assert calls == [("_phases", (2, 8, 9, 9)), ("_col2im", (2, 4, 9, 9)), ("_col2im", (2, 8, 9, 9))]
+    assert conv_phases.preferred((8, 128, 28, 28), (128, 128, 3, 3), (2, 2), (1, 1), 1)
+    assert not conv_phases.preferred((8, 128, 28, 28), (256, 128, 3, 3), (2, 2), (1, 1), 1)  # case 5
     assert not conv_phases.preferred((8, 3, 224, 224), (64, 3, 7, 7), (2, 2), (1, 1), 1)  # case 3
     assert not conv_phases.preferred((8, 64, 28, 28), (64, 64, 3, 3), (2, 2), (2, 2), 1)  # dilated
 

@@ -7,8 +7,8 @@ Algorithms (each direction: "forward", "backwardData", "backwardParams"):
 
 - ``gemm``: 1x1 kernel, unit stride, no padding: a (grouped, batched) GEMM on the input itself.
 - ``im2col``: any convolution: tiled column buffer (bounded, reused) + batched GEMM (conv_im2col).
-  Strided backward-data with O <= 2C runs by stride phases instead (conv_phases: a gather and a GEMM per
-  phase, no scatter-add).
+  Strided backward-data: by stride phases where O <= C (conv_phases: a gather and a GEMM per phase, no
+  scatter-add), else GEMM + col2im with whole batch items per thread (conv_col2im).
 - ``winograd``: 2-D 3x3, unit stride, all three directions: F(4x4, 3x3); dilated ones run as
   undilated convolutions on the polyphase sub-planes (conv_polyphase)
   (conv_winograd); its error is larger than the others' (bound stated there). 3-D (kD, 3, 3) kernels
@@ -30,6 +30,7 @@ import time
 import numpy as np
 
 from PuzzleLib.Engines.cpu import (
+    conv_col2im,
     conv_common,
     conv_direct,
     conv_im2col,
@@ -238,6 +239,8 @@ def backwardData(dy, w, xShape, stride, pad, dilation, groups, algo=None):
             return conv_im2col.gemmBackwardData(dy, w, xShape, groups)
         if algo == "im2col" and conv_phases.preferred(xShape, w.shape, stride, dilation, groups):
             return conv_phases.backwardData(dy, w, xShape, stride, pad, groups)
+        if algo == "im2col" and conv_col2im.preferred(xShape, stride):
+            return conv_col2im.backwardData(dy, w, xShape, stride, pad, dilation, groups)
         if algo == "im2col":
             return conv_im2col.im2colBackwardData(dy, w, xShape, stride, pad, dilation, groups)
         if algo == "winograd" and _winogradApplies(w.shape, stride, dilation):

@@ -32,19 +32,18 @@ def applies(kernel, stride, dilation):
 
 
 def preferred(xShape, wShape, stride, dilation, groups):
-    """Whether the phases beat GEMM + col2im (conv_im2col) on two threads: where O <= 2C, and some kernel axis
-    is longer than its stride (else there is nothing to gather and the phases only add copies).
+    """Whether the phases beat GEMM + col2im: where O <= C, and some kernel axis is longer than its stride (else
+    there is nothing to gather and the phases only add copies).
 
     They gather O * taps values per dy pixel where col2im's GEMM writes and scatters C * taps, and their GEMMs
     (C/g rows) run slower than col2im's (C/g * taps rows): one thread's CPU time favours them only where O <= C.
-    But their units (item, phase, tile) run whole on each thread, where col2im shares each GEMM and splits each
-    scatter, which scales worse. Same process, directions interleaved, ms, col2im vs phases: two threads, quiet
-    host: case 5 (128->256 s2 28x28) 9.1 vs 7.7 (min 8.8 vs 7.2), 64->128 s2 56x56 9.9 vs 7.4, 64->256 s2 28x28
-    4.4 vs 4.4, 128->128 4.2 vs 4.1, 64->64 g2 1.46 vs 1.45; one thread: case 5 12.2 vs 13.6, 128->128 7.8 vs
-    7.1, 256->128 15.3 vs 12.8, 64->64 s2 56x56 8.7 vs 7.3, 64->64 g2 2.10 vs 1.72, 1-D 64->64 L4096 8.1 vs 7.9,
-    3-D 32->32 16^3 2.1 vs 1.8. Case 3 (3->64 k7: 21x col2im's volume) 25 vs 58 ms; 1x1 stride 2 7.5 vs 10.2."""
+    Same process, directions interleaved, ms, col2im (shared GEMMs; whole items per thread, conv_col2im) vs
+    phases: one thread, or a loaded host: 128->128 s2 28x28 8.1 / 8.1 vs 7.1, 256->128 15.3 vs 12.8, 64->64 s2
+    56x56 8.7 vs 7.3, 64->64 g2 2.10 vs 1.72, 1-D 64->64 L4096 8.1 vs 7.9, 3-D 32->32 16^3 2.1 vs 1.8; but case 5
+    (128->256) 12.9 / 13.0 vs 13.5, 64->256 6.4 / 6.1 vs 7.6, case 3 (3->64 k7: 21x col2im's volume) 34 / 32 vs
+    90; 1x1 stride 2 7.5 vs 10.2. Two threads, quiet host: case 5 9.0 / 6.2 vs 7.7."""
     kernel = tuple(wShape[2:])
-    return (applies(kernel, stride, dilation) and wShape[0] <= 2 * xShape[1]
+    return (applies(kernel, stride, dilation) and wShape[0] <= xShape[1]
             and any(k > s for k, s in zip(kernel, stride)))
 
 

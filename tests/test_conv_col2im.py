@@ -1,0 +1,70 @@
+"""Strided backward-data as GEMM + col2im with whole items per thread (conv_col2im) against the float64
+reference of tests/reference.py; tiny tile bounds cut each item into row bands (scattered in order by one
+thread). Results must be bit-identical on one thread and on two."""
+
+import numpy as np
+import pytest
+from reference import convBackwardData, outShape
+
+from PuzzleLib.Engines.cpu import conv_col2im, conv_common, conv_im2col
+
+pytestmark = pytest.mark.skipif(not conv_im2col.useNumba, reason="numba is not installed")
+
+# (N, C, spatial, O, kernel, stride, pad, dilation, groups)
+CASES = [
+    (3, 4, (11, 10), 6, (3, 3), (2, 2), (1, 1), (1, 1), 1),           # case 5's kind, small; an odd batch
+    (2, 3, (15, 14), 5, (7, 7), (2, 2), (3, 3), (1, 1), 1),           # the 7x7 stem
+    (2, 4, (9, 8), 6, (3, 2), (2, 3), (1, 2), (2, 1), 2),             # groups, dilation, unequal strides
+    (2, 3, (13,), 4, (3,), (2,), (1,), (1,), 1),                      # 1-D
+    (2, 2, (4, 5, 6), 3, (2, 3, 2), (1, 2, 2), (1, 0, 1), (2, 1, 1), 1),  # 3-D
+]
+TOL64 = dict(rtol=1e-12, atol=1e-12)
+
+
+def _data(case, dtype=np.float64, seed=0):
+    n, c, spatial, o, kernel, stride, pad, dilation, groups = case
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((o, c // groups) + kernel).astype(dtype)
+    dy = rng.standard_normal((n, o) + outShape(spatial, kernel, stride, pad, dilation)).astype(dtype)
+    return dy, w, (n, c) + spatial, stride, pad, dilation, groups
+
+
+def _run(*args):
+    conv_common.beginCall(args[0].itemsize * int(np.prod(args[2])))
+    try:
+        return conv_col2im.backwardData(*args)
+    finally:
+        conv_common.endCall()
+
+
+def _tiles(monkeypatch, tile, threads):
+    monkeypatch.setattr(conv_common, "THREADS", threads)
+    monkeypatch.setattr(conv_common, "TILE_BYTES", tile)
+    monkeypatch.setattr(conv_common, "MIN_TILE_BYTES", min(conv_common.MIN_TILE_BYTES, tile))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("tile", [600, 1 << 20])  # row bands of one item / whole items
+@pytest.mark.parametrize("case", CASES)
+def test_matchesReference(case, tile, threads, monkeypatch):
+    _tiles(monkeypatch, tile, threads)
+    dy, w, xShape, stride, pad, dilation, groups = _data(case)
+    dx = _run(dy, w, xShape, stride, pad, dilation, groups)
+    np.testing.assert_allclose(dx, convBackwardData(dy, w, xShape, stride, pad, dilation, groups), **TOL64)
+
+
+@pytest.mark.parametrize("tile", [600, 1 << 20])
+def test_sameBitsOnOneThreadOrTwo(tile, monkeypatch):
+    results = []
+    for threads in (1, 2, 2):
+        _tiles(monkeypatch, tile, threads)
+        results.append([_run(*_data(case, np.float32)) for case in (CASES[0], CASES[2])])
+    for got in results[1:]:
+        for u, v in zip(got, results[0]):
+            assert np.array_equal(u, v)
+
+
+def test_preferred():
+    assert conv_col2im.preferred((8, 128, 28, 28), (2, 2))
+    assert not conv_col2im.preferred((1, 128, 28, 28), (2, 2))  # one item: the shared col2im
+    assert not conv_col2im.preferred((8, 128, 28, 28), (1, 1))
