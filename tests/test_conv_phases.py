@@ -99,32 +99,33 @@ def test_emptyBatch():
 
 
 def test_dispatchOnlyWhereItWins(monkeypatch):
-    # conv.backwardData (im2col): the phases for strided kernels with O <= C, else col2im with whole items per
-    # thread (conv_col2im) for batches of several items, else the shared col2im.
+    # conv.backwardData (im2col), strided: col2im with whole items per thread (conv_col2im) for several items;
+    # one item by phases where O <= C (2-D or 3-D), else the shared col2im.
     calls = []
     for module in (conv_phases, conv_col2im):
         run = module.backwardData
         monkeypatch.setattr(module, "backwardData",
                             lambda *a, run=run, name=module.__name__: calls.append((name[-7:], a[2])) or run(*a))
-    for case in [(2, 8, (9, 9), 8, (3, 3), (2, 2), (1, 1), 2), (2, 4, (9, 9), 8, (3, 3), (2, 2), (1, 1), 1),
-                 (1, 4, (9, 9), 8, (3, 3), (2, 2), (1, 1), 1), (2, 8, (9, 9), 8, (1, 1), (2, 2), (0, 0), 1),
+    for case in [(1, 8, (9, 9), 8, (3, 3), (2, 2), (1, 1), 2), (2, 8, (9, 9), 8, (3, 3), (2, 2), (1, 1), 2),
+                 (1, 4, (9, 9), 8, (3, 3), (2, 2), (1, 1), 1), (1, 8, (9, 9), 8, (1, 1), (2, 2), (0, 0), 1),
                  (2, 8, (9, 9), 8, (3, 3), (1, 1), (1, 1), 1)]:
         dy, w, xShape, stride, pad, groups = _data(case, np.float32)
         dx = conv.backwardData(dy, w, xShape, stride, pad, (1, 1), groups, algo="im2col")
         np.testing.assert_allclose(dx, convBackwardData(dy, w, xShape, stride, pad, (1, 1), groups),
                                    rtol=1e-4, atol=1e-4)
-    assert calls == [("_phases", (2, 8, 9, 9)), ("_col2im", (2, 4, 9, 9)), ("_col2im", (2, 8, 9, 9))]
-    assert conv_phases.preferred((8, 128, 28, 28), (128, 128, 3, 3), (2, 2), (1, 1), 1)
-    assert not conv_phases.preferred((8, 128, 28, 28), (256, 128, 3, 3), (2, 2), (1, 1), 1)  # case 5
-    assert not conv_phases.preferred((8, 3, 224, 224), (64, 3, 7, 7), (2, 2), (1, 1), 1)  # case 3
-    assert not conv_phases.preferred((8, 64, 28, 28), (64, 64, 3, 3), (2, 2), (2, 2), 1)  # dilated
+    assert calls == [("_phases", (1, 8, 9, 9)), ("_col2im", (2, 8, 9, 9))]
+    assert conv_phases.preferred((1, 128, 56, 56), (128, 128, 3, 3), (2, 2), (1, 1), 1)
+    assert not conv_phases.preferred((8, 128, 56, 56), (128, 128, 3, 3), (2, 2), (1, 1), 1)  # items per thread
+    assert not conv_phases.preferred((1, 128, 28, 28), (256, 128, 3, 3), (2, 2), (1, 1), 1)  # O > C
+    assert not conv_phases.preferred((1, 64, 4096), (64, 64, 3), (2,), (1,), 1)  # 1-D
+    assert not conv_phases.preferred((1, 64, 28, 28), (64, 64, 3, 3), (2, 2), (2, 2), 1)  # dilated
 
 
 def test_scratchWithinBound():
     # Scratch: the phase kernels (weights' size), the call's tile bound and two padded items of dy.
     import tracemalloc
 
-    dy, w, xShape, stride, pad, groups = _data((4, 16, (24, 24), 16, (3, 3), (2, 2), (1, 1), 1), np.float32)
+    dy, w, xShape, stride, pad, groups = _data((1, 16, (48, 48), 16, (3, 3), (2, 2), (1, 1), 1), np.float32)
     conv.backwardData(dy, w, xShape, stride, pad, (1, 1), groups, algo="im2col")
     tracemalloc.start()
     try:

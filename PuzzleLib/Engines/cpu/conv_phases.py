@@ -32,18 +32,20 @@ def applies(kernel, stride, dilation):
 
 
 def preferred(xShape, wShape, stride, dilation, groups):
-    """Whether the phases beat GEMM + col2im: where O <= C, and some kernel axis is longer than its stride (else
-    there is nothing to gather and the phases only add copies).
+    """Whether the phases beat GEMM + col2im: for one item of a 2-D or 3-D convolution with O <= C, where some
+    kernel axis is longer than its stride (else there is nothing to gather and the phases only add copies).
 
     They gather O * taps values per dy pixel where col2im's GEMM writes and scatters C * taps, and their GEMMs
-    (C/g rows) run slower than col2im's (C/g * taps rows): one thread's CPU time favours them only where O <= C.
-    Same process, directions interleaved, ms, col2im (shared GEMMs; whole items per thread, conv_col2im) vs
-    phases: one thread, or a loaded host: 128->128 s2 28x28 8.1 / 8.1 vs 7.1, 256->128 15.3 vs 12.8, 64->64 s2
-    56x56 8.7 vs 7.3, 64->64 g2 2.10 vs 1.72, 1-D 64->64 L4096 8.1 vs 7.9, 3-D 32->32 16^3 2.1 vs 1.8; but case 5
-    (128->256) 12.9 / 13.0 vs 13.5, 64->256 6.4 / 6.1 vs 7.6, case 3 (3->64 k7: 21x col2im's volume) 34 / 32 vs
-    90; 1x1 stride 2 7.5 vs 10.2. Two threads, quiet host: case 5 9.0 / 6.2 vs 7.7."""
+    (C/g rows) run slower than col2im's (C/g * taps rows), so they only ever win where O <= C; and a batch of
+    several items runs faster still as col2im with whole items per thread (conv_col2im). Same process,
+    directions interleaved, 2 threads, quiet host, ms (medians of two runs), shared col2im vs phases vs items
+    per thread: N1 128->128 s2 56x56 3.49 / 3.31 vs 2.95 / 2.81; N1 256->256 28x28 3.24 / 3.53 vs 3.94 / 3.24;
+    N1 64->64 56x56 1.40 / 1.15 vs 1.52 / 1.12; N1 1-D 64->64 L4096 0.98 / 0.84 vs 1.20 / 1.34 (not taken);
+    N8 128->128 28x28 7.4 vs 4.9 vs 4.7, N8 64->64 g2 2.0 vs 1.9 vs 1.2, case 5 (N8 128->256)
+    9.4-10.0 vs 7.9-8.8 vs 6.5-7.1.
+    One thread's CPU time (a loaded host) favours the phases for O <= C (N8 128->128 7.1 vs 8.1 / 8.1 ms)."""
     kernel = tuple(wShape[2:])
-    return (applies(kernel, stride, dilation) and wShape[0] <= xShape[1]
+    return (applies(kernel, stride, dilation) and xShape[0] == 1 and len(kernel) >= 2 and wShape[0] <= xShape[1]
             and any(k > s for k, s in zip(kernel, stride)))
 
 
