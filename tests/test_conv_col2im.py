@@ -65,6 +65,18 @@ def test_sameBitsOnOneThreadOrTwo(tile, monkeypatch):
 
 
 def test_preferred():
-    assert conv_col2im.preferred((8, 128, 28, 28), (2, 2))
-    assert not conv_col2im.preferred((1, 128, 28, 28), (2, 2))  # one item: the shared col2im
-    assert not conv_col2im.preferred((8, 128, 28, 28), (1, 1))
+    assert conv_col2im.preferred((8, 128, 28, 28), (256, 128, 3, 3), (2, 2), (1, 1), (1, 1))  # case 5
+    assert not conv_col2im.preferred((1, 128, 28, 28), (256, 128, 3, 3), (2, 2), (1, 1), (1, 1))  # one item
+    assert not conv_col2im.preferred((8, 128, 28, 28), (256, 128, 3, 3), (1, 1), (1, 1), (1, 1))  # unit stride
+    assert not conv_col2im.preferred((4, 32, 14, 14), (32, 32, 3, 3), (2, 2), (1, 1), (1, 1))  # small
+
+
+def test_groupsOfItems(monkeypatch):
+    # Small items go in groups (at least two groups); the bits are those of one item at a time.
+    _tiles(monkeypatch, 1 << 20, 2)
+    dy, w, xShape, stride, pad, dilation, groups = _data((5, 4, (11, 10), 6, (3, 3), (2, 2), (1, 1), (1, 1), 1),
+                                                        np.float32)
+    grouped = _run(dy, w, xShape, stride, pad, dilation, groups)
+    single = np.concatenate([_run(dy[i:i + 1], w, (1,) + xShape[1:], stride, pad, dilation, groups)
+                             for i in range(len(dy))])
+    assert np.array_equal(grouped, single)

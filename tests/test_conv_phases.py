@@ -106,6 +106,7 @@ def test_dispatchOnlyWhereItWins(monkeypatch):
         run = module.backwardData
         monkeypatch.setattr(module, "backwardData",
                             lambda *a, run=run, name=module.__name__: calls.append((name[-7:], a[2])) or run(*a))
+    monkeypatch.setattr(conv_col2im, "_MIN_WORK", 0)
     for case in [(1, 8, (9, 9), 8, (3, 3), (2, 2), (1, 1), 2), (2, 8, (9, 9), 8, (3, 3), (2, 2), (1, 1), 2),
                  (1, 4, (9, 9), 8, (3, 3), (2, 2), (1, 1), 1), (1, 8, (9, 9), 8, (1, 1), (2, 2), (0, 0), 1),
                  (2, 8, (9, 9), 8, (3, 3), (1, 1), (1, 1), 1)]:

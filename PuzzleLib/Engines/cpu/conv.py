@@ -239,7 +239,7 @@ def backwardData(dy, w, xShape, stride, pad, dilation, groups, algo=None):
             return conv_im2col.gemmBackwardData(dy, w, xShape, groups)
         if algo == "im2col" and conv_phases.preferred(xShape, w.shape, stride, dilation, groups):
             return conv_phases.backwardData(dy, w, xShape, stride, pad, groups)
-        if algo == "im2col" and conv_col2im.preferred(xShape, stride):
+        if algo == "im2col" and conv_col2im.preferred(xShape, w.shape, stride, pad, dilation):
             return conv_col2im.backwardData(dy, w, xShape, stride, pad, dilation, groups)
         if algo == "im2col":
             return conv_im2col.im2colBackwardData(dy, w, xShape, stride, pad, dilation, groups)

@@ -13,18 +13,27 @@ The compiled scatter and its tables are conv_im2col's (_fastPlanT, _scatterRowsT
 import numpy as np
 
 from PuzzleLib.Engines.cpu import conv_common, conv_im2col
-from PuzzleLib.Engines.cpu.conv_common import prod, tileBytes, workspace
+from PuzzleLib.Engines.cpu.conv_common import outputShape, prod, tileBytes, workspace
 
 
-def preferred(xShape, stride):
-    """Strided backward-data of more than one item (one item would leave every thread but one idle). The rule
-    does not depend on the thread count, so a shape gets the same bits on any. Same process, directions
-    interleaved, 2 threads, quiet host, ms, medians (min): shared col2im vs whole items per thread (vs stride
-    phases, conv_phases): case 5 (N8 128->256 s2 28x28) 9.4-10.0 (min 8.7) vs 6.5-7.1 (6.2) (phases 7.9-8.8);
-    N8 64->128 s2 56x56 10.4 vs 8.1; N8 128->128 28x28 7.4 vs 4.7 (phases 4.9); N8 64->64 g2 2.0 vs 1.2 (1.9);
-    N8 1-D 64->64 L4096 6.0-6.7 vs 4.6-5.2 (4.8-4.9); N3 128->256 28x28 3.6 vs 3.5.
+def preferred(xShape, wShape, stride, pad, dilation):
+    """Strided backward-data of more than one item with at least _MIN_WORK multiply-adds (one item would leave
+    every thread but one idle; on small convolutions the calls per item cost more than the shared version's
+    hand-offs: N4 32->32 s2 14x14, 1.8M multiply-adds, shared col2im 0.20 ms vs items 0.28). The rule does not
+    depend on the thread count, so a shape gets the same bits on any. Same process, directions interleaved,
+    2 threads, quiet host, ms, medians (min): shared col2im vs whole items per thread (vs stride phases,
+    conv_phases): case 5 (N8 128->256 s2 28x28) 9.4-10.0 (min 8.7) vs 6.5-7.1 (6.2) (phases 7.9-8.8); N8 64->128
+    s2 56x56 10.4 vs 8.1; N8 128->128 28x28 7.4 vs 4.7 (phases 4.9); N8 64->64 g2 2.0 vs 1.2 (1.9); N8 1-D
+    64->64 L4096 6.0-6.7 vs 4.6-5.2 (4.8-4.9); N3 128->256 28x28 3.6 vs 3.5; N8 64->64 14x14 0.90 vs 0.63.
     On a loaded host (one core in effect) alike: case 5 12.9 vs 13.0, case 3 (3->64 k7 s2) 34.3 vs 32.5."""
-    return conv_im2col.useNumba and 3 <= len(xShape) <= 5 and any(s > 1 for s in stride) and xShape[0] > 1
+    if not (conv_im2col.useNumba and 3 <= len(xShape) <= 5 and any(s > 1 for s in stride) and xShape[0] > 1):
+        return False
+    pixels = prod(outputShape(xShape[2:], wShape[2:], stride, pad, dilation))
+    return xShape[0] * prod(wShape) * pixels >= _MIN_WORK
+
+
+# Multiply-adds of the backward-data GEMMs below which the shared col2im runs faster (see preferred).
+_MIN_WORK = 4 << 20
 
 
 def backwardData(dy, w, xShape, stride, pad, dilation, groups):
@@ -43,26 +52,35 @@ def backwardData(dy, w, xShape, stride, pad, dilation, groups):
     rows = o5[0] * o5[1]
     wgT = np.ascontiguousarray(w).reshape(groups, og, ckg).transpose(0, 2, 1)
     dyg = np.ascontiguousarray(dy).reshape(n, groups, og, -1)
-    # One item's row bands (the same for every item, in equal parts: a last band of a row or two runs a thin
-    # GEMM). Two threads' bands in flight within the call's bound, or a whole item each if one fits that bound
-    # (case 5: 0.9 MiB of columns per item, bound 1.5 MiB; bands of 12 + 2 rows: 7.2-7.8 ms, whole items 6.5-7.1).
+    # Units of work, fixed by the shape: groups of whole items, as many as fit half the call's bound, but at
+    # least two groups (small items one by one spend as long in calls as in work: N8 64->64 s2 14x14, shared
+    # col2im 0.91 ms vs items one by one 1.14); one whole item where one fits the whole bound (case 5: 0.9 MiB
+    # of columns per item, bound 1.5 MiB; bands of 12 + 2 rows: 7.2-7.8 ms, whole items 6.5-7.1); else row
+    # bands of each item in equal parts (a last band of a row or two runs a thin GEMM), in order.
     rowBytes = ck * rowLen * dy.itemsize
     limit = tileBytes()
-    step = rows if rows * rowBytes <= limit else max(1, min(rows, limit // 2 // rowBytes))
-    step = -(-rows // -(-rows // step))
-    tiles = [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
+    if rows * rowBytes <= limit:
+        group = max(1, min(-(-n // 2), limit // 2 // (rows * rowBytes)))
+        units = [(n0, min(n, n0 + group), 0, rows) for n0 in range(0, n, group)]
+    else:
+        step = max(1, min(rows, limit // 2 // rowBytes))
+        step = -(-rows // -(-rows // step))
+        units = [(item, item + 1, r0, min(rows, r0 + step)) for item in range(n) for r0 in range(0, rows, step)]
     workers = conv_common.chunkWorkers(n)
-    runs = [range(n * k // workers, n * (k + 1) // workers) for k in range(workers)]
-    size = max(r1 - r0 for r0, r1 in tiles) * rowLen * ck
+    # Contiguous runs of items, one per thread (all bands of an item on one thread: they add into the same rows).
+    items = sorted({n0 for n0, _, _, _ in units})
+    firsts = [items[len(items) * k // workers] if len(items) * k // workers < len(items) else n
+              for k in range(workers)] + [n]
+    runs = [[u for u in units if firsts[k] <= u[0] < firsts[k + 1]] for k in range(workers)]
+    size = max((n1 - n0) * (r1 - r0) for n0, n1, r0, r1 in units) * rowLen * ck
     buffers = [workspace.get(f"col2im-items{k}", (size,), dy.dtype) for k in range(workers)]  # not thread-safe
 
     def work(k):
-        for item in runs[k]:
-            for r0, r1 in tiles:
-                span = (r1 - r0) * rowLen
-                dcols = buffers[k][:ck * span]
-                np.matmul(wgT, dyg[item, :, :, r0 * rowLen:r1 * rowLen], out=dcols.reshape(groups, ckg, span))
-                conv_im2col._scatterRowsT(x5, dcols, *tables, item, 1, r0, r1, 0, span, ck * span, 0, ck)
+        for n0, n1, r0, r1 in runs[k]:
+            nb, span = n1 - n0, (r1 - r0) * rowLen
+            dcols = buffers[k][:nb * ck * span]
+            np.matmul(wgT, dyg[n0:n1, :, :, r0 * rowLen:r1 * rowLen], out=dcols.reshape(nb, groups, ckg, span))
+            conv_im2col._scatterRowsT(x5, dcols, *tables, n0, nb, r0, r1, 0, span, ck * span, 0, ck)
 
     conv_common.runChunks(work, workers)  # BLAS single-threaded in the workers
     return dx
