@@ -80,3 +80,25 @@ def test_groupsOfItems(monkeypatch):
     single = np.concatenate([_run(dy[i:i + 1], w, (1,) + xShape[1:], stride, pad, dilation, groups)
                              for i in range(len(dy))])
     assert np.array_equal(grouped, single)
+
+
+def test_scratchWithinWorkspaceBytes():
+    import tracemalloc
+
+    from PuzzleLib.Engines.cpu import conv
+
+    dy, w, xShape, stride, pad, dilation, groups = _data((4, 32, (40, 40), 64, (3, 3), (2, 2), (1, 1), (1, 1), 1),
+                                                        np.float32)
+    assert conv_col2im.preferred(xShape, w.shape, stride, pad, dilation)
+    conv.backwardData(dy, w, xShape, stride, pad, dilation, groups, algo="im2col")
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        dx = conv.backwardData(dy, w, xShape, stride, pad, dilation, groups, algo="im2col")
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    bound = conv.workspaceBytes("backwardData", "im2col", xShape, w.shape, stride, pad, dilation, groups)
+    assert peak - dx.nbytes <= bound + (64 << 10)
+    assert bound <= 2 * conv_common.tileBytesFor(dx.nbytes)

@@ -169,6 +169,8 @@ def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, group
                                             grad=True, groups=groups) + 2 * u
     if direction == "backwardData" and conv_phases.preferred(xShape, wShape, stride, dilation, groups):
         return conv_phases.workspaceBytes(xShape, (n, o) + outSpatial, wShape, stride, pad, itemsize)
+    if direction == "backwardData" and conv_col2im.preferred(xShape, wShape, stride, pad, dilation):
+        return conv_col2im.workspaceBytes(xShape, wShape, stride, pad, dilation, itemsize)
     # im2col: one tile of columns, bounded per call (conv_common.tileBytesFor the call's result).
     ck = c * prod(kernel)
     result = {"forward": n * o * prod(outSpatial), "backwardData": prod(xShape),

@@ -52,20 +52,7 @@ def backwardData(dy, w, xShape, stride, pad, dilation, groups):
     rows = o5[0] * o5[1]
     wgT = np.ascontiguousarray(w).reshape(groups, og, ckg).transpose(0, 2, 1)
     dyg = np.ascontiguousarray(dy).reshape(n, groups, og, -1)
-    # Units of work, fixed by the shape: groups of whole items, as many as fit half the call's bound, but at
-    # least two groups (small items one by one spend as long in calls as in work: N8 64->64 s2 14x14, shared
-    # col2im 0.91 ms vs items one by one 1.14); one whole item where one fits the whole bound (case 5: 0.9 MiB
-    # of columns per item, bound 1.5 MiB; bands of 12 + 2 rows: 7.2-7.8 ms, whole items 6.5-7.1); else row
-    # bands of each item in equal parts (a last band of a row or two runs a thin GEMM), in order.
-    rowBytes = ck * rowLen * dy.itemsize
-    limit = tileBytes()
-    if rows * rowBytes <= limit:
-        group = max(1, min(-(-n // 2), limit // 2 // (rows * rowBytes)))
-        units = [(n0, min(n, n0 + group), 0, rows) for n0 in range(0, n, group)]
-    else:
-        step = max(1, min(rows, limit // 2 // rowBytes))
-        step = -(-rows // -(-rows // step))
-        units = [(item, item + 1, r0, min(rows, r0 + step)) for item in range(n) for r0 in range(0, rows, step)]
+    units = _units(n, rows, ck * rowLen * dy.itemsize, tileBytes())
     workers = conv_common.chunkWorkers(n)
     # Contiguous runs of items, one per thread (all bands of an item on one thread: they add into the same rows).
     items = sorted({n0 for n0, _, _, _ in units})
@@ -84,3 +71,27 @@ def backwardData(dy, w, xShape, stride, pad, dilation, groups):
 
     conv_common.runChunks(work, workers)  # BLAS single-threaded in the workers
     return dx
+
+
+def _units(n, rows, rowBytes, limit):
+    """Units of work (n0, n1, r0, r1), fixed by the shape: groups of whole items, as many as fit half the call's
+    bound, but at least two groups (small items one by one spend as long in calls as in work: N8 64->64 s2 14x14,
+    shared col2im 0.91 ms vs items one by one 1.14); one whole item where one fits the whole bound (case 5: 0.9
+    MiB of columns per item, bound 1.5 MiB; bands of 12 + 2 rows: 7.2-7.8 ms, whole items 6.5-7.1); else row
+    bands of each item in equal parts (a last band of a row or two runs a thin GEMM), in order."""
+    if rows * rowBytes <= limit:
+        group = max(1, min(-(-n // 2), limit // 2 // (rows * rowBytes)))
+        return [(n0, min(n, n0 + group), 0, rows) for n0 in range(0, n, group)]
+    step = max(1, min(rows, limit // 2 // rowBytes))
+    step = -(-rows // -(-rows // step))
+    return [(item, item + 1, r0, min(rows, r0 + step)) for item in range(n) for r0 in range(0, rows, step)]
+
+
+def workspaceBytes(xShape, wShape, stride, pad, dilation, itemsize):
+    """One column buffer per thread, as large as the largest unit's columns."""
+    n, c = xShape[:2]
+    out = outputShape(xShape[2:], wShape[2:], stride, pad, dilation)
+    rowLen, rows = out[-1], prod(out[:-1])
+    rowBytes = c * prod(wShape[2:]) * rowLen * itemsize
+    units = _units(n, rows, rowBytes, conv_common.tileBytesFor(prod(xShape) * itemsize))
+    return min(conv_common.THREADS, n) * max((n1 - n0) * (r1 - r0) for n0, n1, r0, r1 in units) * rowBytes
