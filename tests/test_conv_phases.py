@@ -100,33 +100,35 @@ def test_emptyBatch():
 
 def test_dispatchOnlyWhereItWins(monkeypatch):
     # conv.backwardData (im2col), strided: col2im with whole items per thread (conv_col2im) for several items;
-    # one item by phases where O <= C (2-D or 3-D), else the shared col2im.
+    # one item by phases where O <= C and C >= 128 (2-D or 3-D), else the shared col2im.
     calls = []
     for module in (conv_phases, conv_col2im):
         run = module.backwardData
         monkeypatch.setattr(module, "backwardData",
                             lambda *a, run=run, name=module.__name__: calls.append((name[-7:], a[2])) or run(*a))
     monkeypatch.setattr(conv_col2im, "_MIN_WORK", 0)
-    for case in [(1, 8, (9, 9), 8, (3, 3), (2, 2), (1, 1), 2), (2, 8, (9, 9), 8, (3, 3), (2, 2), (1, 1), 2),
+    for case in [(1, 128, (9, 9), 64, (3, 3), (2, 2), (1, 1), 1), (2, 8, (9, 9), 8, (3, 3), (2, 2), (1, 1), 2),
                  (1, 4, (9, 9), 8, (3, 3), (2, 2), (1, 1), 1), (1, 8, (9, 9), 8, (1, 1), (2, 2), (0, 0), 1),
                  (2, 8, (9, 9), 8, (3, 3), (1, 1), (1, 1), 1)]:
         dy, w, xShape, stride, pad, groups = _data(case, np.float32)
         dx = conv.backwardData(dy, w, xShape, stride, pad, (1, 1), groups, algo="im2col")
         np.testing.assert_allclose(dx, convBackwardData(dy, w, xShape, stride, pad, (1, 1), groups),
                                    rtol=1e-4, atol=1e-4)
-    assert calls == [("_phases", (1, 8, 9, 9)), ("_col2im", (2, 8, 9, 9))]
+    assert calls == [("_phases", (1, 128, 9, 9)), ("_col2im", (2, 8, 9, 9))]
     assert conv_phases.preferred((1, 128, 56, 56), (128, 128, 3, 3), (2, 2), (1, 1), 1)
     assert not conv_phases.preferred((8, 128, 56, 56), (128, 128, 3, 3), (2, 2), (1, 1), 1)  # items per thread
     assert not conv_phases.preferred((1, 128, 28, 28), (256, 128, 3, 3), (2, 2), (1, 1), 1)  # O > C
-    assert not conv_phases.preferred((1, 64, 4096), (64, 64, 3), (2,), (1,), 1)  # 1-D
-    assert not conv_phases.preferred((1, 64, 28, 28), (64, 64, 3, 3), (2, 2), (2, 2), 1)  # dilated
+    assert not conv_phases.preferred((1, 64, 56, 56), (64, 64, 3, 3), (2, 2), (1, 1), 1)  # C < 128
+    assert not conv_phases.preferred((1, 128, 4096), (128, 128, 3), (2,), (1,), 1)  # 1-D
+    assert not conv_phases.preferred((1, 128, 28, 28), (128, 128, 3, 3), (2, 2), (2, 2), 1)  # dilated
 
 
 def test_scratchWithinBound():
     # Scratch: the phase kernels (weights' size), the call's tile bound and two padded items of dy.
     import tracemalloc
 
-    dy, w, xShape, stride, pad, groups = _data((1, 16, (48, 48), 16, (3, 3), (2, 2), (1, 1), 1), np.float32)
+    dy, w, xShape, stride, pad, groups = _data((1, 128, (32, 32), 128, (3, 3), (2, 2), (1, 1), 1), np.float32)
+    assert conv_phases.preferred(xShape, w.shape, stride, (1, 1), groups)
     conv.backwardData(dy, w, xShape, stride, pad, (1, 1), groups, algo="im2col")
     tracemalloc.start()
     try:

@@ -32,21 +32,22 @@ def applies(kernel, stride, dilation):
 
 
 def preferred(xShape, wShape, stride, dilation, groups):
-    """Whether the phases beat GEMM + col2im: for one item of a 2-D or 3-D convolution with O <= C, where some
-    kernel axis is longer than its stride (else there is nothing to gather and the phases only add copies).
+    """Whether the phases beat GEMM + col2im: for one item of a 2-D or 3-D convolution with O <= C and C >= 128,
+    where some kernel axis is longer than its stride (else there is nothing to gather, only copies).
 
     They gather O * taps values per dy pixel where col2im's GEMM writes and scatters C * taps, and their GEMMs
-    (C/g rows) run slower than col2im's (C/g * taps rows), so they only ever win where O <= C; and a batch of
-    several items runs faster still as col2im with whole items per thread (conv_col2im). Same process,
-    directions interleaved, 2 threads, quiet host, ms (medians of two runs), shared col2im vs phases vs items
-    per thread: N1 128->128 s2 56x56 3.49 / 3.31 vs 2.95 / 2.81; N1 256->256 28x28 3.24 / 3.53 vs 3.94 / 3.24;
-    N1 64->64 56x56 1.40 / 1.15 vs 1.52 / 1.12; N1 1-D 64->64 L4096 0.98 / 0.84 vs 1.20 / 1.34 (not taken);
-    N8 128->128 28x28 7.4 vs 4.9 vs 4.7, N8 64->64 g2 2.0 vs 1.9 vs 1.2, case 5 (N8 128->256)
-    9.4-10.0 vs 7.9-8.8 vs 6.5-7.1.
+    (C/g rows) run slower than col2im's (C/g * taps rows), so they only ever win where O <= C, and with C/g
+    rows enough for a GEMM near peak; a batch of several items runs faster still as col2im with whole items
+    per thread (conv_col2im). Same process, directions interleaved, 2 threads, ms (medians of runs), shared
+    col2im vs phases (vs items per thread): N1 128->128 s2 56x56 3.49 / 3.31 / 3.86 vs 2.95 / 2.81 / 3.55 (a
+    loaded run 3.98 vs 4.30); N1 256->256 28x28 3.24 / 3.53 vs 3.94 / 3.24; N1 64->64 56x56 (not taken) 1.40 /
+    1.15 / 1.33 vs 1.52 / 1.12 / 1.54; N1 64->64 g2 1.01 / 1.25 vs 1.11 / 1.22; N1 1-D 64->64 L4096 (not taken)
+    0.98 / 0.84 vs 1.20 / 1.34; N8 128->128 28x28 7.4 vs 4.9 (4.7), N8 64->64 g2 2.0 vs 1.9 (1.2), case 5 (N8
+    128->256) 9.4-10.0 vs 7.9-8.8 (6.5-7.1), case 3 (N8 3->64 k7, 21x col2im's volume) 28-36 vs 78-99 (19-21).
     One thread's CPU time (a loaded host) favours the phases for O <= C (N8 128->128 7.1 vs 8.1 / 8.1 ms)."""
     kernel = tuple(wShape[2:])
-    return (applies(kernel, stride, dilation) and xShape[0] == 1 and len(kernel) >= 2 and wShape[0] <= xShape[1]
-            and any(k > s for k, s in zip(kernel, stride)))
+    return (applies(kernel, stride, dilation) and xShape[0] == 1 and len(kernel) >= 2
+            and wShape[0] <= xShape[1] and xShape[1] // groups >= 128 and any(k > s for k, s in zip(kernel, stride)))
 
 
 def axisPhases(size, k, s, p):
