@@ -129,15 +129,16 @@ def test_backwardDataScratchWithinOneTile():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("share", [(7, 4), (5, 2)])  # bounds: chunks of one item / of two items
 @pytest.mark.parametrize("case", [CASES[0], CASES[5], CASES[6]])
-def test_weightGradientWholeItemChunksDeinterleavedPerBlock(case, dtype, monkeypatch):
-    # A strided last axis, one item per chunk and dw's columns cut into blocks that split channels: each unit
-    # de-interleaves its item's channels of its block (no copy of all of x) and gathers as the forward does.
-    # Same bits on one thread and on two.
+def test_weightGradientWholeItemChunksDeinterleavedPerBlock(case, share, dtype, monkeypatch):
+    # A strided last axis, chunks of whole items and dw's columns cut into blocks that split channels: each
+    # unit de-interleaves its items' channels of its block (no copy of all of x) and gathers as the forward
+    # does, laid out (rows, items, pixels). Same bits on one thread and on two.
     monkeypatch.setattr(conv_im2col, "_DW_ROWS", 4)
     x, w, b, dy, (stride, pad, dilation, groups) = _data(case, dtype)
     pixels = np.prod(dy.shape[2:])
-    tile = 2 * (pixels * 4 * x.itemsize * 7 // 4)  # bound: whole items of 4 rows fit, blocks of about 7 rows
+    tile = 2 * (pixels * 4 * x.itemsize * share[0] // share[1])  # whole items of 4 rows fit, blocks of 5-7 rows
     calls = []
     tileFn = conv_im2col._deinterleaveTile
     monkeypatch.setattr(conv_im2col, "_deinterleaveTile", lambda *a: calls.append(a[1].shape[1]) or tileFn(*a))
@@ -145,7 +146,7 @@ def test_weightGradientWholeItemChunksDeinterleavedPerBlock(case, dtype, monkeyp
     for threads in (1, 2):
         _tiles(monkeypatch, tile, threads)
         results.append(conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups, algo="im2col")[0])
-    assert len(calls) > 2 * x.shape[0] and min(calls) < x.shape[1]  # per (item, block), part of the channels
+    assert len(calls) >= 4 and min(calls) < x.shape[1]  # per (chunk, block) on both runs, part of the channels
     assert np.array_equal(results[0], results[1])
     tol = TOL64 if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(results[0], convBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0],

@@ -257,15 +257,18 @@ def biasGrad(dy):
 # (xs[..., phase, j] = x[..., j * s + phase]), so every row copy is contiguous and vectorises.
 
 
-def _gatherRows5(xs, cols, phase, base, lo, hi, st, pd, dl, kshape, oshape, n0, r0, r1, k0, k1, kBase, cBase):
-    """cols[b, k - kBase, (r - r0) * OW + ow] for tap rows k in [k0, k1) and output rows r (= od * OH + oh) in [r0, r1).
+def _gatherRows5(xs, cols, phase, base, lo, hi, st, pd, dl, kshape, oshape, n0, r0, r1, k0, k1, kBase, cBase, kPitch,
+                 itemPitch):
+    """flat cols[b * itemPitch + (k - kBase) * kPitch + (r - r0) * OW + ow] for tap rows k in [k0, k1), items
+    b < cols.shape[0] and output rows r (= od * OH + oh) in [r0, r1): (items, rows, pixels) with _tileLayout,
+    or (rows, items, pixels) for the weight gradient.
 
     xs is (N, C, D, H, S, Wq) (S = stride of the last axis, de-interleaved); along that axis tap kw reads
     xs[..., phase[kw], base[kw] + ow] for ow in [lo[kw], hi[kw]) and is zero elsewhere. Indexing is on
     flat views with precomputed offsets: the rows are short (tens of elements), per-row cost matters. xs may
     hold only channels from cBase on (channel c at xs[:, c - cBase]).
     """
-    nb, ck, tileLen = cols.shape
+    nb = cols.shape[0]
     dd_, hh_, ss_, wq_ = xs.shape[2], xs.shape[3], xs.shape[4], xs.shape[5]
     kd_, kh_, kw_ = kshape[0], kshape[1], kshape[2]
     oh_, ow_ = oshape[1], oshape[2]
@@ -273,7 +276,7 @@ def _gatherRows5(xs, cols, phase, base, lo, hi, st, pd, dl, kshape, oshape, n0, 
     rowPitch = ss_ * wq_
     planePitch = hh_ * rowPitch
     chanPitch = dd_ * planePitch
-    itemPitch = xs.shape[1] * chanPitch
+    srcItemPitch = xs.shape[1] * chanPitch
     src = xs.reshape(-1)
     dst = cols.reshape(-1)
     zero = cols.dtype.type(0)
@@ -289,8 +292,8 @@ def _gatherRows5(xs, cols, phase, base, lo, hi, st, pd, dl, kshape, oshape, n0, 
         l0, l1 = lo[kw], hi[kw]
         tapBase = (c - cBase) * chanPitch + phase[kw] * wq_ + base[kw]
         for b in range(nb):
-            out = (b * ck + k - kBase) * tileLen
-            itemBase = (n0 + b) * itemPitch + tapBase
+            out = b * itemPitch + (k - kBase) * kPitch
+            itemBase = (n0 + b) * srcItemPitch + tapBase
             od = r0 // oh_
             oh = r0 % oh_
             for _ in range(r1 - r0):
@@ -315,16 +318,18 @@ def _gatherRows5(xs, cols, phase, base, lo, hi, st, pd, dl, kshape, oshape, n0, 
                     od += 1
 
 
-def _deinterleave5(x, xs, s, c0, c1):
-    """xs[n, c, d, h, p, j] = x[n, c, d, h, j * s + p] for channels [c0, c1) (entries past the row untouched)."""
+def _deinterleave5(x, xs, s, n0, c0, c1, cBase):
+    """xs[b, c - cBase, d, h, p, j] = x[n0 + b, c, d, h, j * s + p] for items b < len(xs), channels [c0, c1)
+    (entries past the row untouched). x and xs whole contiguous arrays: views of some items' channels compiled
+    to a generic-stride copy that ran 2.4x slower."""
     w_ = x.shape[4]
-    for b in range(x.shape[0]):
+    for b in range(xs.shape[0]):
         for c in range(c0, c1):
             for d in range(x.shape[2]):
                 for h in range(x.shape[3]):
-                    row = x[b, c, d, h]
+                    row = x[n0 + b, c, d, h]
                     for p in range(s):
-                        dest = xs[b, c, d, h, p]
+                        dest = xs[b, c - cBase, d, h, p]
                         count = (w_ - p + s - 1) // s
                         for j in range(count):
                             dest[j] = row[j * s + p]
@@ -355,7 +360,7 @@ def _fastPlan(x, kernel, stride, pad, dilation, deinterleave=True):
         xs = x5.reshape(x5.shape[:4] + (1, x5.shape[4]))
     elif deinterleave:
         xs = workspace.get("im2col-phases", _phasesShape(x5, s), x.dtype)
-        parallel(lambda c0, c1: _deinterleave5(x5, xs, s, c0, c1), x5.shape[1], x5.size)
+        parallel(lambda c0, c1: _deinterleave5(x5, xs, s, 0, c0, c1, 0), x5.shape[1], x5.size)
     else:
         xs = None
     phase, base, lo, hi = (np.empty(k5[2], dtype=np.int64) for _ in range(4))
@@ -375,7 +380,13 @@ def _fastGather(xs, tables, cols, n0, r0, r1, ck=None):
     """_gatherRows5 of rows [0, ck) (all of cols' rows by default), split between threads."""
     ck = cols.shape[1] if ck is None else ck
     work = cols.size
-    parallel(lambda k0, k1: _gatherRows5(xs, cols, *tables, n0, r0, r1, k0, k1, 0, 0), ck, max(work, 1 << 20))
+    parallel(lambda k0, k1: _gatherRows5(xs, cols, *tables, n0, r0, r1, k0, k1, 0, 0, *_tileLayout(cols)), ck,
+             max(work, 1 << 20))
+
+
+def _tileLayout(cols):
+    """_gatherRows5's pitches of a (items, rows, pixels) tile."""
+    return cols.shape[2], cols.shape[1] * cols.shape[2]
 
 
 def _contiguous(a):
@@ -441,11 +452,11 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
             source, first = xs, n0
             if local:  # this tile's items, de-interleaved; the gather then reads them from item 0
                 source, first = phases[k][:n1 - n0], 0
-                _deinterleaveTile(x5[n0:n1], source, stride[-1], workers == 1)
+                _deinterleaveTile(x5, source, stride[-1], n0, 0, c, workers == 1)
             if workers == 1:
                 _fastGather(source, tables, cols, first, r0, r1, ck)
             else:
-                _gatherRows5(source, cols, *tables, first, r0, r1, 0, ck, 0, 0)
+                _gatherRows5(source, cols, *tables, first, r0, r1, 0, ck, 0, 0, *_tileLayout(cols))
             if folded:
                 cols[:, ck] = 1
             out = yg[n0:n1, :, :, r0 * rowLen:r1 * rowLen]
@@ -459,12 +470,13 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
     return y
 
 
-def _deinterleaveTile(x5, xs, s, split):
-    """_deinterleave5 over all of x5's channels, split between threads if ``split``."""
+def _deinterleaveTile(x5, xs, s, n0, c0, c1, split):
+    """Items [n0, n0 + len(xs)), channels [c0, c1) of x5 de-interleaved into xs (channel c at c - c0), split
+    between threads over the channels if ``split``."""
     if split:
-        parallel(lambda c0, c1: _deinterleave5(x5, xs, s, c0, c1), x5.shape[1], x5.size)
+        parallel(lambda a, b: _deinterleave5(x5, xs, s, n0, c0 + a, c0 + b, c0), c1 - c0, xs.size)
     else:
-        _deinterleave5(x5, xs, s, 0, x5.shape[1])
+        _deinterleave5(x5, xs, s, n0, c0, c1, c0)
 
 
 def _ownGemms(w):
@@ -526,13 +538,7 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=F
     own = _ownGemms(dw)
     limit = max(1, tileBytes() // _SPLIT) if own else tileBytes()
     rowsWanted = min(kg, _DW_ROWS)
-    # A strided last axis with whole items fitting the bound: one item per chunk, de-interleaved block by block
-    # (localPhases below) and dy read in place.
-    itemChunks = (own and groups == 1 and o5[2] > 1 and stride[-1] > 1
-                  and pixels * rowsWanted * x.itemsize <= limit < n * pixels * rowsWanted * x.itemsize)
-    if itemChunks:
-        chunks = [(i, i + 1, 0, o5[0] * o5[1]) for i in range(n)]
-    elif n * pixels * rowsWanted * x.itemsize <= limit:
+    if n * pixels * rowsWanted * x.itemsize <= limit:
         chunks = [(0, n, 0, o5[0] * o5[1])]  # the whole batch in one inner dimension
     else:
         chunks = rowTiles(n, o5[0] * o5[1], rowsWanted * o5[2] * x.itemsize, limit)
@@ -549,10 +555,10 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=F
     # gather: case 3 gather 9.7 -> 2.5 ms of one thread) than read in place, if x is no larger than dy.
     phased = (groups == 1 and rows == kg and o5[2] > 1 and stride[-1] > 1 and x.nbytes <= dy.nbytes
               and all(n1 - n0 == 1 for n0, n1, _, _ in chunks))
-    # Whole-item chunks otherwise: each unit de-interleaves its item's channels of its block into a buffer of
+    # Chunks of whole items otherwise: each unit de-interleaves its items' channels of its block into a buffer of
     # its thread's and gathers from it as the forward does (case 5: gather 0.38 -> 0.27 ms an item, one thread).
     localPhases = (not phased and groups == 1 and o5[2] > 1 and stride[-1] > 1
-                   and all(n1 - n0 == 1 and r1 - r0 == o5[0] * o5[1] for n0, n1, r0, r1 in chunks))
+                   and all(r1 - r0 == o5[0] * o5[1] for n0, n1, r0, r1 in chunks))
     if phased or localPhases:
         xs, tables5, _ = _fastPlan(x, kernel, stride, pad, dilation, phased)
     folded = any(n1 - n0 > 1 for n0, n1, _, _ in chunks)
@@ -586,8 +592,9 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=F
         shared = shared.reshape(o, -1)
     if localPhases:
         channels = max(-(-k1 // taps) - k0 // taps for _, k0, k1 in blocks)
-        phasesShape = (1, channels) + _phasesShape(x5, stride[-1])[2:]
-        phases = [workspace.get(f"im2col-dw-phases{k}", phasesShape, x.dtype) for k in range(workers)]
+        plane = _phasesShape(x5, stride[-1])[2:]
+        phasesSize = max(n1 - n0 for n0, n1, _, _ in chunks) * channels * prod(plane)
+        phases = [workspace.get(f"im2col-dw-phases{k}", (phasesSize,), x.dtype) for k in range(workers)]
     scratch = [(workspace.get(f"im2col-dw-cols{k}", ((rows + ones) * inner,), x.dtype),
                 workspace.get(f"im2col-dw-dy{k}", (og * inner,), x.dtype) if folded and shared is None else None,
                 workspace.get(f"im2col-dw-part{k}", (og * (rows + ones),), x.dtype) if len(chunks) > 1 else None)
@@ -608,17 +615,17 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=F
             if workers == 1:
                 _fastGather(xs, tables5, cols5, n0, r0, r1)
             else:
-                _gatherRows5(xs, cols5, *tables5, n0, r0, r1, 0, kg, 0, 0)
+                _gatherRows5(xs, cols5, *tables5, n0, r0, r1, 0, kg, 0, 0, *_tileLayout(cols5))
         elif localPhases:
             c0, c1 = k0 // taps, -(-k1 // taps)
-            source = phases[k][:, :c1 - c0]
-            _deinterleaveTile(x5[n0:n1, c0:c1], source, stride[-1], workers == 1)
-            cols5 = cols.reshape(1, k1 - k0, span)
+            source = phases[k][:nb * (c1 - c0) * prod(plane)].reshape((nb, c1 - c0) + plane)  # contiguous
+            _deinterleaveTile(x5, source, stride[-1], n0, c0, c1, workers == 1)
+            items = cols.reshape(nb, k1 - k0, span)  # only its first axis counts: laid out (rows, items, pixels)
             if workers == 1:
-                parallel(lambda a, b: _gatherRows5(source, cols5, *tables5, 0, r0, r1, k0 + a, k0 + b, k0, c0),
-                         k1 - k0, max(cols.size, 1 << 20))
+                parallel(lambda a, b: _gatherRows5(source, items, *tables5, 0, r0, r1, k0 + a, k0 + b, k0, c0,
+                                                   nb * span, span), k1 - k0, max(cols.size, 1 << 20))
             else:
-                _gatherRows5(source, cols5, *tables5, 0, r0, r1, k0, k1, k0, c0)
+                _gatherRows5(source, items, *tables5, 0, r0, r1, k0, k1, k0, c0, nb * span, span)
         elif workers == 1:
             _fastGatherT(x5, tables, cols, n0, nb, r0, r1, start + k0, start + k1)
         else:
