@@ -8,7 +8,7 @@ Algorithms (each direction: "forward", "backwardData", "backwardParams"):
 - ``gemm``: 1x1 kernel, unit stride, no padding: a (grouped, batched) GEMM on the input itself.
 - ``im2col``: any convolution: tiled column buffer (bounded, reused) + batched GEMM (conv_im2col).
   Strided backward-data: GEMM + col2im with whole batch items per thread (conv_col2im); one item with O <= C
-  by stride phases (conv_phases: a gather and a GEMM per phase, no scatter-add).
+  and C/g >= 128 by stride phases (conv_phases: a gather and a GEMM per phase, no scatter-add).
 - ``winograd``: 2-D 3x3, unit stride, all three directions: F(4x4, 3x3); dilated ones run as
   undilated convolutions on the polyphase sub-planes (conv_polyphase)
   (conv_winograd); its error is larger than the others' (bound stated there). 3-D (kD, 3, 3) kernels

@@ -5,12 +5,17 @@ dx[s * i + a] (phase a in [0, s)) therefore only gets the taps t = r + s * m wit
 from dy[i + q - m] with q = (a + p) // s. Phase a of dx is a stride-1 correlation of dy with those taps,
 flipped (m' = M - 1 - m reads dy[i + q - (M - 1) + m']): per phase of every axis, one im2col gather of dy
 (rows = output channel x sub-kernel tap, zero outside dy) and one GEMM with the transposed sub-kernel,
-written into a phase buffer and stored into dx's strided phase view. Every dx element is the product of
-one GEMM of a shape fixed by the convolution (not by the thread count): deterministic on any threads.
+written into a phase buffer and stored into dx's strided phase view (a phase no tap reaches is zero).
+Every dx element is the product of one GEMM of a shape fixed by the convolution (not by the thread count):
+deterministic on any threads.
 
-Gathered volume per dy pixel is O * taps, where col2im's scatter writes C * taps (C = dx channels): this
-wins where the gather's plain stores beat col2im's read-modify-write scatter (see ``preferred``).
-1-D, 2-D and 3-D (leading unit axes); dilation 1 only.
+The gather is one strided copy per phase tile: dy of one item is first copied into a zero-bordered buffer
+whose rows are long enough for every phase's shifted reads, so each (channel, tap) row of the column matrix
+is a contiguous run of it (no per-pixel bounds; the GEMM computes a few padding columns per row, dropped on
+the store). Gathered volume per dy pixel is O * taps, where col2im's scatter writes C * taps (C = dx
+channels), and the phase GEMMs have C/g rows where col2im's have C/g * taps: this wins only for O <= C, and
+only for one item (several items run faster as col2im with whole items per thread, conv_col2im; see
+``preferred`` for the measurements). 1-D, 2-D and 3-D (leading unit axes); dilation 1 only.
 """
 
 import numpy as np
