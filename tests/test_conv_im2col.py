@@ -129,28 +129,31 @@ def test_backwardDataScratchWithinOneTile():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("share", [(7, 4), (5, 2)])  # bounds: chunks of one item / of two items
 @pytest.mark.parametrize("case", [CASES[0], CASES[5], CASES[6]])
-def test_weightGradientWholeItemChunksDeinterleavedPerBlock(case, share, dtype, monkeypatch):
+def test_weightGradientWholeItemChunksDeinterleavedPerBlock(case, dtype, monkeypatch):
     # A strided last axis, chunks of whole items and dw's columns cut into blocks that split channels: each
-    # unit de-interleaves its items' channels of its block (no copy of all of x) and gathers as the forward
-    # does, laid out (rows, items, pixels). Same bits on one thread and on two.
+    # unit de-interleaves its items' channels of its block in turn (no copy of all of x) and gathers as the
+    # forward does, laid out (rows, items, pixels). Where the per-unit buffer does not fit next to the columns,
+    # the strided axis is read in place. All match the reference, with the same bits on one thread and on two.
     monkeypatch.setattr(conv_im2col, "_DW_ROWS", 4)
     x, w, b, dy, (stride, pad, dilation, groups) = _data(case, dtype)
     pixels = np.prod(dy.shape[2:])
-    tile = 2 * (pixels * 4 * x.itemsize * share[0] // share[1])  # whole items of 4 rows fit, blocks of 5-7 rows
     calls = []
-    tileFn = conv_im2col._deinterleaveTile
-    monkeypatch.setattr(conv_im2col, "_deinterleaveTile", lambda *a: calls.append(a[1].shape[1]) or tileFn(*a))
-    results = []
-    for threads in (1, 2):
-        _tiles(monkeypatch, tile, threads)
-        results.append(conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups, algo="im2col")[0])
-    assert len(calls) >= 4 and min(calls) < x.shape[1]  # per (chunk, block) on both runs, part of the channels
-    assert np.array_equal(results[0], results[1])
+    gather = conv_im2col._gatherItems5
+    monkeypatch.setattr(conv_im2col, "_gatherItems5", lambda *a: calls.append((a[14], a[1].shape[1])) or gather(*a))
     tol = TOL64 if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(results[0], convBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0],
-                               **tol)
+    ref = convBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0]
+    for scale in (8, 9, 14, 16, 20, 28, 36, 48):  # bounds of 2 to 12 item-rows of 4 (the path needs room)
+        results = []
+        for threads in (1, 2):
+            _tiles(monkeypatch, 2 * (pixels * x.itemsize * scale), threads)
+            monkeypatch.setattr(conv_common, "MIN_TILE_BYTES", 2 * (pixels * x.itemsize * scale))  # not the last min
+            results.append(conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups,
+                                               algo="im2col")[0])
+        assert np.array_equal(results[0], results[1])
+        np.testing.assert_allclose(results[0], ref, **tol)
+    assert calls and max(nb for nb, _ in calls) > 1  # chunks of several items, taken in turn
+    assert min(channels for _, channels in calls) < x.shape[1]  # blocks of part of the channels
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -470,6 +470,20 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
     return y
 
 
+def _gatherItems5(x5, ph, dst, s, phase, base, lo, hi, st, pd, dl, kshape, oshape, n0, nb, r0, r1, k0, k1, c0, c1,
+                  kPitch, itemPitch):
+    """Items n0 + b (b < nb) in turn: channels [c0, c1) de-interleaved into ph (one item), then its tap rows
+    [k0, k1) gathered from ph into dst[b * itemPitch + (k - k0) * kPitch + ...] (see _gatherRows5)."""
+    for b in range(nb):
+        _deinterleave5(x5, ph, s, n0 + b, c0, c1, c0)
+        _gatherRows5(ph, dst[b * itemPitch:].reshape((1, dst.size - b * itemPitch)), phase, base, lo, hi, st, pd,
+                     dl, kshape, oshape, 0, r0, r1, k0, k1, k0, c0, kPitch, 0)
+
+
+if useNumba:
+    _gatherItems5 = njit(cache=True, nogil=True)(_gatherItems5)
+
+
 def _deinterleaveTile(x5, xs, s, n0, c0, c1, split):
     """Items [n0, n0 + len(xs)), channels [c0, c1) of x5 de-interleaved into xs (channel c at c - c0), split
     between threads over the channels if ``split``."""
@@ -544,6 +558,7 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=F
         chunks = rowTiles(n, o5[0] * o5[1], rowsWanted * o5[2] * x.itemsize, limit)
     inner = max((n1 - n0) * (r1 - r0) for n0, n1, r0, r1 in chunks) * o5[2]
     rows = max(1, min(kg, limit // max(inner * x.itemsize, 1)))
+    strided = groups == 1 and o5[2] > 1 and stride[-1] > 1
     count = -(-kg // rows)
     if own and count > 1:  # a multiple of _SPLIT blocks, so that two threads get equal shares (any thread count)
         count = -(-count // _SPLIT) * _SPLIT
@@ -553,12 +568,15 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=F
     # Each chunk's whole column matrix in one block, one item per chunk: that is the forward's tile layout,
     # and a strided last axis is then cheaper de-interleaved once (contiguous row copies, as the forward's
     # gather: case 3 gather 9.7 -> 2.5 ms of one thread) than read in place, if x is no larger than dy.
-    phased = (groups == 1 and rows == kg and o5[2] > 1 and stride[-1] > 1 and x.nbytes <= dy.nbytes
-              and all(n1 - n0 == 1 for n0, n1, _, _ in chunks))
-    # Chunks of whole items otherwise: each unit de-interleaves its items' channels of its block into a buffer of
-    # its thread's and gathers from it as the forward does (case 5: gather 0.38 -> 0.27 ms an item, one thread).
-    localPhases = (not phased and groups == 1 and o5[2] > 1 and stride[-1] > 1
-                   and all(r1 - r0 == o5[0] * o5[1] for n0, n1, r0, r1 in chunks))
+    phased = (strided and rows == kg and x.nbytes <= dy.nbytes and all(n1 - n0 == 1 for n0, n1, _, _ in chunks))
+    # Chunks of whole items otherwise, on threads of their own: each unit takes its items in turn, de-interleaves
+    # the item's channels of its block into a small buffer of its thread's and gathers from it as the forward does
+    # (one compiled call, _gatherItems5; case 5: gather 0.38 -> 0.27 ms an item, one thread), where that buffer
+    # fits the bound next to the block's columns.
+    plane = _phasesShape(x5, stride[-1])[2:]
+    channels = max(-(-k1 // taps) - k0 // taps for _, k0, k1 in blocks)
+    localPhases = (not phased and strided and all(r1 - r0 == o5[0] * o5[1] for _, _, r0, r1 in chunks)
+                   and (rows * inner + channels * prod(plane)) * x.itemsize <= limit)
     if phased or localPhases:
         xs, tables5, _ = _fastPlan(x, kernel, stride, pad, dilation, phased)
     folded = any(n1 - n0 > 1 for n0, n1, _, _ in chunks)
@@ -590,11 +608,9 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=F
         shared = workspace.get("im2col-dw-dy", (o, n1 - n0, (r1 - r0) * o5[2]), x.dtype)
         np.copyto(shared, dyFlat[n0:n1, :, r0 * o5[2]:r1 * o5[2]].transpose(1, 0, 2))
         shared = shared.reshape(o, -1)
+    localPhases = localPhases and (workers > 1 or conv_common.THREADS == 1)  # the compiled call is not split
     if localPhases:
-        channels = max(-(-k1 // taps) - k0 // taps for _, k0, k1 in blocks)
-        plane = _phasesShape(x5, stride[-1])[2:]
-        phasesSize = max(n1 - n0 for n0, n1, _, _ in chunks) * channels * prod(plane)
-        phases = [workspace.get(f"im2col-dw-phases{k}", (phasesSize,), x.dtype) for k in range(workers)]
+        phases = [workspace.get(f"im2col-dw-phases{k}", (1, channels) + plane, x.dtype) for k in range(workers)]
     scratch = [(workspace.get(f"im2col-dw-cols{k}", ((rows + ones) * inner,), x.dtype),
                 workspace.get(f"im2col-dw-dy{k}", (og * inner,), x.dtype) if folded and shared is None else None,
                 workspace.get(f"im2col-dw-part{k}", (og * (rows + ones),), x.dtype) if len(chunks) > 1 else None)
@@ -618,14 +634,8 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=F
                 _gatherRows5(xs, cols5, *tables5, n0, r0, r1, 0, kg, 0, 0, *_tileLayout(cols5))
         elif localPhases:
             c0, c1 = k0 // taps, -(-k1 // taps)
-            source = phases[k][:nb * (c1 - c0) * prod(plane)].reshape((nb, c1 - c0) + plane)  # contiguous
-            _deinterleaveTile(x5, source, stride[-1], n0, c0, c1, workers == 1)
-            items = cols.reshape(nb, k1 - k0, span)  # only its first axis counts: laid out (rows, items, pixels)
-            if workers == 1:
-                parallel(lambda a, b: _gatherRows5(source, items, *tables5, 0, r0, r1, k0 + a, k0 + b, k0, c0,
-                                                   nb * span, span), k1 - k0, max(cols.size, 1 << 20))
-            else:
-                _gatherRows5(source, items, *tables5, 0, r0, r1, k0, k1, k0, c0, nb * span, span)
+            _gatherItems5(x5, phases[k][:, :c1 - c0], cols.reshape(-1), stride[-1], *tables5, n0, nb, r0, r1, k0,
+                          k1, c0, c1, nb * span, span)
         elif workers == 1:
             _fastGatherT(x5, tables, cols, n0, nb, r0, r1, start + k0, start + k1)
         else:
