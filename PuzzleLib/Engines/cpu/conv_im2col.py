@@ -402,7 +402,9 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
     runs of same-process calls: 15.1 -> 12.3 ms). Each thread's tile is then 1 / _SPLIT of the call's bound,
     so the columns in flight stay within it, but at least one whole item where one fits the bound (thinner
     GEMMs run further from peak: case 5's GEMMs on one thread, items of 196 pixels 11.6 ms of CPU time, half
-    items 14.1 ms). Larger weights: two threads share each GEMM (see _OWN_GEMM_BYTES).
+    items 14.1 ms; two items would be 4% faster but pass torch's peak memory). Larger weights: two threads
+    share each GEMM (see _OWN_GEMM_BYTES). Re-measured with BLAS never multi-threaded (case 3, 2 threads,
+    interleaved): per-thread tiles of 0.25 / 0.5 / 1 / 4 MiB all slower than the 2 MiB of _SPLIT = 2.
     """
     n, c = x.shape[:2]
     o = w.shape[0]
@@ -533,8 +535,9 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=F
     else each block (dealt out to the threads, if they run their own) sums its chunks in order in place (a
     block-sized product added each time). Either way the blocks, chunks and partials are fixed by the shape:
     the same result on any number of threads. A chunk within one item reads dy in place (rows of pixels);
-    one spanning items gets dy transposed to (O, items * pixels). A strided last axis is de-interleaved (once
-    for the call, or per unit for its item's channels) where chunks are single items, else read in place.
+    one spanning items gets dy transposed to (O, items * pixels). A strided last axis is de-interleaved once
+    for the call (one item per chunk, one block, x no larger than dy: case 3), or per unit, item by item, for
+    its block's channels (chunks of whole items, where the buffer fits the bound: case 5), else read in place.
     With fixed partials and one block, the bias gradient rides along: a row of ones below the columns makes
     each partial's last row a sum of dy over its chunks' pixels (case 3: no separate pass over its 25 MiB dy).
     """
