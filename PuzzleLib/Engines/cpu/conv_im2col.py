@@ -468,7 +468,10 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
 
     biasG = None if bias is None or folded else bias.reshape(1, groups, o // groups, 1)
     # Shared GEMMs (one worker) are split by conv_common.matmul; own ones run whole on single-threaded BLAS.
-    work(0) if workers == 1 else conv_common.runChunks(work, workers)
+    if workers == 1:
+        work(0)
+    else:
+        conv_common.runChunks(work, workers)
     return y
 
 
@@ -668,7 +671,10 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=F
             else:
                 gemm(k, chunk, block, partials[h], chunk is not firsts[h], True)
 
-    work(0) if workers == 1 else conv_common.runChunks(work, workers)  # as in _fastForward
+    if workers == 1:  # as in _fastForward
+        work(0)
+    else:
+        conv_common.runChunks(work, workers)
     db = None
     if partials is not None:
         np.copyto(dw, partials[0, :kg].T)
