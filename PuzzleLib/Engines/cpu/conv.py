@@ -9,11 +9,11 @@ Algorithms (each direction: "forward", "backwardData", "backwardParams"):
 - ``im2col``: any convolution: tiled column buffer (bounded, reused) + batched GEMM (conv_im2col).
   Strided backward-data: GEMM + col2im with whole batch items per thread (conv_col2im); one item with O <= C
   and C/g >= 128 by stride phases (conv_phases: a gather and a GEMM per phase, no scatter-add).
-- ``winograd``: 2-D 3x3, unit stride, all three directions: F(4x4, 3x3); dilated ones run as
-  undilated convolutions on the polyphase sub-planes (conv_polyphase)
-  (conv_winograd); its error is larger than the others' (bound stated there). 3-D (kD, 3, 3) kernels
-  with unit stride and dilation run through it with the depth slices stacked as channels (conv_winograd3d).
-  1-D 3-tap kernels with unit stride and dilation: F(6, 3) (conv_winograd1d). Small undilated 2-D maps
+- ``winograd``: 2-D 3x3, unit stride, all three directions: F(4x4, 3x3) (conv_winograd); its error is
+  larger than the others' (bound stated there). Dilated ones run as undilated convolutions on the
+  polyphase sub-planes (conv_polyphase). 3-D (kD, 3, 3) kernels with unit stride and no dilation run
+  through it with the depth slices stacked as channels (conv_winograd3d). 1-D 3-tap kernels with unit
+  stride and no dilation: F(6, 3) (conv_winograd1d). Small undilated 2-D maps
   (conv_winograd2x2.preferred) run F(2x2, 3x3) instead (conv_winograd2x2): less padding per tile, a
   smaller kernel transform.
 - ``direct``: direct loops, meant for depthwise and small-group convolutions (conv_direct).
@@ -21,7 +21,8 @@ Algorithms (each direction: "forward", "backwardData", "backwardParams"):
 ``algo=None`` picks one with a fast heuristic (``chooseAlgorithm``); ``timeAlgorithms`` measures the
 candidates for one shape and ``optimizeAlgorithm`` picks the one to keep within a memory budget (never
 one its own measurement found slower than the heuristic's). Scratch buffers live for one call only. Every algorithm
-is deterministic: the same inputs give bit-identical results on every call.
+is deterministic: the same inputs give bit-identical results on every call, whatever the thread count.
+BLAS runs single-threaded inside the engine's own threads (conv_common.runChunks, conv_common.matmul).
 """
 
 import statistics
