@@ -29,11 +29,9 @@ useNumba = njit is not None
 def gemmForward(x, w, bias, groups):
     n, c = x.shape[:2]
     o = w.shape[0]
-    spatial = x.shape[2:]
-    y = np.empty((n, o) + spatial, dtype=x.dtype)
-    conv_common.matmul(w.reshape(groups, o // groups, c // groups), x.reshape(n, groups, c // groups, -1),
-                       y.reshape(n, groups, o // groups, -1))
-    _addBias(y, bias)
+    y = np.empty((n, o) + x.shape[2:], dtype=x.dtype)
+    _itemsMatmul(w.reshape(groups, o // groups, c // groups), x.reshape(n, groups, c // groups, -1),
+                 y.reshape(n, groups, o // groups, -1), None if bias is None else bias.reshape(1, groups, -1, 1))
     return y
 
 
@@ -42,9 +40,35 @@ def gemmBackwardData(dy, w, xShape, groups):
     c = xShape[1]
     dx = np.empty(xShape, dtype=dy.dtype)
     wg = w.reshape(groups, o // groups, c // groups)
-    conv_common.matmul(wg.transpose(0, 2, 1), dy.reshape(n, groups, o // groups, -1),
-                       dx.reshape(n, groups, c // groups, -1))
+    _itemsMatmul(wg.transpose(0, 2, 1), dy.reshape(n, groups, o // groups, -1), dx.reshape(n, groups, c // groups, -1))
     return dx
+
+
+def _itemsMatmul(a, b, out, bias=None):
+    """out = a @ b (+ bias) over items (b and out: items first). Several items: fixed runs of whole items per
+    thread, full-width GEMMs, each adding the bias to its own items while they are in cache; same process,
+    interleaved, N8 256->64 56x56 forward 7.25 -> 6.85 ms and 64->256 9.66 -> 7.57 against output columns cut
+    in two (conv_common.matmul) and a separate bias pass. One item: its columns cut (conv_common.matmul)."""
+    n = out.shape[0]
+    if n < _GEMM_PARTS or out.size * a.shape[-1] < conv_common.PARALLEL_WORK:
+        conv_common.matmul(a, b, out)
+        if bias is not None:
+            out += bias
+        return
+    # The runs are fixed by the shape: the result does not depend on the thread count.
+    bounds = [n * k // _GEMM_PARTS for k in range(_GEMM_PARTS + 1)]
+    workers = conv_common.chunkWorkers(_GEMM_PARTS)
+
+    def part(k):
+        for j in range(k, _GEMM_PARTS, workers):
+            np.matmul(a, b[bounds[j]:bounds[j + 1]], out=out[bounds[j]:bounds[j + 1]])
+            if bias is not None:
+                out[bounds[j]:bounds[j + 1]] += bias
+
+    conv_common.runChunks(part, workers)
+
+
+_GEMM_PARTS = 2
 
 
 def gemmBackwardParams(x, dy, wShape, groups):
