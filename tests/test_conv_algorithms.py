@@ -594,3 +594,26 @@ def test_sharedMatmulIndependentOfThreadCount(aShape, bShape, monkeypatch):
         outs.append(out)
     assert np.array_equal(outs[0], outs[1])
     np.testing.assert_allclose(outs[0], expected, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_pointwiseSameBitsOnAnyThreadCount(groups, monkeypatch):
+    # 1x1 forward / backward-data over several items run fixed runs of items per thread: same bits on 1 or 2.
+    from PuzzleLib.Engines.cpu import conv_common
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((5, 64, 24, 24), dtype=np.float32)
+    w = rng.standard_normal((96, 64 // groups, 1, 1), dtype=np.float32)
+    b = rng.standard_normal(96, dtype=np.float32)
+    dy = rng.standard_normal((5, 96, 24, 24), dtype=np.float32)
+    unit, zero = (1, 1), (0, 0)
+    results = []
+    for threads in (1, 2):
+        monkeypatch.setattr(conv_common, "THREADS", threads)
+        results.append((conv.forward(x, w, b, unit, zero, unit, groups, algo="gemm"),
+                        conv.backwardData(dy, w, x.shape, unit, zero, unit, groups, algo="gemm")))
+    for one, two in zip(*results):
+        assert np.array_equal(one, two)
+    y = results[0][0].astype(np.float64)
+    ref = np.einsum("goc,ngchw->ngohw", w.reshape(groups, 96 // groups, 64 // groups).astype(np.float64),
+                    x.reshape(5, groups, 64 // groups, 24, 24)).reshape(5, 96, 24, 24) + b[None, :, None, None]
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
