@@ -42,7 +42,7 @@ from PuzzleLib.Engines.cpu import (
     conv_winograd2x2,
     conv_winograd3d,
 )
-from PuzzleLib.Engines.cpu.conv_common import isPointwise, outputShape, prod, workspace
+from PuzzleLib.Engines.cpu.conv_common import isPointwise, memo, outputShape, prod, workspace
 
 DIRECTIONS = ("forward", "backwardData", "backwardParams")
 ALGORITHMS = ("gemm", "im2col", "winograd", "direct")
@@ -70,13 +70,8 @@ def chooseAlgorithm(direction, xShape, wShape, stride, pad, dilation, groups):
     """The heuristic's pick; memoised per shape (the cache is bounded)."""
     if type(xShape) is not tuple or type(wShape) is not tuple:
         xShape, wShape = tuple(xShape), tuple(wShape)
-    key = (direction, xShape, wShape, stride, pad, dilation, groups)
-    algo = _choices.get(key)
-    if algo is None:
-        if len(_choices) > 1024:
-            _choices.clear()
-        algo = _choices[key] = _heuristic(direction, xShape, wShape, stride, pad, dilation, groups)
-    return algo
+    return memo(_choices, (direction, xShape, wShape, stride, pad, dilation, groups),
+                lambda: _heuristic(direction, xShape, wShape, stride, pad, dilation, groups), limit=1024)
 
 
 _choices = {}
@@ -198,10 +193,8 @@ def forward(x, w, bias, stride, pad, dilation, groups, algo=None):
     if algo is None:
         algo = chooseAlgorithm("forward", x.shape, w.shape, stride, pad, dilation, groups)
     if algo == "direct":  # no scratch buffers: straight through
-        if len(_directRunners) > 256:
-            _directRunners.clear()
-        run = _directRunners[key] = conv_direct.forwardRunner(x.shape, w.shape, stride, pad, dilation, groups,
-                                                              x.dtype)
+        run = memo(_directRunners, key, lambda: conv_direct.forwardRunner(x.shape, w.shape, stride, pad, dilation,
+                                                                          groups, x.dtype))
         return run(x, w, bias)
     conv_common.beginCall(x.itemsize * x.shape[0] * w.shape[0] *
                           prod(outputShape(x.shape[2:], w.shape[2:], stride, pad, dilation)))
@@ -231,10 +224,8 @@ def backwardData(dy, w, xShape, stride, pad, dilation, groups, algo=None):
     if algo is None:
         algo = chooseAlgorithm("backwardData", xShape, w.shape, stride, pad, dilation, groups)
     if algo == "direct":
-        if len(_directRunnersT) > 256:
-            _directRunnersT.clear()
-        run = _directRunnersT[key] = conv_direct.backwardDataRunner(dy.shape, w.shape, xShape, stride, pad,
-                                                                    dilation, groups, dy.dtype)
+        run = memo(_directRunnersT, key, lambda: conv_direct.backwardDataRunner(dy.shape, w.shape, xShape, stride,
+                                                                                pad, dilation, groups, dy.dtype))
         return run(dy, w)
     conv_common.beginCall(dy.itemsize * prod(xShape))
     try:

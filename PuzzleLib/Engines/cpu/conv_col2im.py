@@ -37,21 +37,12 @@ _MIN_WORK = 4 << 20
 
 
 def backwardData(dy, w, xShape, stride, pad, dilation, groups):
-    n, o = dy.shape[:2]
-    c = xShape[1]
-    kernel = tuple(w.shape[2:])
-    dx = np.zeros(xShape, dtype=dy.dtype)
-    if n == 0 or min(dy.shape[2:]) <= 0:
+    dx, operands = conv_im2col.col2imOperands(dy, w, xShape, stride, pad, dilation, groups)
+    if operands is None:
         return dx
-    taps = prod(kernel)
-    ck = c * taps
-    og, ckg = o // groups, ck // groups
-    x5, tables, o5 = conv_im2col._fastPlanT(dx, kernel, stride, pad, dilation)
-    assert tuple(o5[-dy.ndim + 2:]) == tuple(dy.shape[2:])
-    rowLen = o5[2]
-    rows = o5[0] * o5[1]
-    wgT = np.ascontiguousarray(w).reshape(groups, og, ckg).transpose(0, 2, 1)
-    dyg = np.ascontiguousarray(dy).reshape(n, groups, og, -1)
+    x5, tables, o5, wgT, dyg = operands
+    n, ck = dy.shape[0], xShape[1] * prod(w.shape[2:])
+    ckg, rowLen, rows = ck // groups, o5[2], o5[0] * o5[1]
     units = _units(n, rows, ck * rowLen * dy.itemsize, tileBytes())
     workers = conv_common.chunkWorkers(n)
     # Contiguous runs of items, one per thread (all bands of an item on one thread: they add into the same rows).

@@ -159,6 +159,16 @@ def parallel(fn, items, work):
         future.result()
 
 
+def memo(cache, key, make, limit=256):
+    """``cache[key]``, made by ``make()`` on a miss; the cache is emptied when it grows past ``limit``."""
+    value = cache.get(key)
+    if value is None:
+        if len(cache) > limit:
+            cache.clear()
+        value = cache[key] = make()
+    return value
+
+
 def prod(values):
     return math.prod(values)
 

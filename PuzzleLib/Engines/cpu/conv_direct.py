@@ -15,7 +15,7 @@ Every accumulation runs in a fixed order: results are identical run to run and f
 import numpy as np
 
 from PuzzleLib.Engines.cpu import conv_common
-from PuzzleLib.Engines.cpu.conv_common import outputShape, parallel, prod, tapRange, threadCount
+from PuzzleLib.Engines.cpu.conv_common import memo, outputShape, parallel, prod, tapRange, threadCount
 
 try:
     from numba import njit
@@ -800,16 +800,14 @@ def _isSame(xShape, wShape, stride, outSpatial):
 
 def _masks(dims, dilation, dtype=np.bool_):
     """Per flat position of a (H, W) plane: may the tap at -d (mL) / +d (mR) along W be read? Memoised."""
-    hh_, ww_ = dims[1], dims[2]
-    key = (hh_, ww_, dilation)
-    masks = _maskCache.get(key)
-    if masks is None:
-        if len(_maskCache) > 64:
-            _maskCache.clear()
-        col = np.tile(np.arange(ww_), hh_)
-        masks = _maskCache[key] = (col >= dilation, col + dilation < ww_)
-        for m in masks:
-            m.flags.writeable = False
+    return memo(_maskCache, (dims[1], dims[2], dilation), lambda: _makeMasks(dims[1], dims[2], dilation), limit=64)
+
+
+def _makeMasks(hh_, ww_, dilation):
+    col = np.tile(np.arange(ww_), hh_)
+    masks = (col >= dilation, col + dilation < ww_)
+    for m in masks:
+        m.flags.writeable = False
     return masks
 
 
@@ -852,13 +850,8 @@ def forwardRunner(xShape, wShape, stride, pad, dilation, groups, dtype):
     Every per-shape decision (output shape, 5-D views, which kernel, border masks) is taken once here:
     on small inputs (the page example) that bookkeeping cost more than the kernel itself.
     """
-    key = (xShape, wShape, stride, pad, dilation, groups, dtype)
-    run = _runners.get(key)
-    if run is None:
-        if len(_runners) > 256:
-            _runners.clear()
-        run = _runners[key] = _makeForwardRunner(xShape, wShape, stride, pad, dilation, groups, np.dtype(dtype))
-    return run
+    return memo(_runners, (xShape, wShape, stride, pad, dilation, groups, dtype),
+                lambda: _makeForwardRunner(xShape, wShape, stride, pad, dilation, groups, np.dtype(dtype)))
 
 
 def _makeForwardRunner(xShape, wShape, stride, pad, dilation, groups, dtype):
@@ -920,14 +913,9 @@ def backwardData(dy, w, xShape, stride, pad, dilation, groups):
 
 def backwardDataRunner(dyShape, wShape, xShape, stride, pad, dilation, groups, dtype):
     """``run(dy, w) -> dx`` for exactly these shapes and dtype, memoised (as forwardRunner)."""
-    key = (dyShape, wShape, xShape, stride, pad, dilation, groups, dtype)
-    run = _runnersT.get(key)
-    if run is None:
-        if len(_runnersT) > 256:
-            _runnersT.clear()
-        run = _runnersT[key] = _makeBackwardDataRunner(dyShape, wShape, xShape, stride, pad, dilation, groups,
-                                                       np.dtype(dtype))
-    return run
+    return memo(_runnersT, (dyShape, wShape, xShape, stride, pad, dilation, groups, dtype),
+                lambda: _makeBackwardDataRunner(dyShape, wShape, xShape, stride, pad, dilation, groups,
+                                                np.dtype(dtype)))
 
 
 def _makeBackwardDataRunner(dyShape, wShape, xShape, stride, pad, dilation, groups, dtype):

@@ -860,34 +860,41 @@ if useNumba:
 
 
 def _fastBackwardData(dy, w, xShape, stride, pad, dilation, groups):
-    """GEMM + col2im per tile: the GEMM on BLAS's threads, then a compiled scatter split over channel ranges.
+    """GEMM + col2im per tile: the GEMM's columns split between the threads (conv_common.matmul), then a
+    compiled scatter split over channel ranges.
 
     Each thread adds into its own channels of dx, and each element of dx sums its taps' terms in one fixed
     order (as _scatterAdd), so the result does not depend on the number of threads. One thread's CPU time
-    for the scatter: case 3 (7x7 stride 2) 36 -> 11 ms, case 4 4.4 -> 3.0 ms, case 5 3.2 -> 2.9 ms. Running
-    whole items per thread with single-threaded GEMMs instead was slower on a quiet host (case 5 12.4 vs
-    7.7 ms, case 4 30 vs 18 ms, case 3 33 vs 23 ms), though faster on a loaded one.
+    for the scatter: case 3 (7x7 stride 2) 36 -> 11 ms, case 4 4.4 -> 3.0 ms, case 5 3.2 -> 2.9 ms. Batches
+    large enough run whole items per thread instead (conv_col2im, same tiles and scatter).
     """
-    n, o = dy.shape[:2]
-    c = xShape[1]
-    kernel = tuple(w.shape[2:])
-    dx = np.zeros(xShape, dtype=dy.dtype)
-    if n == 0 or min(dy.shape[2:]) <= 0:
+    dx, operands = col2imOperands(dy, w, xShape, stride, pad, dilation, groups)
+    if operands is None:
         return dx
-    taps = prod(kernel)
-    ck = c * taps
-    og, ckg = o // groups, ck // groups
-    x5, tables, o5 = _fastPlanT(dx, kernel, stride, pad, dilation)
-    assert tuple(o5[-dy.ndim + 2:]) == tuple(dy.shape[2:])
-    rowLen = o5[2]
-    wgT = _contiguous(w).reshape(groups, og, ckg).transpose(0, 2, 1)
-    dyg = _contiguous(dy).reshape(n, groups, og, -1)
-    for n0, n1, r0, r1 in rowTiles(n, o5[0] * o5[1], ck * rowLen * dy.itemsize):
+    x5, tables, o5, wgT, dyg = operands
+    c, taps, rowLen = xShape[1], prod(w.shape[2:]), o5[2]
+    ck, ckg = c * taps, c * taps // groups
+    for n0, n1, r0, r1 in rowTiles(dy.shape[0], o5[0] * o5[1], ck * rowLen * dy.itemsize):
         nb, span = n1 - n0, (r1 - r0) * rowLen
         dcols = workspace.get("col2im-fast", (nb * ck * span,), dy.dtype)
         conv_common.matmul(wgT, dyg[n0:n1, :, :, r0 * rowLen:r1 * rowLen], dcols.reshape(nb, groups, ckg, span))
         _scatterTile(x5, dcols, tables, n0, nb, r0, r1, span, c, taps)
     return dx
+
+
+def col2imOperands(dy, w, xShape, stride, pad, dilation, groups):
+    """(dx zeroed, (x5, tables, o5, wgT, dyg)) for GEMM + col2im: dx viewed 5-D with its scatter tables, the
+    kernel as (groups, C/g * taps, O/g) and dy as (N, groups, O/g, pixels); operands None when dx is empty."""
+    n, o = dy.shape[:2]
+    dx = np.zeros(xShape, dtype=dy.dtype)
+    if n == 0 or min(dy.shape[2:]) <= 0:
+        return dx, None
+    ckg = xShape[1] * prod(w.shape[2:]) // groups
+    x5, tables, o5 = _fastPlanT(dx, tuple(w.shape[2:]), stride, pad, dilation)
+    assert tuple(o5[-dy.ndim + 2:]) == tuple(dy.shape[2:])
+    wgT = _contiguous(w).reshape(groups, o // groups, ckg).transpose(0, 2, 1)
+    dyg = _contiguous(dy).reshape(n, groups, o // groups, -1)
+    return dx, (x5, tables, o5, wgT, dyg)
 
 
 def _scatterTile(x5, dcols, tables, n0, nb, r0, r1, span, c, taps):
