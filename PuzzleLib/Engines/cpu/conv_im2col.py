@@ -14,7 +14,7 @@ Backward-params folds the batch into the GEMM's inner dimension, tile by tile.
 
 import numpy as np
 
-from PuzzleLib.Engines.cpu import conv_common
+from PuzzleLib.Engines.cpu import conv_common, sgemm
 from PuzzleLib.Engines.cpu.conv_common import outputShape, parallel, prod, rowTiles, tapRange, tileBytes, workspace
 
 try:
@@ -445,8 +445,12 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
     # (case 3, inner 147: the adds cost 1.4 ms of one thread, 7% of the GEMMs, the extra row nothing
     # measurable). A multiple of 8 made ragged costs more than the adds (one thread: inner 1152 -> 1153 +1.8%
     # on case 5's GEMMs, adds 0.5%; 192 -> 193 on 128 x 784 products +22%, adds 4%).
-    folded = bias is not None and groups == 1 and ck < _FOLD_BIAS_INNER and ck % 8 != 0
+    fast = sgemm.applies(x.dtype) and ck // groups <= _SGEMM_DEPTH
+    folded = not fast and bias is not None and groups == 1 and ck < _FOLD_BIAS_INNER and ck % 8 != 0
     ckA = ck + folded
+    if fast:  # the bias starts the kernel's sums
+        panels = sgemm.packGroups(wg, workspace.get("im2col-packed", (sgemm.packedSize(wg.shape),), x.dtype))
+        rows = sgemm.biasRows(bias, o) if groups == 1 else None
     if folded:
         wg = workspace.get("im2col-wbias", (1, o, ckA), x.dtype)
         np.copyto(wg[0, :, :ck], w.reshape(o, ck))
@@ -486,17 +490,36 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
             if folded:
                 cols[:, ck] = 1
             out = yg[n0:n1, :, :, r0 * rowLen:r1 * rowLen]
+            if fast:
+                _packedProduct(panels, rows, cols.reshape(n1 - n0, groups, ckA // groups, -1), out, workers == 1,
+                               scratch[k])
+                if biasG is not None:
+                    out += biasG
+                continue
             conv_common.matmul(wg, cols.reshape(n1 - n0, groups, ckA // groups, -1), out)  # split if shared
             if biasG is not None:  # while the tile's output is in cache, on the tile's thread
                 out += biasG
 
-    biasG = None if bias is None or folded else bias.reshape(1, groups, o // groups, 1)
+    biasG = None if bias is None or folded or (fast and groups == 1) else bias.reshape(1, groups, o // groups, 1)
+    scratch = [sgemm.Scratch() for _ in range(workers)]
     # Shared GEMMs (one worker) are split by conv_common.matmul; own ones run whole on single-threaded BLAS.
     if workers == 1:
         work(0)
     else:
         conv_common.runChunks(work, workers)
     return y
+
+
+def _packedProduct(panels, bias, b, c, shared, scratch):
+    """c = panels @ b (+ bias) by sgemm.batched on this thread, or with the columns split between the
+    engine's threads if ``shared`` (each column's bits are the same either way)."""
+    if not shared:
+        sgemm.batched(panels, b, c, bias, scratch=scratch, packed=True)
+        return
+    columns = c.shape[-1]
+    parallel(lambda j0, j1: sgemm.batched(panels, b, c, bias, cols=(j0 * sgemm.NR, min(columns, j1 * sgemm.NR)),
+                                          scratch=sgemm.Scratch(), packed=True),
+             -(-columns // sgemm.NR), c.size * b.shape[-2])
 
 
 def _gatherItems5(x5, ph, dst, s, phase, base, lo, hi, st, pd, dl, kshape, oshape, n0, nb, r0, r1, k0, k1, c0, c1,
@@ -715,6 +738,11 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=F
 
 # Inner dimension (channel-taps) below which the forward folds the bias into its GEMMs (see _fastForward).
 _FOLD_BIAS_INNER = 512
+# Deepest inner dimension whose forward GEMMs go through sgemm rather than OpenBLAS. Same process,
+# interleaved, 2 threads: case 3 (inner 147) forward 13.5-14.0 vs 14.2-14.4 ms, GEMMs alone 10.9-11.2 vs
+# 11.5-12.7; case 5 (inner 1152) 6.07-6.16 vs 5.86-5.87 ms, slower: its tiles of two items (1.8 MiB of
+# columns) outgrow L2, and OpenBLAS's packed copy of them reads better than the kernel's strided rows.
+_SGEMM_DEPTH = 512
 
 # Rows (channel-taps) of the weight-gradient GEMM's output block below which it runs far from peak.
 _DW_ROWS = 256

