@@ -1,6 +1,6 @@
 """Implicit-GEMM forward (conv_implicit): float32 against the float64 reference of test_conv_algorithms on
-1-D to 3-D shapes (strides, dilation, padding, groups, maps not a multiple of 8 or 32, panels of 8 pixels that
-span items or end past the last pixel), the same bits on 1 or 2 threads, and the dispatch rule."""
+1-D to 3-D shapes (strides on every axis, dilation, padding, groups, maps not a multiple of 8, output rows not
+a multiple of 8, 16 or 32 pixels), the same bits on 1 or 2 threads, and the dispatch rule."""
 
 import numpy as np
 import pytest
@@ -19,7 +19,9 @@ SHAPES = [
     (3, 8, 36, 4, (17,), (5,), (3,), (2,), (1,)),  # 1-D, 9 maps per group
     (2, 4, 8, 1, (5, 6, 7), (3, 3, 3), (2, 1, 1), (1, 1, 1), (1, 1, 1)),  # 3-D
     (3, 5, 70, 1, (7, 9), (3, 3), (2, 2), (1, 1), (1, 1)),  # 32 + 32 + 8 maps (6 padded), 20 pixels an item
-    (1, 2, 16, 1, (4, 4), (2, 2), (2, 2), (0, 0), (1, 1)),  # no padding: x read in place; 4 pixels in all
+    (1, 2, 16, 1, (4, 4), (2, 2), (2, 2), (0, 0), (1, 1)),  # no padding; 4 pixels in all
+    (2, 3, 20, 1, (40, 90), (3, 5), (1, 3), (1, 2), (1, 2)),  # rows of 29: 16 + 8 + 5 pixels; stride 3, dilated
+    (1, 3, 9, 1, (6, 120), (3, 3), (1, 1), (1, 1), (1, 1)),  # rows of 120: 3 x 32 + 16 + 8
 ]
 
 
@@ -44,34 +46,34 @@ def test_forwardMatchesFloat64Reference(shape, withBias):
     assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
-@pytest.mark.parametrize("shape", SHAPES[:2] + SHAPES[5:6])
+@pytest.mark.parametrize("shape", SHAPES[:2] + SHAPES[7:])
 def test_sameBitsOnOneOrTwoThreads(shape, monkeypatch):
     n, c, o, groups, spatial, kernel, stride, pad, dilation = shape
     x, w, bias = _case(n, c, o, groups, spatial, kernel, seed=1)
     results = []
-    for threads, block in ((1, 32), (2, 32), (2, 1)):  # the blocks of panels change no bit either
+    for threads in (1, 2):
         monkeypatch.setattr(conv_common, "THREADS", threads)
         monkeypatch.setattr(conv_common, "PARALLEL_WORK", 1)
-        monkeypatch.setattr(conv_implicit, "BLOCK_PANELS", block)
         results.append(conv_implicit.forward(x, w, bias, stride, pad, dilation, groups))
-    assert all(np.array_equal(results[0], r) for r in results[1:])
+    assert np.array_equal(results[0], results[1])
 
 
 def test_dispatchedFromIm2colForwardInFloat32Only():
-    x, w, bias = _case(2, 3, 10, 1, (23, 30), (7, 7))
-    assert conv_implicit.preferred(x.shape, w.shape, (2, 2), 1, np.float32)
-    assert not conv_implicit.preferred(x.shape, w.shape, (2, 2), 1, np.float64)
-    assert not conv_implicit.preferred((8, 128, 28, 28), (256, 128, 3, 3), (2, 2), 1, np.float32)  # 256 maps
-    assert not conv_implicit.preferred((8, 64, 28, 28), (64, 64, 3, 3), (1, 1), 1, np.float32)  # deep, unstrided
-    y = conv.forward(x, w, bias, (2, 2), (3, 3), (1, 1), 1, algo="im2col")
-    assert np.array_equal(y, conv_implicit.forward(x, w, bias, (2, 2), (3, 3), (1, 1), 1))
-    y64 = conv.forward(x.astype(np.float64), w.astype(np.float64), bias.astype(np.float64), (2, 2), (3, 3), (1, 1),
-                       1, algo="im2col")
+    x, w, bias = _case(2, 3, 10, 1, (23, 70), (7, 7))  # rows of 35 pixels, depth 147
+    args = ((2, 2), (3, 3), (1, 1), 1)
+    assert conv_implicit.preferred(x.shape, w.shape, *args, np.float32)
+    assert not conv_implicit.preferred(x.shape, w.shape, *args, np.float64)
+    assert not conv_implicit.preferred((8, 128, 28, 28), (256, 128, 3, 3), *args, np.float32)  # deep, short rows
+    assert not conv_implicit.preferred((8, 3, 64, 40), (64, 3, 7, 7), *args, np.float32)  # rows of 20
+    y = conv.forward(x, w, bias, *args, algo="im2col")
+    assert np.array_equal(y, conv_implicit.forward(x, w, bias, *args))
+    y64 = conv.forward(x.astype(np.float64), w.astype(np.float64), bias.astype(np.float64), *args, algo="im2col")
     assert np.abs(y64 - y).max() <= 1e-5 * np.abs(y64).max()
 
 
-def test_workspaceEstimateCoversThePaddedCopy():
-    xShape, wShape = (2, 3, 23, 30), (10, 3, 7, 7)
-    need = conv_implicit.workspaceBytes(xShape, wShape, (3, 3), 1)
-    assert need == (2 * 3 * 29 * 36 + 3 * 49 * 16) * 4
+def test_workspaceEstimateCoversThePhasedCopy():
+    xShape, wShape = (2, 3, 23, 70), (10, 3, 7, 7)
+    need = conv_implicit.workspaceBytes(xShape, wShape, (2, 2), (3, 3), 1)
+    phased = 2 * 3 * 2 * 29 * 38 + conv_implicit._SLACK  # 76 padded columns in 2 phases of 38
+    assert need == (phased + 2 * 147 * 8) * 4
     assert conv.workspaceBytes("forward", "im2col", xShape, wShape, (2, 2), (3, 3), (1, 1), 1) == need

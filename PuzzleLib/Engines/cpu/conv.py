@@ -7,8 +7,8 @@ Algorithms (each direction: "forward", "backwardData", "backwardParams"):
 
 - ``gemm``: 1x1 kernel, unit stride, no padding: a (grouped, batched) GEMM on the input itself.
 - ``im2col``: any convolution: tiled column buffer (bounded, reused) + batched GEMM (conv_im2col).
-  Float32 forward of strided or few-channel convolutions with up to 128 maps per group: an implicit GEMM
-  reading the padded input in place, no column buffer (conv_implicit, conv_implicit.preferred).
+  Float32 forward of short receptive fields over long output rows: an implicit GEMM reading the input in
+  place, no column buffer (conv_implicit, conv_implicit.preferred).
   Strided backward-data: GEMM + col2im with whole batch items per thread (conv_col2im); one item with O <= C
   and C/g >= 128 by stride phases (conv_phases: a gather and a GEMM per phase, no scatter-add).
 - ``winograd``: 2-D 3x3, unit stride, all three directions: F(4x4, 3x3) (conv_winograd); its error is
@@ -166,8 +166,8 @@ def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, group
         resultBytes = max(prod(xShape), n * o * prod(outSpatial)) * itemsize
         return conv_winograd.workspaceBytes(xShape, o, pad, itemsize, resultBytes=resultBytes,
                                             grad=True, groups=groups) + 2 * u
-    if direction == "forward" and conv_implicit.preferred(xShape, wShape, stride, groups, dtype):
-        return conv_implicit.workspaceBytes(xShape, wShape, pad, groups, itemsize)
+    if direction == "forward" and conv_implicit.preferred(xShape, wShape, stride, pad, dilation, groups, dtype):
+        return conv_implicit.workspaceBytes(xShape, wShape, stride, pad, groups, itemsize)
     if direction == "backwardData" and conv_phases.preferred(xShape, wShape, stride, dilation, groups):
         return conv_phases.workspaceBytes(xShape, (n, o) + outSpatial, wShape, stride, pad, itemsize)
     if direction == "backwardData" and conv_col2im.preferred(xShape, wShape, stride, pad, dilation):
@@ -206,7 +206,7 @@ def forward(x, w, bias, stride, pad, dilation, groups, algo=None):
     try:
         if algo == "gemm" and isPointwise(w.shape[2:], stride, pad):
             return conv_im2col.gemmForward(x, w, bias, groups)
-        if algo == "im2col" and conv_implicit.preferred(x.shape, w.shape, stride, groups, x.dtype):
+        if algo == "im2col" and conv_implicit.preferred(x.shape, w.shape, stride, pad, dilation, groups, x.dtype):
             return conv_implicit.forward(x, w, bias, stride, pad, dilation, groups)
         if algo == "im2col":
             return conv_im2col.im2colForward(x, w, bias, stride, pad, dilation, groups)

@@ -1,19 +1,21 @@
-"""Forward convolution as an implicit GEMM: sgemm's tile reading the (padded) input in place, no im2col buffer.
+"""Forward convolution as an implicit GEMM: sgemm's tile reading the input in place, no im2col buffer.
 
-The product is y^T (pixels, O) = X (pixels, C * taps) @ W^T (C * taps, O), where row ``p`` of X is output
-pixel p's receptive field. X is never built: the tile's A operand is read through two offset tables,
-pixel p's first input element (``pixelOffsets``) plus tap k's offset from it (``tapOffsets``), into a copy of
-x with its padding written out as zeros. Each tile is 8 output pixels by 32 (or 16, or 8) output maps, one
-chain of FMAs per element over the taps in order; it is stored to a small scratch tile and copied out
-transposed into y's (maps, pixels) layout with the bias added. Pixels run in blocks whose input stays in
-cache while every panel of maps goes over them.
+Each output row of each item is cut into tiles of 32 (or 16, or 8) adjacent pixels; for each tile, every panel of
+8 output maps is one sgemm tile: (8 maps, depth) packed weights @ (depth, pixels), depth = C/g * taps. Row k of
+the right operand is tap k's input for those pixels, which is contiguous once x's last axis is de-interleaved by
+its stride (``_phased``, with the padding written out as zeros): the tile reads it in place through a table of
+tap offsets (``_rowTapOffsets``), where im2col would first copy it into a column buffer. A tile's right operand
+(depth x 32 floats) stays in L1 while the panels of maps go over it, and its results are whole rows of y with
+the bias added.
 
-This is how the fast CPU libraries run strided and few-channel convolutions (onnxruntime's NCHWc kernels
-broadcast input pixels against vectors of output maps in the same way): im2col's gather, a third of its
-time on such shapes, and its buffer are gone. Any stride, dilation, padding and groups, 1-D to 3-D.
+Where it wins: short receptive fields on long output rows, as in a network's stem. Same process, interleaved,
+2 threads, float32, ms, im2col (tiled gather + sgemm) vs here: N8 3->64 224x224 k7 s2 p3 (case 3) 12.6 vs 10.3;
+3->32 224x224 k3 7.7 vs 9.3; 16->32 112x112 k3 s2 2.8 vs 2.5. It loses on deep fields over short rows, where
+im2col's gather is cheap next to its GEMMs and the tiles are thin: 64->128 56x56 k3 s2 (28-pixel rows, depth
+576) 6.0 vs 6.8; 128->256 28x28 k3 s2 (case 5) 6.0 vs 7.6.
 
-Float32 (sgemm.applies); results are the same bits on any number of threads (pixels are dealt out in whole
-panels, and no element's sum depends on which thread runs it).
+Any stride, dilation, padding and groups, 1-D to 3-D. Float32 (sgemm.applies). Each output is one chain of
+FMAs over the taps in order, whichever thread runs its row: the same bits on any number of threads.
 """
 
 import numpy as np
@@ -28,154 +30,162 @@ except ImportError:  # pragma: no cover - numba is a dependency; without it the 
 
 available = njit is not None
 
-# Pixel panels (of sgemm.MR pixels) per block: every panel of output maps goes over a block before the next,
-# so the block's input rows stay in L2 (case 5, 128 channels 3x3 s2: 256 pixels read ~300 KiB).
-BLOCK_PANELS = 32
+# Bounds of preferred(): the deepest receptive field (C/g * taps) and the shortest output rows measured to win.
+MAX_DEPTH = 256
+MIN_ROW = 32
 
 
-def preferred(xShape, wShape, stride, groups, dtype):
-    """Whether im2col's forward runs here instead: float32, up to 128 output maps per group, and a strided
-    convolution or a short receptive field (C/g * taps <= 64).
-
-    Same process, interleaved, 2 threads, ms, im2col (tiled gather + GEMM) vs here: N8 3->64 224x224 k7 s2 (case 3)
-    14.2 vs 12.8; 3->32 224x224 k3 s1 11.6 vs 9.5; 64->128 56x56 s2 7.3 vs 6.3; 32->64 56x56 k5 s2 6.3 vs 4.4;
-    16->32 112x112 s2 3.1 vs 2.3; 128->128 28x28 s2 4.4 vs 4.1; 128->64 2.7 vs 2.2. Loses with more maps: 128->256
-    28x28 s2 (case 5) 6.7 vs 7.0, 64->256 56x56 s2 11.2 vs 13.9, 256->512 14x14 s2 7.2 vs 7.9 (each tile's input
-    rows are read once per panel of 32 maps); and unstrided with many channels, which Winograd serves anyway
-    (64->64 28x28 3.2 vs 3.3).
-    """
+def preferred(xShape, wShape, stride, pad, dilation, groups, dtype):
+    """Whether im2col's forward runs here instead (see the module's figures)."""
     if not (available and sgemm.applies(np.dtype(dtype)) and 3 <= len(xShape) <= 5):
         return False
     depth = xShape[1] // groups * prod(wShape[2:])
-    return wShape[0] // groups <= 128 and (any(s > 1 for s in stride) or depth <= 64)
+    rowLen = outputShape(xShape[2:], wShape[2:], stride, pad, dilation)[-1]
+    return depth <= MAX_DEPTH and rowLen >= MIN_ROW
 
 
-def workspaceBytes(xShape, wShape, pad, groups, itemsize=4):
-    """The padded copy of x (none without padding) and W^T with its maps padded to a multiple of 8."""
-    padded = prod(xShape[:2]) * prod(s + 2 * p for s, p in zip(xShape[2:], pad)) if any(pad) else 0
+def workspaceBytes(xShape, wShape, stride, pad, groups, itemsize=4):
+    """x padded and de-interleaved (_phased) and the packed weights (sgemm.packGroups)."""
+    s = stride[-1]
+    lead = prod(size + 2 * p for size, p in zip(xShape[2:-1], pad[:-1]))
+    phased = prod(xShape[:2]) * s * lead * -(-(xShape[-1] + 2 * pad[-1]) // s) + _SLACK
     og = wShape[0] // groups
-    return (padded + groups * prod(wShape[1:]) * (-(-og // 8) * 8)) * itemsize
+    return (phased + sgemm.packedSize((groups, og, prod(wShape[1:])))) * itemsize
 
 
 def forward(x, w, bias, stride, pad, dilation, groups):
+    """The same convolution as (maps, pixels) tiles: 8 maps (packed weights) by up to 32 adjacent pixels of an
+    output row, B's rows read in place from x de-interleaved by the last axis' stride (unit steps along a row)."""
     n, c = x.shape[:2]
     o = w.shape[0]
     kernel = tuple(w.shape[2:])
     out = outputShape(x.shape[2:], kernel, stride, pad, dilation)
     y = np.empty((n, o) + out, dtype=x.dtype)
-    pixels = prod(out)
-    if n * pixels == 0:
+    if n * prod(out) == 0 or o == 0:
         return y
-    if o == 0:
-        return y
-    xp = _padded(x, pad)
+    s = stride[-1]
+    xs = _phased(x, pad, s)
     og, cg = o // groups, c // groups
-    depth = cg * prod(kernel)
-    taps = _tapOffsets(xp.shape[1:], kernel, dilation, cg)
-    rows = _pixelOffsets(xp.shape, out, stride)
-    # Each group's W^T (C/g * taps, O/g), its columns padded to a multiple of 8 with zeros so that every panel of
-    # maps is a whole tile (the padded maps' results are never copied out).
-    width = -(-og // 8) * 8
-    wt = workspace.get("implicit-wt", (groups, depth, width), x.dtype, zero=width != og)
-    np.copyto(wt[:, :, :og], w.reshape(groups, og, depth).transpose(0, 2, 1))
-    biasv = np.zeros(o, dtype=x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype).reshape(o)
-    yFlat = y.reshape(-1)
-    xFlat = xp.reshape(-1)
-    plane = prod(xp.shape[2:])
-    panels = -(-(n * pixels) // sgemm.MR)
+    taps = _rowTapOffsets(xs.shape[1:], kernel, dilation, cg, s)
+    rows = _rowOffsets(xs.shape[3:], out[:-1], stride[:-1])
+    panels = sgemm.packGroups(w.reshape(groups, og, -1), workspace.get("implicit-panels",
+                                                                        (sgemm.packedSize((groups, og, taps.size)),),
+                                                                        x.dtype))
+    biases = [sgemm.biasRows(None if bias is None else np.ravel(bias)[g * og:(g + 1) * og], og) for g in range(groups)]
+    itemSize = prod(xs.shape[1:])
+    groupSize = cg * prod(xs.shape[2:])
+    yFlat, xFlat = y.reshape(-1), xs.reshape(-1)
+    units = n * rows.size
+    pixels = prod(out)
 
-    def run(q0, q1):
+    def run(u0, u1):
         scratch = np.empty((sgemm.MR, sgemm.NR), dtype=x.dtype)
-        table = np.empty(sgemm.MR, dtype=np.int64)
         for g in range(groups):
-            _panels(xFlat[g * cg * plane:], taps, rows, wt[g], biasv[g * og:], yFlat[g * og * pixels:], o * pixels,
-                    pixels, og, n * pixels, q0, q1, scratch, table, BLOCK_PANELS)
+            _rowUnits(xFlat, itemSize, g * groupSize, taps, rows, panels[g], biases[g], yFlat, o * pixels,
+                      g * og * pixels, pixels, out[-1], og, u0, u1, scratch)
 
-    parallel(run, panels, n * pixels * o * depth)
+    parallel(run, units, units * out[-1] * o * taps.size)
     return y
 
 
-def _padded(x, pad):
-    """x with its padding written out as zeros (x itself, made contiguous, when there is none)."""
-    if not any(pad):
-        return np.ascontiguousarray(x)
-    spatial = tuple(s + 2 * p for s, p in zip(x.shape[2:], pad))
-    xp = workspace.get("implicit-xp", x.shape[:2] + spatial, x.dtype)
-    inner = tuple(slice(p, p + s) for s, p in zip(x.shape[2:], pad))
+def _phased(x, pad, s):
+    """x padded, its last axis de-interleaved by s: (N, C, s, *padded leading axes, ceil(padded last / s)),
+    element [.., p, .., q] = padded x[.., p + s q]; with a few zeros of slack after it (row tails read past it)."""
+    lead = tuple(size + 2 * p for size, p in zip(x.shape[2:-1], pad[:-1]))
+    width = -(-(x.shape[-1] + 2 * pad[-1]) // s)
+    shape = x.shape[:2] + (s,) + lead + (width,)
+    flat = workspace.get("implicit-phases", (prod(shape) + _SLACK,), x.dtype)
+    xs = flat[:prod(shape)].reshape(shape)
+    flat[prod(shape):] = 0
+    inner = tuple(slice(p, p + size) for size, p in zip(x.shape[2:-1], pad[:-1]))
+    last, p = x.shape[-1], pad[-1]
 
-    def fill(i0, i1):  # items split between threads: the zeros, then the interior
-        part = xp[i0:i1]
-        for axis, p in enumerate(pad):
-            if p:
-                lead = (slice(None), slice(None)) + (slice(None),) * axis
-                part[lead + (slice(0, p),)] = 0
-                part[lead + (slice(part.shape[2 + axis] - p, None),)] = 0
-        np.copyto(part[(slice(None), slice(None)) + inner], x[i0:i1])
+    def fill(i0, i1):  # items split between threads
+        part = xs[i0:i1]
+        part.fill(0)
+        for phase in range(s):
+            q0 = max(0, -(-(p - phase) // s))  # first q with phase + s q - p >= 0
+            q1 = min(width, (last - 1 + p - phase) // s + 1) if last - 1 + p - phase >= 0 else 0
+            if q1 > q0:
+                start = phase + s * q0 - p
+                part[(slice(None), slice(None), phase) + inner + (slice(q0, q1),)] = \
+                    x[i0:i1, ..., start:start + s * (q1 - q0 - 1) + 1:s]
 
-    parallel(fill, x.shape[0], xp.size)
-    return xp
+    parallel(fill, x.shape[0], xs.size)
+    return xs
 
 
-def _tapOffsets(paddedShape, kernel, dilation, channels):
-    """Tap k = (channel, kernel index) of a receptive field: its offset from the field's first element."""
-    strides = np.cumprod((1,) + tuple(paddedShape[:0:-1]))[::-1]  # element strides of (C, *spatial)
-    offsets = np.arange(channels, dtype=np.int64) * strides[0]
-    for axis, (size, d) in enumerate(zip(kernel, dilation)):
-        offsets = (offsets[:, None] + np.arange(size, dtype=np.int64) * d * strides[1 + axis]).reshape(-1)
+# Zeros after the de-interleaved input: a row's last tile reads up to 7 elements past the row (results dropped).
+_SLACK = 64
+
+
+def _rowTapOffsets(shape, kernel, dilation, channels, s):
+    """Tap (channel, kernel index) of _phased's item layout (C, s, *leading, width): its offset from the first
+    input element of an output row's receptive field (output column 0)."""
+    leadStrides = _leadStrides(shape[2:])
+    phaseStride = prod(shape[2:])
+    offsets = np.arange(channels, dtype=np.int64) * s * phaseStride
+    for size, d, st in zip(kernel[:-1], dilation[:-1], leadStrides):
+        offsets = (offsets[:, None] + np.arange(size, dtype=np.int64) * d * st).reshape(-1)
+    taps = np.arange(kernel[-1], dtype=np.int64) * dilation[-1]
+    return (offsets[:, None] + (taps % s) * phaseStride + taps // s).reshape(-1)
+
+
+def _leadStrides(plane):
+    """Element strides of the leading axes of a (*leading, width) plane."""
+    return [int(v) for v in np.cumprod((1,) + tuple(plane[:0:-1]))[::-1][:-1]]
+
+
+def _rowOffsets(plane, outLead, strideLead):
+    """Each output row (leading output indices in order): its first receptive field's offset in an item's phase."""
+    strides = _leadStrides(plane)
+    offsets = np.zeros(1, dtype=np.int64)
+    for size, st, pitch in zip(outLead, strideLead, strides):
+        offsets = (offsets[:, None] + np.arange(size, dtype=np.int64) * st * pitch).reshape(-1)
     return offsets
 
 
-def _pixelOffsets(paddedShape, out, stride):
-    """Output pixel p (items, then output positions in order): its receptive field's first input element."""
-    spatialStrides = np.cumprod((1,) + tuple(paddedShape[:1:-1]))[::-1][1:]  # of the spatial axes
-    offsets = np.arange(paddedShape[0], dtype=np.int64) * prod(paddedShape[1:])
-    for size, s, st in zip(out, stride, spatialStrides):
-        offsets = (offsets[:, None] + np.arange(size, dtype=np.int64) * s * st).reshape(-1)
-    return offsets
-
-
-def _panels(x, taps, rows, wt, bias, y, itemPitch, pixels, maps, count, q0, q1, scratch, table, block):
-    """Pixel panels [q0, q1) of one group: y[item, m, pixel] = bias[m] + sum over taps, by blocks of panels."""
+def _rowUnits(x, itemSize, groupBase, taps, rows, panels, bias, y, yItem, yGroup, pixels, rowLen, maps, u0, u1,
+              scratch):
+    """Output rows [u0, u1) (over items, then rows) of one group: for each tile of adjacent pixels, every panel
+    of 8 maps. Tiles past the maps or the row's end are computed in scratch and their valid part copied."""
     depth = taps.size
-    width = wt.shape[1]
-    mr = scratch.shape[0]
-    px, pt, pw = x.ctypes.data, taps.ctypes.data, wt.ctypes.data
-    ps, pr = scratch.ctypes.data, table.ctypes.data
-    py, pb = y.ctypes.data, bias.ctypes.data
-    zeros = np.zeros(mr, dtype=np.float32)
-    pz = zeros.ctypes.data
-    for b0 in range(q0, q1, block):
-        b1 = min(q1, b0 + block)
+    mr, nr = scratch.shape
+    px, pt, pp, pb, py, ps = x.ctypes.data, taps.ctypes.data, panels.ctypes.data, bias.ctypes.data, y.ctypes.data, \
+        scratch.ctypes.data
+    count = panels.shape[0]
+    full = maps // mr
+    for u in range(u0, u1):
+        item, row = u // rows.size, u % rows.size
+        source = px + 4 * (item * itemSize + groupBase + rows[row])
+        target = item * yItem + yGroup + row * rowLen
         j = 0
-        while j < width:
-            tileWidth = 32 if width - j >= 32 else 16 if width - j >= 16 else 8
-            used = min(tileWidth, maps - j)
-            for q in range(b0, b1):
-                first = q * mr
-                for i in range(mr):  # a last panel's missing pixels repeat its first one (results dropped)
-                    table[i] = rows[first + i] if first + i < count else rows[first]
-                item = first // pixels
-                if tileWidth >= 16 and first + mr <= count and (first + mr - 1) // pixels == item:
-                    # the panel's pixels adjacent in each row of y: stored transposed straight from the registers
-                    at = py + 4 * (item * itemPitch + first - item * pixels + j * pixels)
-                    if tileWidth == 32:
-                        sgemm.tileIndirectT(depth, px, pr, pt, pw + 4 * j, width, at, pixels, pb + 4 * j, used)
-                    else:
-                        sgemm.tileIndirectT16(depth, px, pr, pt, pw + 4 * j, width, at, pixels, pb + 4 * j, used)
+        while j < rowLen:
+            left = rowLen - j
+            width = 32 if left >= 32 else 16 if left >= 16 else 8
+            used = min(width, left)
+            for p in range(count):
+                panel = pp + 4 * p * depth * mr
+                if p < full and used == width:
+                    at = py + 4 * (target + p * mr * pixels + j)
+                    _rowTile(width, depth, panel, source + 4 * j, pt, at, pixels, pb + 4 * p * mr)
                     continue
-                if tileWidth == 32:
-                    sgemm.tileIndirect(depth, px, pr, pt, pw + 4 * j, width, ps, 32, pz, 0)
-                elif tileWidth == 16:
-                    sgemm.tileIndirect16(depth, px, pr, pt, pw + 4 * j, width, ps, 32, pz, 0)
-                else:
-                    sgemm.tileIndirect8(depth, px, pr, pt, pw + 4 * j, width, ps, 32, pz, 0)
-                for i in range(min(mr, count - first)):
-                    pixel = first + i
-                    at = (pixel // pixels) * itemPitch + pixel % pixels + j * pixels
-                    for m in range(used):
-                        y[at + m * pixels] = scratch[i, m] + bias[j + m]
-            j += tileWidth
+                _rowTile(width, depth, panel, source + 4 * j, pt, ps, nr, pb + 4 * p * mr)
+                for i in range(min(mr, maps - p * mr)):
+                    for q in range(used):
+                        y[target + (p * mr + i) * pixels + j + q] = scratch[i, q]
+            j += used
+
+
+def _rowTile(width, depth, panel, b, taps, c, ldc, bias):
+    if width == 32:
+        sgemm.tileRows(depth, panel, 1, sgemm.MR, b, taps, c, ldc, bias, 0)
+    elif width == 16:
+        sgemm.tileRows16(depth, panel, 1, sgemm.MR, b, taps, c, ldc, bias, 0)
+    else:
+        sgemm.tileRows8(depth, panel, 1, sgemm.MR, b, taps, c, ldc, bias, 0)
 
 
 if njit is not None:
-    _panels = njit(cache=True, nogil=True)(_panels)
+    _rowTile = njit(cache=True, nogil=True, inline="always")(_rowTile)
+    _rowUnits = njit(cache=True, nogil=True)(_rowUnits)

@@ -60,20 +60,17 @@ def applies(dtype):
     return available and dtype == np.float32
 
 
-def _tileIntrinsic(lanes, vectors, indirect=False, transposed=False):
+def _tileIntrinsic(lanes, vectors, indirectB=False):
     """An intrinsic computing an MR x (lanes * vectors) tile (see _emitTile)."""
     @intrinsic
     def tile(typingctx, depth, a, rsa, csa, b, ldb, c, ldc, bias, accumulate):
         """C[MR, width] at c (row stride ldc) = (C if accumulate else bias[i]) + sum over k < depth of
-        A[i, k] * b[k * ldb + j], A[i, k] = a[i * rsa + k * csa], or with ``indirect`` a[rsa[i] + csa[k]]
-        (rsa, csa: addresses of int64 offset tables). Pointers are addresses, strides in elements.
-
-        ``transposed``: the tile is stored as its transpose, C^T[j, i] = c[j * ldc + i] = bias[j] + sum, for
-        the columns j < ``accumulate`` only (the sums start from zero)."""
+        a[i * rsa + k * csa] * b[k * ldb + j]. Pointers are addresses, strides in elements, all integers.
+        ``indirectB``: B's row k is at b + ldb[k] instead (ldb: the address of an int64 offset table)."""
         sig = types.void(*([types.intp] * 10))
 
         def codegen(context, builder, signature, args):
-            _emitTile(builder, lanes, vectors, indirect, transposed, *args)
+            _emitTile(builder, lanes, vectors, indirectB, *args)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -86,16 +83,15 @@ if njit is not None:
     _tile = _tileIntrinsic(_LANES, _VECTORS)
     _tile16 = _tileIntrinsic(16, 1)
     _tile8 = _tileIntrinsic(8, 1)
-    # A gathered through offset tables (a convolution's input read in place: conv_implicit).
-    tileIndirect = _tileIntrinsic(_LANES, _VECTORS, indirect=True)
-    tileIndirect16 = _tileIntrinsic(16, 1, indirect=True)
-    tileIndirect8 = _tileIntrinsic(8, 1, indirect=True)
-    # The same, stored transposed (8 pixels of each output map in a row of y: conv_implicit).
-    tileIndirectT = _tileIntrinsic(_LANES, _VECTORS, indirect=True, transposed=True)
-    tileIndirectT16 = _tileIntrinsic(16, 1, indirect=True, transposed=True)
+    # B's rows through an offset table (a convolution's input rows read in place: conv_implicit).
+    tileRows = _tileIntrinsic(_LANES, _VECTORS, indirectB=True)
+    tileRows16 = _tileIntrinsic(16, 1, indirectB=True)
+    tileRows8 = _tileIntrinsic(8, 1, indirectB=True)
 
 
-def _emitTile(builder, lanes, vectors, indirect, transposed, depth, a, rsa, csa, b, ldb, c, ldc, bias, accumulate):
+def _emitTile(builder, lanes, vectors, indirectB, depth, a, rsa, csa, b, ldb, c, ldc, bias, accumulate):
+    """The tile's IR: start values (C or the bias), a loop over k whose phi nodes carry the MR x vectors
+    accumulators in registers (one broadcast of A and ``vectors`` loads of B per row of A), then the stores."""
     f32 = ir.FloatType()
     vec = ir.VectorType(f32, lanes)
     intp = depth.type
@@ -116,20 +112,12 @@ def _emitTile(builder, lanes, vectors, indirect, transposed, depth, a, rsa, csa,
     A, B, C, bias = (builder.inttoptr(p, f32.as_pointer()) for p in (a, b, c, bias))
     slots = [[vectorAt(C, builder.add(builder.mul(ldc, const(i)), const(lanes * j))) for j in range(vectors)]
              for i in range(MR)]
-    if indirect:
-        rowTable = builder.inttoptr(rsa, intp.as_pointer())
-        colTable = builder.inttoptr(csa, intp.as_pointer())
-        aRows = [builder.load(builder.gep(rowTable, [const(i)])) for i in range(MR)]
-    else:
-        aRows = [builder.mul(rsa, const(i)) for i in range(MR)]
-    if transposed:
-        start = [[ir.Constant(vec, [0.0] * lanes) for _ in range(vectors)] for _ in range(MR)]
-    else:
-        keep = builder.icmp_signed("!=", accumulate, const(0))
-        start = []
-        for i in range(MR):
-            row = splat(builder.load(builder.gep(bias, [const(i)])))
-            start.append([builder.select(keep, builder.load(slot, align=4), row) for slot in slots[i]])
+    aRows = [builder.mul(rsa, const(i)) for i in range(MR)]
+    keep = builder.icmp_signed("!=", accumulate, const(0))
+    start = []
+    for i in range(MR):
+        row = splat(builder.load(builder.gep(bias, [const(i)])))
+        start.append([builder.select(keep, builder.load(slot, align=4), row) for slot in slots[i]])
 
     entry = builder.block
     loop = builder.append_basic_block("tile.k")
@@ -139,9 +127,12 @@ def _emitTile(builder, lanes, vectors, indirect, transposed, depth, a, rsa, csa,
     builder.position_at_end(loop)
     k = builder.phi(intp)
     acc = [[builder.phi(vec) for _ in range(vectors)] for _ in range(MR)]
-    bRow = builder.gep(B, [builder.mul(k, ldb)])
+    if indirectB:
+        bRow = builder.gep(B, [builder.load(builder.gep(builder.inttoptr(ldb, intp.as_pointer()), [k]))])
+    else:
+        bRow = builder.gep(B, [builder.mul(k, ldb)])
     bVec = [builder.load(vectorAt(bRow, const(lanes * j)), align=4) for j in range(vectors)]
-    aCol = builder.gep(A, [builder.load(builder.gep(colTable, [k])) if indirect else builder.mul(k, csa)])
+    aCol = builder.gep(A, [builder.mul(k, csa)])
     nxt = []
     for i in range(MR):
         ai = splat(builder.load(builder.gep(aCol, [aRows[i]])))
@@ -164,50 +155,8 @@ def _emitTile(builder, lanes, vectors, indirect, transposed, depth, a, rsa, csa,
             phi.add_incoming(start[i][j], entry)
             phi.add_incoming(nxt[i][j], body)
             final.append((phi, slots[i][j]))
-    if transposed:
-        values = [[final[i * vectors + j][0] for j in range(vectors)] for i in range(MR)]
-        _storeTransposed(builder, values, C, ldc, bias, accumulate)
-        return
     for value, slot in final:
         builder.store(value, slot, align=4)
-
-
-def _storeTransposed(builder, rows, c, ldc, bias, used):
-    """Stores the tile's columns as rows: c[j * ldc + i] = rows[i][j // 16][j % 16] + bias[j] for j < used.
-
-    Eight rows (pixels) of 16-lane vectors are transposed by three rounds of two-source shuffles (pairs of
-    pixels, then fours, then eights) into vectors holding two columns' 8 values each, then stored 8 at a time.
-    """
-    f32 = ir.FloatType()
-    i32 = ir.IntType(32)
-    v8 = ir.VectorType(f32, 8)
-    intp = ldc.type
-
-    def shuffle(x, y, mask):
-        return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(i32, len(mask)), list(mask)))
-
-    halves = ([v for q in range(8) for v in (q, 16 + q)], [v for q in range(8, 16) for v in (q, 24 + q - 8)])
-    quads = ([v for q in range(0, 4) for v in (2 * q, 2 * q + 1, 16 + 2 * q, 17 + 2 * q)],
-             [v for q in range(4, 8) for v in (2 * q, 2 * q + 1, 16 + 2 * q, 17 + 2 * q)])
-    pairs = (list(range(0, 4)) + list(range(16, 20)) + list(range(4, 8)) + list(range(20, 24)),
-             list(range(8, 12)) + list(range(24, 28)) + list(range(12, 16)) + list(range(28, 32)))
-    for j in range(len(rows[0])):
-        for h, half in enumerate(halves):  # columns 16 j + 8 h + q, q < 8
-            p = [shuffle(rows[2 * t][j], rows[2 * t + 1][j], half) for t in range(4)]  # q at lanes 2q, 2q + 1
-            for u, quad in enumerate(quads):  # q = 4 u + r: pixels 0-3 and 4-7, r at lanes 4r .. 4r + 3
-                low, high = shuffle(p[0], p[1], quad), shuffle(p[2], p[3], quad)
-                for v, pair in enumerate(pairs):  # r = 2 v + e: column e's 8 pixels at lanes 8e .. 8e + 7
-                    both = shuffle(low, high, pair)
-                    for e in range(2):
-                        column = 16 * j + 8 * h + 4 * u + 2 * v + e
-                        with builder.if_then(builder.icmp_signed("<", ir.Constant(intp, column), used)):
-                            value = shuffle(both, both, range(8 * e, 8 * e + 8))
-                            scale = builder.load(builder.gep(bias, [ir.Constant(intp, column)]))
-                            value = builder.fadd(value, builder.shuffle_vector(
-                                builder.insert_element(ir.Constant(v8, ir.Undefined), scale, ir.Constant(i32, 0)),
-                                ir.Constant(v8, ir.Undefined), ir.Constant(ir.VectorType(i32, 8), [0] * 8)))
-                            target = builder.gep(c, [builder.mul(ldc, ir.Constant(intp, column))])
-                            builder.store(value, builder.bitcast(target, v8.as_pointer()), align=4)
 
 
 def _packA(a, out):
