@@ -1,10 +1,10 @@
-"""Implicit-GEMM forward (conv_implicit): float32 against the float64 reference of test_conv_algorithms on
-1-D to 3-D shapes (strides on every axis, dilation, padding, groups, maps not a multiple of 8, output rows not
-a multiple of 8, 16 or 32 pixels), the same bits on 1 or 2 threads, and the dispatch rule."""
+"""Implicit GEMMs (conv_implicit), forward and weight gradient: float32 against the float64 references of
+test_conv_algorithms on 1-D to 3-D shapes (strides on every axis, dilation, padding, groups, maps not a multiple
+of 8, output rows not a multiple of 8, 16 or 32 pixels), the same bits on 1 or 2 threads, and the dispatch rules."""
 
 import numpy as np
 import pytest
-from test_conv_algorithms import refForward
+from test_conv_algorithms import refBackwardParams, refForward
 
 from PuzzleLib.Engines.cpu import conv, conv_common, conv_implicit
 
@@ -77,3 +77,60 @@ def test_workspaceEstimateCoversThePhasedCopy():
     phased = 2 * 3 * 2 * 29 * 38 + conv_implicit._SLACK  # 76 padded columns in 2 phases of 38
     assert need == (phased + 2 * 147 * 8) * 4
     assert conv.workspaceBytes("forward", "im2col", xShape, wShape, (2, 2), (3, 3), (1, 1), 1) == need
+
+
+GRAD_SHAPES = [
+    # (n, c, o, groups, spatial, kernel, stride, pad, dilation): rows of 16 pixels or more, maps per group % 4 == 0
+    (2, 3, 12, 1, (23, 70), (7, 7), (2, 2), (3, 3), (1, 1)),  # rows of 35: two vectors and a masked tail
+    (2, 6, 16, 2, (9, 41), (3, 3), (1, 1), (1, 2), (2, 1)),  # groups, dilation
+    (2, 3, 20, 1, (40, 90), (3, 5), (1, 3), (1, 2), (1, 2)),  # stride 3 on the rows
+    (3, 8, 32, 4, (60,), (5,), (3,), (2,), (1,)),  # 1-D
+    (2, 4, 8, 1, (5, 6, 40), (3, 3, 3), (2, 1, 1), (1, 1, 1), (1, 1, 1)),  # 3-D
+    (1, 2, 4, 1, (3, 16), (3, 3), (1, 1), (1, 1), (1, 1)),  # rows of exactly 16
+]
+
+
+def _gradCase(shape, seed=0):
+    n, c, o, groups, spatial, kernel, stride, pad, dilation = shape
+    x, w, _ = _case(n, c, o, groups, spatial, kernel, seed)
+    out = conv.outputShape(spatial, kernel, stride, pad, dilation)
+    dy = np.random.default_rng(seed + 7).standard_normal((n, o) + out).astype(np.float32)
+    return x, w, dy
+
+
+@pytest.mark.parametrize("shape", GRAD_SHAPES)
+def test_weightGradientMatchesFloat64Reference(shape):
+    x, w, dy = _gradCase(shape)
+    _, _, _, groups, _, _, stride, pad, dilation = shape
+    dw = conv_implicit.backwardParams(x, dy, w.shape, stride, pad, dilation, groups)
+    ref = refBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0]
+    assert dw.dtype == np.float32 and dw.shape == w.shape
+    assert np.abs(dw - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("shape", GRAD_SHAPES[:1] + GRAD_SHAPES[4:5])
+def test_weightGradientSameBitsOnOneOrTwoThreads(shape, monkeypatch):
+    x, w, dy = _gradCase(shape, seed=2)
+    _, _, _, groups, _, _, stride, pad, dilation = shape
+    results = []
+    for threads, unitBytes in ((1, 512 << 10), (2, 512 << 10), (2, 1)):  # several units per part too
+        monkeypatch.setattr(conv_common, "THREADS", threads)
+        monkeypatch.setattr(conv_common, "PARALLEL_WORK", 1)
+        monkeypatch.setattr(conv_implicit, "UNIT_BYTES", unitBytes)
+        results.append(conv_implicit.backwardParams(x, dy, w.shape, stride, pad, dilation, groups))
+    assert np.array_equal(results[0], results[1])
+    assert np.abs(results[2] - results[0]).max() <= 1e-5 * np.abs(results[0]).max()  # other units: other sums
+
+
+def test_weightGradientDispatchedFromIm2col():
+    x, w, dy = _gradCase((2, 3, 8, 1, (20, 200), (3, 3), (1, 1), (1, 1), (1, 1)))
+    args = ((1, 1), (1, 1), (1, 1), 1)
+    assert conv_implicit.backwardParamsPreferred(x.shape, w.shape, *args, np.float32)
+    assert not conv_implicit.backwardParamsPreferred(x.shape, w.shape, *args, np.float64)
+    assert not conv_implicit.backwardParamsPreferred(x.shape, (6, 3, 3, 3), *args, np.float32)  # 6 maps
+    assert not conv_implicit.backwardParamsPreferred((2, 3, 20, 60), w.shape, *args, np.float32)  # rows of 60
+    dw, db = conv.backwardParams(x, dy, w.shape, True, *args, algo="im2col")
+    assert np.array_equal(dw, conv_implicit.backwardParams(x, dy, w.shape, *args))
+    assert np.allclose(db, dy.astype(np.float64).sum(axis=(0, 2, 3)), rtol=1e-5)
+    need = conv_implicit.backwardParamsWorkspace(x.shape, w.shape, (1, 1), (1, 1), 1)
+    assert conv.workspaceBytes("backwardParams", "im2col", x.shape, w.shape, *args) == need

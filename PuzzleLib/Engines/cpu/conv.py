@@ -7,8 +7,8 @@ Algorithms (each direction: "forward", "backwardData", "backwardParams"):
 
 - ``gemm``: 1x1 kernel, unit stride, no padding: a (grouped, batched) GEMM on the input itself.
 - ``im2col``: any convolution: tiled column buffer (bounded, reused) + batched GEMM (conv_im2col).
-  Float32 forward of short receptive fields over long output rows: an implicit GEMM reading the input in
-  place, no column buffer (conv_implicit, conv_implicit.preferred).
+  Float32 forward and weight gradient of short receptive fields over long output rows: implicit GEMMs reading
+  the input in place, no column buffer (conv_implicit: preferred, backwardParamsPreferred).
   Strided backward-data: GEMM + col2im with whole batch items per thread (conv_col2im); one item with O <= C
   and C/g >= 128 by stride phases (conv_phases: a gather and a GEMM per phase, no scatter-add).
 - ``winograd``: 2-D 3x3, unit stride, all three directions: F(4x4, 3x3) (conv_winograd); its error is
@@ -168,6 +168,9 @@ def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, group
                                             grad=True, groups=groups) + 2 * u
     if direction == "forward" and conv_implicit.preferred(xShape, wShape, stride, pad, dilation, groups, dtype):
         return conv_implicit.workspaceBytes(xShape, wShape, stride, pad, groups, itemsize)
+    if direction == "backwardParams" and conv_implicit.backwardParamsPreferred(xShape, wShape, stride, pad, dilation,
+                                                                              groups, dtype):
+        return conv_implicit.backwardParamsWorkspace(xShape, wShape, stride, pad, groups, itemsize)
     if direction == "backwardData" and conv_phases.preferred(xShape, wShape, stride, dilation, groups):
         return conv_phases.workspaceBytes(xShape, (n, o) + outSpatial, wShape, stride, pad, itemsize)
     if direction == "backwardData" and conv_col2im.preferred(xShape, wShape, stride, pad, dilation):
@@ -266,6 +269,9 @@ def backwardParams(x, dy, wShape, withBias, stride, pad, dilation, groups, algo=
     try:
         if algo == "gemm" and isPointwise(wShape[2:], stride, pad):
             dw = conv_im2col.gemmBackwardParams(x, dy, wShape, groups)
+        elif algo == "im2col" and conv_implicit.backwardParamsPreferred(x.shape, wShape, stride, pad, dilation,
+                                                                         groups, x.dtype):
+            dw = conv_implicit.backwardParams(x, dy, wShape, stride, pad, dilation, groups)
         elif algo == "im2col":  # the bias gradient may come out of the weight gradient's GEMMs
             return conv_im2col.im2colBackwardParamsAndBias(x, dy, wShape, withBias, stride, pad, dilation, groups)
         elif algo == "winograd" and _winogradApplies(wShape, stride, dilation):

@@ -14,8 +14,13 @@ Where it wins: short receptive fields on long output rows, as in a network's ste
 im2col's gather is cheap next to its GEMMs and the tiles are thin: 64->128 56x56 k3 s2 (28-pixel rows, depth
 576) 6.0 vs 6.8; 128->256 28x28 k3 s2 (case 5) 6.0 vs 7.6.
 
-Any stride, dilation, padding and groups, 1-D to 3-D. Float32 (sgemm.applies). Each output is one chain of
-FMAs over the taps in order, whichever thread runs its row: the same bits on any number of threads.
+The weight gradient reads the same two operands along output rows, x de-interleaved and dy in place, and
+reduces over the pixels: sgemm.dotTile keeps 16 lane partial sums for each of 4 taps by 4 maps, in memory between
+units of rows, added up at the end (``backwardParams``; figures in backwardParamsPreferred).
+
+Any stride, dilation, padding and groups, 1-D to 3-D. Float32 (sgemm.applies). Each forward output is one chain
+of FMAs over the taps in order, whichever thread runs its row; the weight gradient's units are cut into two fixed
+parts, each summed in order into its own partial sums: the same bits on any number of threads.
 """
 
 import numpy as np
@@ -30,9 +35,11 @@ except ImportError:  # pragma: no cover - numba is a dependency; without it the 
 
 available = njit is not None
 
-# Bounds of preferred(): the deepest receptive field (C/g * taps) and the shortest output rows measured to win.
+# Bounds of preferred(): the deepest receptive field (C/g * taps) and the shortest output rows measured to win,
+# in the forward and in the weight gradient (backwardParamsPreferred).
 MAX_DEPTH = 256
 MIN_ROW = 32
+DW_MIN_ROW = 96
 
 
 def preferred(xShape, wShape, stride, pad, dilation, groups, dtype):
@@ -46,11 +53,14 @@ def preferred(xShape, wShape, stride, pad, dilation, groups, dtype):
 
 def workspaceBytes(xShape, wShape, stride, pad, groups, itemsize=4):
     """x padded and de-interleaved (_phased) and the packed weights (sgemm.packGroups)."""
+    og = wShape[0] // groups
+    return _phasedBytes(xShape, stride, pad, itemsize) + sgemm.packedSize((groups, og, prod(wShape[1:]))) * itemsize
+
+
+def _phasedBytes(xShape, stride, pad, itemsize):
     s = stride[-1]
     lead = prod(size + 2 * p for size, p in zip(xShape[2:-1], pad[:-1]))
-    phased = prod(xShape[:2]) * s * lead * -(-(xShape[-1] + 2 * pad[-1]) // s) + _SLACK
-    og = wShape[0] // groups
-    return (phased + sgemm.packedSize((groups, og, prod(wShape[1:])))) * itemsize
+    return (prod(xShape[:2]) * s * lead * -(-(xShape[-1] + 2 * pad[-1]) // s) + _SLACK) * itemsize
 
 
 def forward(x, w, bias, stride, pad, dilation, groups):
@@ -189,3 +199,101 @@ def _rowTile(width, depth, panel, b, taps, c, ldc, bias):
 if njit is not None:
     _rowTile = njit(cache=True, nogil=True, inline="always")(_rowTile)
     _rowUnits = njit(cache=True, nogil=True)(_rowUnits)
+
+
+# -- weight gradient --------------------------------------------------------------------------------------
+# Rows of output pixels per unit of work: the unit's input rows (all taps) and dy rows (all maps) stay in L2
+# while every (4 taps, 4 maps) tile goes over them.
+UNIT_BYTES = 512 << 10
+# Fixed parts the units are cut into, each summed by one thread into its own partial sums (any thread count).
+_PARTS = 2
+
+
+def backwardParams(x, dy, wShape, stride, pad, dilation, groups):
+    """dw: sum over output pixels of input (tap, pixel) x dy (map, pixel), both read in place along output rows
+    (x de-interleaved by its stride, as the forward), by sgemm.dotTile: 4 taps by 4 maps, lane partial sums
+    kept in memory between units and added up at the end. Needs output rows of 16 pixels or more and a multiple
+    of 4 maps per group (``backwardParamsPreferred``)."""
+    n, c = x.shape[:2]
+    o = dy.shape[1]
+    kernel = tuple(wShape[2:])
+    out = tuple(dy.shape[2:])
+    og, cg = o // groups, c // groups
+    depth = cg * prod(kernel)
+    xs = _phased(x, pad, stride[-1])
+    taps = _rowTapOffsets(xs.shape[1:], kernel, dilation, cg, stride[-1])
+    tiles = -(-depth // sgemm.DOT_ROWS)
+    taps4 = np.zeros(tiles * sgemm.DOT_ROWS, dtype=np.int64)  # past the last tap: tap 0 again (results dropped)
+    taps4[:depth] = taps
+    rows = _rowOffsets(xs.shape[3:], out[:-1], stride[:-1])
+    rowLen, pixels = out[-1], prod(out)
+    step = max(1, min(rows.size, UNIT_BYTES // max(1, (depth + og) * rowLen * x.itemsize)))
+    units = np.array([(item, r0, min(rows.size, r0 + step)) for item in range(n) for r0 in range(0, rows.size, step)],
+                     dtype=np.int64).reshape(-1, 3)
+    mapTiles = og // sgemm.DOT_COLS
+    lanes = sgemm.DOT_ROWS * sgemm.DOT_COLS * 16
+    sums = workspace.get("implicit-dw", (_PARTS, groups, tiles, mapTiles, lanes), x.dtype, zero=True)
+    dyc = np.ascontiguousarray(dy).reshape(-1)
+    xFlat = xs.reshape(-1)
+    itemSize, groupSize = prod(xs.shape[1:]), cg * prod(xs.shape[2:])
+    bounds = [len(units) * h // _PARTS for h in range(_PARTS + 1)]
+
+    def part(h0, h1):
+        table = np.empty(step, dtype=np.int64)
+        for h in range(h0, h1):
+            for g in range(groups):
+                _dotUnits(xFlat, itemSize, g * groupSize, taps4, rows, dyc, o * pixels, g * og * pixels, pixels,
+                          rowLen, units, bounds[h], bounds[h + 1], sums[h, g], table)
+
+    parallel(part, _PARTS, units.size and depth * o * n * pixels)
+    # (parts, groups, taps / 4, maps / 4, 4 taps, 4 maps, 16 lanes) -> (groups, maps, taps)
+    total = sums.reshape(_PARTS, groups, tiles, mapTiles, sgemm.DOT_ROWS, sgemm.DOT_COLS, 16).sum(axis=6)
+    total = total[0] + total[1] if _PARTS == 2 else total.sum(axis=0)
+    dw = total.transpose(0, 2, 4, 1, 3).reshape(groups, og, tiles * sgemm.DOT_ROWS)[:, :, :depth]
+    return np.ascontiguousarray(dw).reshape(wShape)
+
+
+def backwardParamsPreferred(xShape, wShape, stride, pad, dilation, groups, dtype):
+    """Whether im2col's weight gradient runs here instead: float32, depth <= MAX_DEPTH, output rows of at least
+    DW_MIN_ROW pixels, and output maps per group a multiple of 4.
+
+    Same process, interleaved, 2 threads, ms, im2col vs here: N8 3->64 224x224 k7 s2 (case 3, rows of 112)
+    14.3 vs 11.6; 3->64 224x224 k3 17.5 vs 9.8; 3->128 33.0 vs 21.2; 8->64 224x224 s2 8.9 vs 7.3; 16->128
+    112x112 22.7 vs 21.2. Rows of 56-64 lose or tie: 16->64 112x112 s2 4.0 vs 4.2, 16->128 128x128 s2 9.0 vs
+    9.2, 16->128 112x112 s2 6.9 vs 8.0 (32->64 112x112 s2 wins, 9.3 vs 8.7).
+    """
+    if not (available and sgemm.applies(np.dtype(dtype)) and 3 <= len(xShape) <= 5):
+        return False
+    rowLen = outputShape(xShape[2:], wShape[2:], stride, pad, dilation)[-1]
+    depth = xShape[1] // groups * prod(wShape[2:])
+    return rowLen >= DW_MIN_ROW and depth <= MAX_DEPTH and (wShape[0] // groups) % sgemm.DOT_COLS == 0
+
+
+def backwardParamsWorkspace(xShape, wShape, stride, pad, groups, itemsize=4):
+    """x padded and de-interleaved, and the lane partial sums of every part."""
+    og = wShape[0] // groups
+    tiles = -(-prod(wShape[1:]) // sgemm.DOT_ROWS)
+    sums = _PARTS * groups * tiles * (og // sgemm.DOT_COLS) * sgemm.DOT_ROWS * sgemm.DOT_COLS * 16
+    return _phasedBytes(xShape, stride, pad, itemsize) + sums * itemsize
+
+
+def _dotUnits(x, itemSize, groupBase, taps4, rows, dy, dyItem, dyGroup, pixels, rowLen, units, u0, u1, sums, table):
+    """Units [u0, u1) (item, first row, end row) of one group, each tile of 4 taps by 4 maps over its rows."""
+    vectors, tail = rowLen // 16, rowLen % 16
+    tiles = taps4.size // 4
+    mapTiles = sums.shape[1]
+    px, pt, pd, ps, pr = x.ctypes.data, taps4.ctypes.data, dy.ctypes.data, sums.ctypes.data, table.ctypes.data
+    block = sums.shape[2]
+    for u in range(u0, u1):
+        item, r0, r1 = units[u, 0], units[u, 1], units[u, 2]
+        for r in range(r1 - r0):
+            table[r] = item * itemSize + groupBase + rows[r0 + r]
+        b = pd + 4 * (item * dyItem + dyGroup + r0 * rowLen)
+        for m in range(mapTiles):
+            for t in range(tiles):
+                sgemm.dotTile(r1 - r0, vectors, tail, px, pr, pt + 8 * 4 * t, b + 4 * 4 * m * pixels, pixels, rowLen,
+                              ps + 4 * (t * mapTiles + m) * block)
+
+
+if njit is not None:
+    _dotUnits = njit(cache=True, nogil=True)(_dotUnits)

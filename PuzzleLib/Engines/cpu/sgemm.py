@@ -159,6 +159,128 @@ def _emitTile(builder, lanes, vectors, indirectB, depth, a, rsa, csa, b, ldb, c,
         builder.store(value, slot, align=4)
 
 
+# The dot-product tile: DOT_ROWS rows of A against DOT_COLS rows of B (4 x 4 partial-sum vectors).
+DOT_ROWS = 4
+DOT_COLS = 4
+
+if njit is not None:
+    @intrinsic
+    def dotTile(typingctx, rows, vectors, tail, a, aRows, aTaps, b, ldb, bPitch, sums):
+        """Lane partial sums of dot products along rows: for i < DOT_ROWS, j < DOT_COLS, r < rows,
+        sums[(i * DOT_COLS + j) * 16 + l] += products of lanes l of A_i(r) = a + aRows[r] + aTaps[i] and
+        B_j(r) = b + r * bPitch + j * ldb over ``vectors`` full vectors of 16, then, if ``tail`` > 0, the last
+        ``tail`` elements (a vector ending at 16 * vectors + tail, its first 16 - tail lanes masked off).
+        aRows, aTaps: addresses of int64 offset tables; offsets and strides in elements."""
+        sig = types.void(*([types.intp] * 10))
+
+        def codegen(context, builder, signature, args):
+            _emitDot(builder, *args)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+
+def _emitDot(builder, rows, vectors, tail, a, aRows, aTaps, b, ldb, bPitch, sums):
+    """The dot tile's IR: the partial sums loaded, an outer loop over rows and an inner one over vectors whose
+    phi nodes carry the 16 accumulators, an optional masked tail per row, the sums stored back."""
+    f32 = ir.FloatType()
+    vec = ir.VectorType(f32, _LANES)
+    intp = rows.type
+    i32 = ir.IntType(32)
+
+    def const(v):
+        return ir.Constant(intp, v)
+
+    def vectorAt(base, offset):
+        return builder.bitcast(builder.gep(base, [offset]), vec.as_pointer())
+
+    fma = builder.module.declare_intrinsic("llvm.fma.v16f32", (), ir.FunctionType(vec, [vec, vec, vec]))
+    A, B, S = (builder.inttoptr(p, f32.as_pointer()) for p in (a, b, sums))
+    rowTable, tapTable = (builder.inttoptr(p, intp.as_pointer()) for p in (aRows, aTaps))
+    count = DOT_ROWS * DOT_COLS
+    slots = [vectorAt(S, const(_LANES * t)) for t in range(count)]
+    taps = [builder.load(builder.gep(tapTable, [const(i)])) for i in range(DOT_ROWS)]
+    bCols = [builder.mul(ldb, const(j)) for j in range(DOT_COLS)]
+    zero = ir.Constant(vec, [0.0] * _LANES)
+    lanes = ir.Constant(ir.VectorType(i32, _LANES), list(range(_LANES)))
+    first = builder.trunc(builder.sub(const(_LANES), tail), i32)
+    mask = builder.icmp_signed(">=", lanes, builder.shuffle_vector(
+        builder.insert_element(ir.Constant(ir.VectorType(i32, _LANES), ir.Undefined), first, ir.Constant(i32, 0)),
+        ir.Constant(ir.VectorType(i32, _LANES), ir.Undefined), ir.Constant(ir.VectorType(i32, _LANES), [0] * _LANES)))
+    start = [builder.load(slot, align=4) for slot in slots]
+
+    def step(aBases, bBases, offset, acc, masked):
+        av = [builder.load(vectorAt(base, offset), align=4) for base in aBases]
+        bv = [builder.load(vectorAt(base, offset), align=4) for base in bBases]
+        if masked:
+            av = [builder.select(mask, v, zero) for v in av]
+            bv = [builder.select(mask, v, zero) for v in bv]
+        return [builder.call(fma, [av[t // DOT_COLS], bv[t % DOT_COLS], acc[t]]) for t in range(count)]
+
+    entry = builder.block
+    outer = builder.append_basic_block("dot.row")
+    inner = builder.append_basic_block("dot.vector")
+    merge = builder.append_basic_block("dot.merge")
+    masked = builder.append_basic_block("dot.tail")
+    latch = builder.append_basic_block("dot.next")
+    done = builder.append_basic_block("dot.done")
+    builder.cbranch(builder.icmp_signed(">", rows, const(0)), outer, done)
+
+    builder.position_at_end(outer)
+    r = builder.phi(intp)
+    accRow = [builder.phi(vec) for _ in range(count)]
+    aRow = builder.gep(A, [builder.load(builder.gep(rowTable, [r]))])
+    aBases = [builder.gep(aRow, [t]) for t in taps]
+    bRow = builder.gep(B, [builder.mul(r, bPitch)])
+    bBases = [builder.gep(bRow, [c]) for c in bCols]
+    builder.cbranch(builder.icmp_signed(">", vectors, const(0)), inner, merge)
+
+    builder.position_at_end(inner)
+    v = builder.phi(intp)
+    accVec = [builder.phi(vec) for _ in range(count)]
+    nextVec = step(aBases, bBases, builder.mul(v, const(_LANES)), accVec, False)
+    v1 = builder.add(v, const(1))
+    builder.cbranch(builder.icmp_signed("<", v1, vectors), inner, merge)
+    v.add_incoming(const(0), outer)
+    v.add_incoming(v1, inner)
+    for t in range(count):
+        accVec[t].add_incoming(accRow[t], outer)
+        accVec[t].add_incoming(nextVec[t], inner)
+
+    builder.position_at_end(merge)
+    accMerged = [builder.phi(vec) for _ in range(count)]
+    for t in range(count):
+        accMerged[t].add_incoming(accRow[t], outer)
+        accMerged[t].add_incoming(nextVec[t], inner)
+    builder.cbranch(builder.icmp_signed(">", tail, const(0)), masked, latch)
+
+    builder.position_at_end(masked)
+    offset = builder.sub(builder.add(builder.mul(vectors, const(_LANES)), tail), const(_LANES))
+    accTail = step(aBases, bBases, offset, accMerged, True)
+    builder.branch(latch)
+
+    builder.position_at_end(latch)
+    accNext = [builder.phi(vec) for _ in range(count)]
+    for t in range(count):
+        accNext[t].add_incoming(accMerged[t], merge)
+        accNext[t].add_incoming(accTail[t], masked)
+    r1 = builder.add(r, const(1))
+    builder.cbranch(builder.icmp_signed("<", r1, rows), outer, done)
+    r.add_incoming(const(0), entry)
+    r.add_incoming(r1, latch)
+    for t in range(count):
+        accRow[t].add_incoming(start[t], entry)
+        accRow[t].add_incoming(accNext[t], latch)
+
+    builder.position_at_end(done)
+    final = [builder.phi(vec) for _ in range(count)]
+    for t in range(count):
+        final[t].add_incoming(start[t], entry)
+        final[t].add_incoming(accNext[t], latch)
+    for t in range(count):
+        builder.store(final[t], slots[t], align=4)
+
+
 def _packA(a, out):
     """a (M, K) into out (ceil(M / MR), K, MR): panel p holds rows [p * MR, p * MR + MR) k-major, zero past M."""
     m, depth = a.shape
