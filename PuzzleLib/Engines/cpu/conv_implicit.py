@@ -15,7 +15,7 @@ im2col's gather is cheap next to its GEMMs and the tiles are thin: 64->128 56x56
 576) 6.0 vs 6.8; 128->256 28x28 k3 s2 (case 5) 6.0 vs 7.6.
 
 The weight gradient reads the same two operands along output rows, x de-interleaved and dy in place, and
-reduces over the pixels: sgemm.dotTile keeps 16 lane partial sums for each of 4 taps by 4 maps, in memory between
+reduces over the pixels: sgemm.dotTile keeps 16 lane partial sums for each of 6 taps by 4 maps, in memory between
 units of rows, added up at the end (``backwardParams``; figures in backwardParamsPreferred).
 
 Any stride, dilation, padding and groups, 1-D to 3-D. Float32 (sgemm.applies). Each forward output is one chain
@@ -203,7 +203,7 @@ if njit is not None:
 
 # -- weight gradient --------------------------------------------------------------------------------------
 # Rows of output pixels per unit of work: the unit's input rows (all taps) and dy rows (all maps) stay in L2
-# while every (4 taps, 4 maps) tile goes over them.
+# while every tile of taps by maps (sgemm.dotTile) goes over them.
 UNIT_BYTES = 512 << 10
 # Fixed parts the units are cut into, each summed by one thread into its own partial sums (any thread count).
 _PARTS = 2
@@ -211,7 +211,7 @@ _PARTS = 2
 
 def backwardParams(x, dy, wShape, stride, pad, dilation, groups):
     """dw: sum over output pixels of input (tap, pixel) x dy (map, pixel), both read in place along output rows
-    (x de-interleaved by its stride, as the forward), by sgemm.dotTile: 4 taps by 4 maps, lane partial sums
+    (x de-interleaved by its stride, as the forward), by sgemm.dotTile: 6 taps by 4 maps, lane partial sums
     kept in memory between units and added up at the end. Needs output rows of 16 pixels or more and a multiple
     of 4 maps per group (``backwardParamsPreferred``)."""
     n, c = x.shape[:2]
@@ -246,7 +246,7 @@ def backwardParams(x, dy, wShape, stride, pad, dilation, groups):
                           rowLen, units, bounds[h], bounds[h + 1], sums[h, g], table)
 
     parallel(part, _PARTS, units.size and depth * o * n * pixels)
-    # (parts, groups, taps / 4, maps / 4, 4 taps, 4 maps, 16 lanes) -> (groups, maps, taps)
+    # (parts, groups, tap tiles, map tiles, taps of a tile, maps of a tile, 16 lanes) -> (groups, maps, taps)
     total = sums.reshape(_PARTS, groups, tiles, mapTiles, sgemm.DOT_ROWS, sgemm.DOT_COLS, 16).sum(axis=6)
     total = total[0] + total[1] if _PARTS == 2 else total.sum(axis=0)
     dw = total.transpose(0, 2, 4, 1, 3).reshape(groups, og, tiles * sgemm.DOT_ROWS)[:, :, :depth]
@@ -278,9 +278,9 @@ def backwardParamsWorkspace(xShape, wShape, stride, pad, groups, itemsize=4):
 
 
 def _dotUnits(x, itemSize, groupBase, taps4, rows, dy, dyItem, dyGroup, pixels, rowLen, units, u0, u1, sums, table):
-    """Units [u0, u1) (item, first row, end row) of one group, each tile of 4 taps by 4 maps over its rows."""
+    """Units [u0, u1) (item, first row, end row) of one group, each tile of taps by maps over its rows."""
     vectors, tail = rowLen // 16, rowLen % 16
-    tiles = taps4.size // 4
+    tiles = taps4.size // sgemm.DOT_ROWS
     mapTiles = sums.shape[1]
     px, pt, pd, ps, pr = x.ctypes.data, taps4.ctypes.data, dy.ctypes.data, sums.ctypes.data, table.ctypes.data
     block = sums.shape[2]
@@ -291,8 +291,8 @@ def _dotUnits(x, itemSize, groupBase, taps4, rows, dy, dyItem, dyGroup, pixels, 
         b = pd + 4 * (item * dyItem + dyGroup + r0 * rowLen)
         for m in range(mapTiles):
             for t in range(tiles):
-                sgemm.dotTile(r1 - r0, vectors, tail, px, pr, pt + 8 * 4 * t, b + 4 * 4 * m * pixels, pixels, rowLen,
-                              ps + 4 * (t * mapTiles + m) * block)
+                sgemm.dotTile(r1 - r0, vectors, tail, px, pr, pt + 8 * sgemm.DOT_ROWS * t,
+                              b + 4 * sgemm.DOT_COLS * m * pixels, pixels, rowLen, ps + 4 * (t * mapTiles + m) * block)
 
 
 if njit is not None:
