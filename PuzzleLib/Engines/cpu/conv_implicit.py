@@ -209,11 +209,10 @@ UNIT_BYTES = 512 << 10
 _PARTS = 2
 
 
-def backwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=False):
-    """(dw, db or None): dw sums over output pixels input (tap, pixel) x dy (map, pixel), both read in place along
-    output rows (x de-interleaved by its stride, as the forward), by sgemm.dotTile: 6 taps by 4 maps, lane partial
-    sums kept in memory between units and added up at the end. db sums each unit's dy rows while they are in cache
-    (case 3's 25 MiB dy: no second pass over it from memory). Needs output rows of 16 pixels or more and a multiple
+def backwardParams(x, dy, wShape, stride, pad, dilation, groups):
+    """dw: sum over output pixels of input (tap, pixel) x dy (map, pixel), both read in place along output rows
+    (x de-interleaved by its stride, as the forward), by sgemm.dotTile: 6 taps by 4 maps, lane partial sums
+    kept in memory between units and added up at the end. Needs output rows of 16 pixels or more and a multiple
     of 4 maps per group (``backwardParamsPreferred``)."""
     n, c = x.shape[:2]
     o = dy.shape[1]
@@ -234,7 +233,6 @@ def backwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=False)
     mapTiles = og // sgemm.DOT_COLS
     lanes = sgemm.DOT_ROWS * sgemm.DOT_COLS * 16
     sums = workspace.get("implicit-dw", (_PARTS, groups, tiles, mapTiles, lanes), x.dtype, zero=True)
-    biasLanes = workspace.get("implicit-db", (_PARTS, o if withBias else 0, 16), x.dtype, zero=True)
     dyc = np.ascontiguousarray(dy).reshape(-1)
     xFlat = xs.reshape(-1)
     itemSize, groupSize = prod(xs.shape[1:]), cg * prod(xs.shape[2:])
@@ -245,19 +243,14 @@ def backwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=False)
         for h in range(h0, h1):
             for g in range(groups):
                 _dotUnits(xFlat, itemSize, g * groupSize, taps4, rows, dyc, o * pixels, g * og * pixels, pixels,
-                          rowLen, units, bounds[h], bounds[h + 1], sums[h, g], table,
-                          biasLanes[h, g * og:(g + 1) * og] if withBias else biasLanes[h])
+                          rowLen, units, bounds[h], bounds[h + 1], sums[h, g], table)
 
     parallel(part, _PARTS, units.size and depth * o * n * pixels)
     # (parts, groups, tap tiles, map tiles, taps of a tile, maps of a tile, 16 lanes) -> (groups, maps, taps)
     total = sums.reshape(_PARTS, groups, tiles, mapTiles, sgemm.DOT_ROWS, sgemm.DOT_COLS, 16).sum(axis=6)
     total = total[0] + total[1] if _PARTS == 2 else total.sum(axis=0)
     dw = total.transpose(0, 2, 4, 1, 3).reshape(groups, og, tiles * sgemm.DOT_ROWS)[:, :, :depth]
-    db = None
-    if withBias:
-        parts = biasLanes.sum(axis=2)
-        db = parts[0] + parts[1] if _PARTS == 2 else parts.sum(axis=0)
-    return np.ascontiguousarray(dw).reshape(wShape), db
+    return np.ascontiguousarray(dw).reshape(wShape)
 
 
 def backwardParamsPreferred(xShape, wShape, stride, pad, dilation, groups, dtype):
@@ -284,10 +277,8 @@ def backwardParamsWorkspace(xShape, wShape, stride, pad, groups, itemsize=4):
     return _phasedBytes(xShape, stride, pad, itemsize) + sums * itemsize
 
 
-def _dotUnits(x, itemSize, groupBase, taps4, rows, dy, dyItem, dyGroup, pixels, rowLen, units, u0, u1, sums, table,
-              biasLanes):
-    """Units [u0, u1) (item, first row, end row) of one group, each tile of taps by maps over its rows; then, if
-    biasLanes has rows (one per map of the group), the unit's dy rows of each map summed into its 16 lanes."""
+def _dotUnits(x, itemSize, groupBase, taps4, rows, dy, dyItem, dyGroup, pixels, rowLen, units, u0, u1, sums, table):
+    """Units [u0, u1) (item, first row, end row) of one group, each tile of taps by maps over its rows."""
     vectors, tail = rowLen // 16, rowLen % 16
     tiles = taps4.size // sgemm.DOT_ROWS
     mapTiles = sums.shape[1]
@@ -302,15 +293,6 @@ def _dotUnits(x, itemSize, groupBase, taps4, rows, dy, dyItem, dyGroup, pixels, 
             for t in range(tiles):
                 sgemm.dotTile(r1 - r0, vectors, tail, px, pr, pt + 8 * sgemm.DOT_ROWS * t,
                               b + 4 * sgemm.DOT_COLS * m * pixels, pixels, rowLen, ps + 4 * (t * mapTiles + m) * block)
-        count = (r1 - r0) * rowLen
-        full = count // 16 * 16
-        for m in range(biasLanes.shape[0]):
-            start = item * dyItem + dyGroup + m * pixels + r0 * rowLen
-            for p in range(0, full, 16):
-                for lane in range(16):
-                    biasLanes[m, lane] += dy[start + p + lane]
-            for p in range(full, count):
-                biasLanes[m, p - full] += dy[start + p]
 
 
 if njit is not None:
