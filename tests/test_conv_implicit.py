@@ -102,10 +102,13 @@ def _gradCase(shape, seed=0):
 def test_weightGradientMatchesFloat64Reference(shape):
     x, w, dy = _gradCase(shape)
     _, _, _, groups, _, _, stride, pad, dilation = shape
-    dw = conv_implicit.backwardParams(x, dy, w.shape, stride, pad, dilation, groups)
-    ref = refBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0]
-    assert dw.dtype == np.float32 and dw.shape == w.shape
+    dw, db = conv_implicit.backwardParams(x, dy, w.shape, stride, pad, dilation, groups, withBias=True)
+    ref, refDb = refBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)
+    assert dw.dtype == np.float32 and dw.shape == w.shape and db.dtype == np.float32
     assert np.abs(dw - ref).max() <= 1e-5 * np.abs(ref).max()
+    assert np.abs(db - refDb).max() <= 1e-5 * np.abs(refDb).max()
+    alone, none = conv_implicit.backwardParams(x, dy, w.shape, stride, pad, dilation, groups)
+    assert none is None and np.array_equal(alone, dw)  # the bias tap changes no other sum
 
 
 @pytest.mark.parametrize("shape", GRAD_SHAPES[:1] + GRAD_SHAPES[4:5])
@@ -117,9 +120,9 @@ def test_weightGradientSameBitsOnOneOrTwoThreads(shape, monkeypatch):
         monkeypatch.setattr(conv_common, "THREADS", threads)
         monkeypatch.setattr(conv_common, "PARALLEL_WORK", 1)
         monkeypatch.setattr(conv_implicit, "UNIT_BYTES", unitBytes)
-        results.append(conv_implicit.backwardParams(x, dy, w.shape, stride, pad, dilation, groups))
-    assert np.array_equal(results[0], results[1])
-    assert np.abs(results[2] - results[0]).max() <= 1e-5 * np.abs(results[0]).max()  # other units: other sums
+        results.append(conv_implicit.backwardParams(x, dy, w.shape, stride, pad, dilation, groups, withBias=True))
+    assert np.array_equal(results[0][0], results[1][0]) and np.array_equal(results[0][1], results[1][1])
+    assert np.abs(results[2][0] - results[0][0]).max() <= 1e-5 * np.abs(results[0][0]).max()  # other units
 
 
 def test_weightGradientDispatchedFromIm2col():
@@ -130,7 +133,9 @@ def test_weightGradientDispatchedFromIm2col():
     assert not conv_implicit.backwardParamsPreferred(x.shape, (6, 3, 3, 3), *args, np.float32)  # 6 maps
     assert not conv_implicit.backwardParamsPreferred((2, 3, 20, 60), w.shape, *args, np.float32)  # rows of 60
     dw, db = conv.backwardParams(x, dy, w.shape, True, *args, algo="im2col")
-    assert np.array_equal(dw, conv_implicit.backwardParams(x, dy, w.shape, *args))
-    assert np.allclose(db, dy.astype(np.float64).sum(axis=(0, 2, 3)), rtol=1e-5)
+    direct, directDb = conv_implicit.backwardParams(x, dy, w.shape, *args, withBias=True)
+    assert np.array_equal(dw, direct) and np.array_equal(db, directDb)
+    refDb = dy.astype(np.float64).sum(axis=(0, 2, 3))
+    assert np.abs(db - refDb).max() <= 1e-5 * np.abs(refDb).max()
     need = conv_implicit.backwardParamsWorkspace(x.shape, w.shape, (1, 1), (1, 1), 1)
     assert conv.workspaceBytes("backwardParams", "im2col", x.shape, w.shape, *args) == need

@@ -271,7 +271,7 @@ def backwardParams(x, dy, wShape, withBias, stride, pad, dilation, groups, algo=
             dw = conv_im2col.gemmBackwardParams(x, dy, wShape, groups)
         elif algo == "im2col" and conv_implicit.backwardParamsPreferred(x.shape, wShape, stride, pad, dilation,
                                                                          groups, x.dtype):
-            dw = conv_implicit.backwardParams(x, dy, wShape, stride, pad, dilation, groups)
+            return conv_implicit.backwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias)
         elif algo == "im2col":  # the bias gradient may come out of the weight gradient's GEMMs
             return conv_im2col.im2colBackwardParamsAndBias(x, dy, wShape, withBias, stride, pad, dilation, groups)
         elif algo == "winograd" and _winogradApplies(wShape, stride, dilation):

@@ -209,11 +209,13 @@ UNIT_BYTES = 512 << 10
 _PARTS = 2
 
 
-def backwardParams(x, dy, wShape, stride, pad, dilation, groups):
-    """dw: sum over output pixels of input (tap, pixel) x dy (map, pixel), both read in place along output rows
-    (x de-interleaved by its stride, as the forward), by sgemm.dotTile: 6 taps by 4 maps, lane partial sums
-    kept in memory between units and added up at the end. Needs output rows of 16 pixels or more and a multiple
-    of 4 maps per group (``backwardParamsPreferred``)."""
+def backwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=False):
+    """(dw, db or None): dw sums over output pixels input (tap, pixel) x dy (map, pixel), both read in place along
+    output rows (x de-interleaved by its stride, as the forward), by sgemm.dotTile: 6 taps by 4 maps, lane partial
+    sums kept in memory between units and added up at the end. With ``withBias`` the last tile's last tap is a row
+    of ones (sgemm.dotTileOnes), one of its padding taps where there is one (case 3: 147 = 24 x 6 + 3), so db comes
+    out of the same pass over dy (a separate threaded sum of case 3's 25 MiB dy took 0.8 ms). Needs output rows of
+    16 pixels or more and a multiple of 4 maps per group (``backwardParamsPreferred``)."""
     n, c = x.shape[:2]
     o = dy.shape[1]
     kernel = tuple(wShape[2:])
@@ -222,7 +224,7 @@ def backwardParams(x, dy, wShape, stride, pad, dilation, groups):
     depth = cg * prod(kernel)
     xs = _phased(x, pad, stride[-1])
     taps = _rowTapOffsets(xs.shape[1:], kernel, dilation, cg, stride[-1])
-    tiles = -(-depth // sgemm.DOT_ROWS)
+    tiles = -(-(depth + withBias) // sgemm.DOT_ROWS)
     taps4 = np.zeros(tiles * sgemm.DOT_ROWS, dtype=np.int64)  # past the last tap: tap 0 again (results dropped)
     taps4[:depth] = taps
     rows = _rowOffsets(xs.shape[3:], out[:-1], stride[:-1])
@@ -243,14 +245,15 @@ def backwardParams(x, dy, wShape, stride, pad, dilation, groups):
         for h in range(h0, h1):
             for g in range(groups):
                 _dotUnits(xFlat, itemSize, g * groupSize, taps4, rows, dyc, o * pixels, g * og * pixels, pixels,
-                          rowLen, units, bounds[h], bounds[h + 1], sums[h, g], table)
+                          rowLen, units, bounds[h], bounds[h + 1], sums[h, g], table, withBias)
 
     parallel(part, _PARTS, units.size and depth * o * n * pixels)
     # (parts, groups, tap tiles, map tiles, taps of a tile, maps of a tile, 16 lanes) -> (groups, maps, taps)
     total = sums.reshape(_PARTS, groups, tiles, mapTiles, sgemm.DOT_ROWS, sgemm.DOT_COLS, 16).sum(axis=6)
     total = total[0] + total[1] if _PARTS == 2 else total.sum(axis=0)
-    dw = total.transpose(0, 2, 4, 1, 3).reshape(groups, og, tiles * sgemm.DOT_ROWS)[:, :, :depth]
-    return np.ascontiguousarray(dw).reshape(wShape)
+    full = total.transpose(0, 2, 4, 1, 3).reshape(groups, og, tiles * sgemm.DOT_ROWS)
+    db = full[:, :, -1].reshape(-1).copy() if withBias else None
+    return np.ascontiguousarray(full[:, :, :depth]).reshape(wShape), db
 
 
 def backwardParamsPreferred(xShape, wShape, stride, pad, dilation, groups, dtype):
@@ -270,15 +273,17 @@ def backwardParamsPreferred(xShape, wShape, stride, pad, dilation, groups, dtype
 
 
 def backwardParamsWorkspace(xShape, wShape, stride, pad, groups, itemsize=4):
-    """x padded and de-interleaved, and the lane partial sums of every part."""
+    """x padded and de-interleaved, and the lane partial sums of every part (with a bias tap)."""
     og = wShape[0] // groups
-    tiles = -(-prod(wShape[1:]) // sgemm.DOT_ROWS)
+    tiles = -(-(prod(wShape[1:]) + 1) // sgemm.DOT_ROWS)
     sums = _PARTS * groups * tiles * (og // sgemm.DOT_COLS) * sgemm.DOT_ROWS * sgemm.DOT_COLS * 16
     return _phasedBytes(xShape, stride, pad, itemsize) + sums * itemsize
 
 
-def _dotUnits(x, itemSize, groupBase, taps4, rows, dy, dyItem, dyGroup, pixels, rowLen, units, u0, u1, sums, table):
-    """Units [u0, u1) (item, first row, end row) of one group, each tile of taps by maps over its rows."""
+def _dotUnits(x, itemSize, groupBase, taps4, rows, dy, dyItem, dyGroup, pixels, rowLen, units, u0, u1, sums, table,
+              ones):
+    """Units [u0, u1) (item, first row, end row) of one group, each tile of taps by maps over its rows (with
+    ``ones``, the last tile's last tap a row of ones)."""
     vectors, tail = rowLen // 16, rowLen % 16
     tiles = taps4.size // sgemm.DOT_ROWS
     mapTiles = sums.shape[1]
@@ -291,8 +296,12 @@ def _dotUnits(x, itemSize, groupBase, taps4, rows, dy, dyItem, dyGroup, pixels, 
         b = pd + 4 * (item * dyItem + dyGroup + r0 * rowLen)
         for m in range(mapTiles):
             for t in range(tiles):
-                sgemm.dotTile(r1 - r0, vectors, tail, px, pr, pt + 8 * sgemm.DOT_ROWS * t,
-                              b + 4 * sgemm.DOT_COLS * m * pixels, pixels, rowLen, ps + 4 * (t * mapTiles + m) * block)
+                args = (r1 - r0, vectors, tail, px, pr, pt + 8 * sgemm.DOT_ROWS * t,
+                        b + 4 * sgemm.DOT_COLS * m * pixels, pixels, rowLen, ps + 4 * (t * mapTiles + m) * block)
+                if ones and t == tiles - 1:
+                    sgemm.dotTileOnes(*args)
+                else:
+                    sgemm.dotTile(*args)
 
 
 if njit is not None:

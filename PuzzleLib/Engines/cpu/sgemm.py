@@ -165,9 +165,11 @@ def _emitTile(builder, lanes, vectors, indirectB, depth, a, rsa, csa, b, ldb, c,
 DOT_ROWS = 6
 DOT_COLS = 4
 
-if njit is not None:
+def _dotIntrinsic(onesLast):
+    """The dot tile (see dotTile); with ``onesLast`` its last row of A is ones, not read: that row's sums are
+    the sums of B's rows (a bias gradient riding along with a weight gradient)."""
     @intrinsic
-    def dotTile(typingctx, rows, vectors, tail, a, aRows, aTaps, b, ldb, bPitch, sums):
+    def tile(typingctx, rows, vectors, tail, a, aRows, aTaps, b, ldb, bPitch, sums):
         """Lane partial sums of dot products along rows: for i < DOT_ROWS, j < DOT_COLS, r < rows,
         sums[(i * DOT_COLS + j) * 16 + l] += products of lanes l of A_i(r) = a + aRows[r] + aTaps[i] and
         B_j(r) = b + r * bPitch + j * ldb over ``vectors`` full vectors of 16, then, if ``tail`` > 0, the last
@@ -176,13 +178,20 @@ if njit is not None:
         sig = types.void(*([types.intp] * 10))
 
         def codegen(context, builder, signature, args):
-            _emitDot(builder, *args)
+            _emitDot(builder, onesLast, *args)
             return context.get_dummy_value()
 
         return sig, codegen
 
+    return tile
 
-def _emitDot(builder, rows, vectors, tail, a, aRows, aTaps, b, ldb, bPitch, sums):
+
+if njit is not None:
+    dotTile = _dotIntrinsic(False)
+    dotTileOnes = _dotIntrinsic(True)
+
+
+def _emitDot(builder, onesLast, rows, vectors, tail, a, aRows, aTaps, b, ldb, bPitch, sums):
     """The dot tile's IR: the partial sums loaded, an outer loop over rows and an inner one over vectors whose
     phi nodes carry the 16 accumulators, an optional masked tail per row, the sums stored back."""
     f32 = ir.FloatType()
@@ -213,6 +222,8 @@ def _emitDot(builder, rows, vectors, tail, a, aRows, aTaps, b, ldb, bPitch, sums
 
     def step(aBases, bBases, offset, acc, masked):
         av = [builder.load(vectorAt(base, offset), align=4) for base in aBases]
+        if onesLast:
+            av[-1] = ir.Constant(vec, [1.0] * _LANES)
         bv = [builder.load(vectorAt(base, offset), align=4) for base in bBases]
         if masked:
             av = [builder.select(mask, v, zero) for v in av]
