@@ -113,11 +113,22 @@ def _emitTile(builder, lanes, vectors, indirectB, depth, a, rsa, csa, b, ldb, c,
     slots = [[vectorAt(C, builder.add(builder.mul(ldc, const(i)), const(lanes * j))) for j in range(vectors)]
              for i in range(MR)]
     aRows = [builder.mul(rsa, const(i)) for i in range(MR)]
-    keep = builder.icmp_signed("!=", accumulate, const(0))
-    start = []
+    # The start values: C's old values or the bias, behind a branch: a select would load C (often memory not
+    # yet written, read from DRAM) even when it is only written.
+    biasRows = [splat(builder.load(builder.gep(bias, [const(i)]))) for i in range(MR)]
+    fromBias = builder.block
+    fromC = builder.append_basic_block("tile.c")
+    begin = builder.append_basic_block("tile.begin")
+    builder.cbranch(builder.icmp_signed("!=", accumulate, const(0)), fromC, begin)
+    builder.position_at_end(fromC)
+    loaded = [[builder.load(slot, align=4) for slot in slots[i]] for i in range(MR)]
+    builder.branch(begin)
+    builder.position_at_end(begin)
+    start = [[builder.phi(vec) for _ in range(vectors)] for _ in range(MR)]
     for i in range(MR):
-        row = splat(builder.load(builder.gep(bias, [const(i)])))
-        start.append([builder.select(keep, builder.load(slot, align=4), row) for slot in slots[i]])
+        for j in range(vectors):
+            start[i][j].add_incoming(biasRows[i], fromBias)
+            start[i][j].add_incoming(loaded[i][j], fromC)
 
     entry = builder.block
     loop = builder.append_basic_block("tile.k")
