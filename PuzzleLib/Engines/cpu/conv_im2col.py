@@ -739,10 +739,11 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=F
 # Inner dimension (channel-taps) below which the forward folds the bias into its GEMMs (see _fastForward).
 _FOLD_BIAS_INNER = 512
 # Deepest inner dimension whose forward GEMMs go through sgemm rather than OpenBLAS. Same process,
-# interleaved, 2 threads: case 3 (inner 147) forward 13.5-14.0 vs 14.2-14.4 ms, GEMMs alone 10.9-11.2 vs
-# 11.5-12.7; case 5 (inner 1152) 6.07-6.16 vs 5.86-5.87 ms, slower: its tiles of two items (1.8 MiB of
-# columns) outgrow L2, and OpenBLAS's packed copy of them reads better than the kernel's strided rows.
-_SGEMM_DEPTH = 512
+# interleaved, 2 threads, ms, OpenBLAS vs sgemm: case 3 (inner 147) 14.9 vs 14.2 (before conv_implicit took it);
+# 64->128 56x56 s2 (576) 6.0 vs 5.8; 64->256 (576) 10.6 vs 9.9; case 5 (1152) 5.6 vs 5.4 (it lost, 5.9 vs 6.1,
+# while the tile still read its output before writing it); 256->512 14x14 s2 (2304) 6.4 vs 7.3, 512->512
+# 14x14 (4608) 40.7 vs 47.5: with deep products OpenBLAS's packed, cache-blocked copies win.
+_SGEMM_DEPTH = 1152
 
 # Rows (channel-taps) of the weight-gradient GEMM's output block below which it runs far from peak.
 _DW_ROWS = 256
