@@ -41,22 +41,24 @@ _VECTORS = 2
 NR = _LANES * _VECTORS
 
 
-def _hostHasFma():
+def _hostHasAvx512():
     try:
         import llvmlite.binding as llvm
         features = llvm.get_host_cpu_features()
-    except Exception:  # pragma: no cover - no feature query: assume a scalar-FMA target
+    except Exception:  # pragma: no cover - no feature query: assume the worst
         return False
-    return bool(features.get("fma") or features.get("avx512f"))
+    return bool(features.get("avx512f") and features.get("fma"))
 
 
-# Without hardware FMA (or 16-lane vectors) LLVM lowers the kernel to library calls: correct, but far slower
-# than BLAS. The algorithms then keep their BLAS GEMMs (``applies``).
-available = njit is not None and _hostHasFma()
+# The tiles are sized for AVX-512's 32 vector registers (16 accumulators of 16 floats, plus the loads). Elsewhere
+# LLVM still compiles them correctly (narrower vectors, or library calls without FMA), but they would spill or
+# crawl, and they were measured only here: the algorithms then keep their BLAS GEMMs (``applies``); the kernels
+# stay callable (the tests run them on any host).
+available = njit is not None and _hostHasAvx512()
 
 
 def applies(dtype):
-    """Whether products in ``dtype`` go through this kernel (float32 on a host with FMA)."""
+    """Whether products in ``dtype`` go through this kernel (float32 on a host with AVX-512)."""
     return available and dtype == np.float32
 
 
