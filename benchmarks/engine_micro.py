@@ -3,6 +3,7 @@
     python benchmarks/engine_micro.py                 # every case, every applicable algorithm
     python benchmarks/engine_micro.py --cases 1,6 --reps 9 --tile 4,8,16   # also sweep the tile bound (MiB)
     python benchmarks/engine_micro.py --page          # per-call overhead of the page's first example
+    python benchmarks/engine_micro.py --sgemm         # the engine's GEMM tile against np.matmul, one thread
 
 For each case and direction it runs every applicable algorithm round-robin (interleaved, so a
 noisy neighbour hits all alike), after one warm-up call each, and prints the median ms and GFLOP/s
@@ -97,6 +98,40 @@ def pageOverhead(reps=20000):
           f"through the module (algorithm {pick})")
 
 
+# (M, K, N) of the products sgemm serves: case 3's im2col tile, case 5's per-item GEMM, case 4's F(2x2) block.
+SGEMM_SHAPES = ((64, 148, 3472), (256, 1152, 196), (504, 512, 128))
+
+
+def sgemmVersusBlas(reps=21):
+    """sgemm (A packed, B and C in place) against np.matmul on one thread, interleaved, median GFLOP/s."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    with threadpool_limits(1):
+        for m, k, n in SGEMM_SHAPES:
+            rates = _sgemmShape(rng, m, k, n, reps)
+            row = "  ".join(f"{name} {rate:6.1f} GFLOP/s" for name, rate in rates.items())
+            print(f"({m} x {k}) @ ({k} x {n}): {row}")
+
+
+def _sgemmShape(rng, m, k, n, reps):
+    from PuzzleLib.Engines.cpu import sgemm
+
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    c = np.empty((m, n), dtype=np.float32)
+    panels, scratch = sgemm.packA(a), sgemm.Scratch()
+    calls = {"sgemm": lambda: sgemm.gemm(panels, b, c, scratch=scratch, packed=True),
+             "np.matmul": lambda: np.matmul(a, b, out=c)}
+    samples = {name: [] for name in calls}
+    for _ in range(reps):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            samples[name].append(time.perf_counter() - start)
+    return {name: 2 * m * k * n / statistics.median(t) / 1e9 for name, t in samples.items()}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=",".join(CASES))
@@ -104,9 +139,13 @@ def main():
     parser.add_argument("--directions", default="forward,backwardData,backwardParams")
     parser.add_argument("--tile", default="", help="comma-separated tile bounds in MiB to sweep")
     parser.add_argument("--page", action="store_true", help="only the page example's per-call overhead")
+    parser.add_argument("--sgemm", action="store_true", help="only the GEMM tile against np.matmul")
     args = parser.parse_args()
     if args.page:
         pageOverhead()
+        return
+    if args.sgemm:
+        sgemmVersusBlas()
         return
     print(f"numpy {np.__version__}, BLAS: {_blasName()}")
     tiles = [float(t) for t in args.tile.split(",") if t] or [None]

@@ -64,8 +64,9 @@ def _phasedBytes(xShape, stride, pad, itemsize):
 
 
 def forward(x, w, bias, stride, pad, dilation, groups):
-    """The same convolution as (maps, pixels) tiles: 8 maps (packed weights) by up to 32 adjacent pixels of an
-    output row, B's rows read in place from x de-interleaved by the last axis' stride (unit steps along a row)."""
+    """y = conv(x, w) + bias by (maps, pixels) tiles: 8 maps (packed weights) by up to 32 adjacent pixels of an
+    output row, B's rows read in place from x de-interleaved by the last axis' stride (unit steps along a row).
+    Output rows are dealt out to the threads in two contiguous runs."""
     n, c = x.shape[:2]
     o = w.shape[0]
     kernel = tuple(w.shape[2:])

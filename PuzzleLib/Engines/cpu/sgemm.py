@@ -1,26 +1,30 @@
 """A register-tiled float32 GEMM, C = A @ B (+ C or + a bias per row), for the thin products of convolution.
 
-OpenBLAS's sgemm (SkylakeX kernel, one thread) ran these shapes at 78-100 GFLOP/s on this machine's cores
-(AMD EPYC, AVX-512, about 114 peak): (64 x 148) @ (148 x 3584) of case 3's im2col 84-89, (256 x 1152) @
-(1152 x 768) of case 5 88-98, (504 x 512) @ (512 x 128) of case 4's F(2x2) 93-102. The kernel here ran them
-at 101-114, same process, one thread, interleaved with OpenBLAS (/tmp scratch script; ``benchmarks/
-engine_micro.py`` times it against np.matmul). Numba cannot vectorise a tile whose accumulators stay in
-registers from Python source (its arrays live in memory, and every FMA then loads and stores its
-accumulator), so the tile is written as LLVM vector IR through numba's ``intrinsic``: MR x NR accumulators
-held across the whole inner dimension, one broadcast of A and NR/16 loads of B per step. That keeps it inside
-numba (compiled on first use, cached on disk), with no C extension to build.
+OpenBLAS's sgemm (SkylakeX kernel, one thread) ran these products at 78-104 GFLOP/s on this machine's cores
+(AMD EPYC, AVX-512, about 114 peak); the tile here at 101-116 (``python benchmarks/engine_micro.py --sgemm``:
+case 3's im2col tile (64 x 148) @ (148 x 3472), case 5's per item (256 x 1152) @ (1152 x 196), case 4's
+F(2x2) block (504 x 512) @ (512 x 128)). Numba cannot vectorise a tile whose accumulators stay in registers
+from Python source (its arrays live in memory, and every FMA then loads and stores its accumulator), so the
+tile is written as LLVM vector IR through numba's ``intrinsic``: MR x NR accumulators held across the whole
+inner dimension, one broadcast of A and NR/16 loads of B per step. That keeps it inside numba (compiled on
+first use, cached on disk), with no C extension to build.
 
-Operands:
-- A is packed once per product (``packA``): panels of MR rows, stored k-major, (ceil(M / MR), K, MR), the
-  rows past M zero. Packing is cheap against the product for these shapes (weights, or a transform's output).
-- B is read in place: any row stride, unit column stride (an im2col tile, a Winograd transform's rows).
-- C is written in place: any row stride, unit column stride (a view of the layer's output).
+Operands of ``gemm``:
+- A packed once per product (``packA``: panels of MR rows, k-major, the rows past M zero), or read in place
+  with any strides (a transposed view too).
+- B read in place: any row stride, unit column stride (an im2col tile, a Winograd transform's rows); the
+  ``tileRows`` tiles take B's rows through a table of offsets instead (conv_implicit: the input itself).
+- C written in place: any row stride, unit column stride (a view of the layer's output).
 
 Each output element is one chain of fused multiply-adds over k in order, started from zero, the bias, or
 C's old value: its bits do not depend on how the columns are shared between threads, or on tiling.
-Edges (rows past M, columns past the last full panel) go through small scratch tiles.
+Edges (rows past M, columns past the last full panel) go through small scratch tiles, and 16- and 8-wide
+tiles take a row's last columns.
 
-Float32 only: float64 (the gradient checks) stays on BLAS; ``applies`` says when to use this.
+``dotTile`` is the other shape of product, C = A @ B^T with both operands read along their rows (a weight
+gradient's reduction over pixels): 16-lane partial sums per output, added up by the caller.
+
+Float32 on AVX-512 hosts only (``applies``): float64 (the gradient checks) stays on BLAS.
 """
 
 import numpy as np
