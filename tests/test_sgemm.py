@@ -103,3 +103,43 @@ def test_winograd2x2ThroughTheKernel(useKernel, monkeypatch):
     dx = conv_winograd2x2.backwardData(dy, w, x.shape, (1, 1), 1)
     refDx = refBackwardData(dy.astype(np.float64), w64, x.shape, (1, 1), (1, 1), (1, 1), 1)
     assert np.abs(dx - refDx).max() <= 1e-5 * np.abs(refDx).max()
+
+
+def _dotRunner(ones):
+    from numba import njit
+
+    tile = sgemm.dotTileOnes if ones else sgemm.dotTile
+
+    @njit
+    def run(rows, vectors, tail, a, aRows, aTaps, b, ldb, bPitch, sums):
+        tile(rows, vectors, tail, a.ctypes.data, aRows.ctypes.data, aTaps.ctypes.data, b.ctypes.data, ldb, bPitch,
+             sums.ctypes.data)
+
+    return run
+
+
+@pytest.mark.parametrize("rowLen", [16, 20, 37, 112])  # whole vectors, and masked tails of 4 and 5
+@pytest.mark.parametrize("ones", [False, True])
+def test_dotTileSumsRowsOfProducts(rowLen, ones):
+    """dotTile: lane partial sums, added to what the sums held, of A rows found through two offset tables
+    against B rows at a pitch; with ones, the last A row is ones (sums of B)."""
+    rng = np.random.default_rng(6)
+    rows, taps, maps = 3, sgemm.DOT_ROWS, sgemm.DOT_COLS
+    a = rng.standard_normal(6000).astype(np.float32)
+    aRows = np.array([0, 1500, 3100], dtype=np.int64)
+    aTaps = rng.integers(0, 2000, size=taps).astype(np.int64)
+    ldb = rows * rowLen + 5
+    b = rng.standard_normal(maps * ldb).astype(np.float32)
+    sums = rng.standard_normal(taps * maps * 16).astype(np.float32)
+    before = sums.reshape(taps, maps, 16).sum(axis=2, dtype=np.float64)
+    _dotRunner(ones)(rows, rowLen // 16, rowLen % 16, a, aRows, aTaps, b, ldb, rowLen, sums)
+    ref = before.copy()
+    for i in range(taps):
+        for j in range(maps):
+            for r in range(rows):
+                left = a[aRows[r] + aTaps[i]:][:rowLen].astype(np.float64)
+                if ones and i == taps - 1:
+                    left = np.ones(rowLen)
+                ref[i, j] += left @ b[r * rowLen + j * ldb:][:rowLen]
+    got = sums.reshape(taps, maps, 16).sum(axis=2, dtype=np.float64)
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()

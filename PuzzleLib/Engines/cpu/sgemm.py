@@ -95,29 +95,54 @@ if njit is not None:
     tileRows8 = _tileIntrinsic(8, 1, indirectB=True)
 
 
+def _phis(builder, typ, count):
+    """``count`` phi nodes of ``typ`` (created together: LLVM wants a block's phis at its top)."""
+    return [builder.phi(typ) for _ in range(count)]
+
+
+def _incoming(phis, *sources):
+    """Each phi's value flowing in from each (values, block) source, position by position."""
+    for values, block in sources:
+        for phi, value in zip(phis, values):
+            phi.add_incoming(value, block)
+    return phis
+
+
+class _Shorthands:
+    """What both tiles' IR needs: integer constants, float vectors loaded at element offsets, splats, the FMA."""
+
+    def __init__(self, builder, lanes, intp):
+        self.builder, self.intp = builder, intp
+        self.vec = ir.VectorType(ir.FloatType(), lanes)
+        self.fma = builder.module.declare_intrinsic(f"llvm.fma.v{lanes}f32", (), ir.FunctionType(self.vec,
+                                                                                                  [self.vec] * 3))
+
+    def const(self, value):
+        return ir.Constant(self.intp, value)
+
+    def vectorAt(self, base, offset):
+        return self.builder.bitcast(self.builder.gep(base, [offset]), self.vec.as_pointer())
+
+    def splat(self, value, vectorType=None):
+        vectorType = vectorType or self.vec
+        i32 = ir.IntType(32)
+        undef = ir.Constant(vectorType, ir.Undefined)
+        return self.builder.shuffle_vector(self.builder.insert_element(undef, value, ir.Constant(i32, 0)), undef,
+                                           ir.Constant(ir.VectorType(i32, vectorType.count), [0] * vectorType.count))
+
+
 def _emitTile(builder, lanes, vectors, indirectB, depth, a, rsa, csa, b, ldb, c, ldc, bias, accumulate):
     """The tile's IR: start values (C or the bias), a loop over k whose phi nodes carry the MR x vectors
-    accumulators in registers (one broadcast of A and ``vectors`` loads of B per row of A), then the stores."""
+    accumulators in registers (one broadcast of A and ``vectors`` loads of B per row of A), then the stores.
+    Accumulator t is row t // vectors, vector t % vectors."""
     f32 = ir.FloatType()
-    vec = ir.VectorType(f32, lanes)
     intp = depth.type
-    i32 = ir.IntType(32)
-
-    def const(v):
-        return ir.Constant(intp, v)
-
-    def splat(value):
-        undef = ir.Constant(vec, ir.Undefined)
-        return builder.shuffle_vector(builder.insert_element(undef, value, ir.Constant(i32, 0)), undef,
-                                      ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
-
-    def vectorAt(base, offset):
-        return builder.bitcast(builder.gep(base, [offset]), vec.as_pointer())
-
-    fma = builder.module.declare_intrinsic(f"llvm.fma.v{lanes}f32", (), ir.FunctionType(vec, [vec, vec, vec]))
+    count = MR * vectors
+    e = _Shorthands(builder, lanes, intp)
+    vec, const, splat, vectorAt, fma = e.vec, e.const, e.splat, e.vectorAt, e.fma
     A, B, C, bias = (builder.inttoptr(p, f32.as_pointer()) for p in (a, b, c, bias))
-    slots = [[vectorAt(C, builder.add(builder.mul(ldc, const(i)), const(lanes * j))) for j in range(vectors)]
-             for i in range(MR)]
+    slots = [vectorAt(C, builder.add(builder.mul(ldc, const(t // vectors)), const(lanes * (t % vectors))))
+             for t in range(count)]
     aRows = [builder.mul(rsa, const(i)) for i in range(MR)]
     # The start values: C's old values or the bias, behind a branch: a select would load C (often memory not
     # yet written, read from DRAM) even when it is only written.
@@ -127,14 +152,11 @@ def _emitTile(builder, lanes, vectors, indirectB, depth, a, rsa, csa, b, ldb, c,
     begin = builder.append_basic_block("tile.begin")
     builder.cbranch(builder.icmp_signed("!=", accumulate, const(0)), fromC, begin)
     builder.position_at_end(fromC)
-    loaded = [[builder.load(slot, align=4) for slot in slots[i]] for i in range(MR)]
+    loaded = [builder.load(slot, align=4) for slot in slots]
     builder.branch(begin)
     builder.position_at_end(begin)
-    start = [[builder.phi(vec) for _ in range(vectors)] for _ in range(MR)]
-    for i in range(MR):
-        for j in range(vectors):
-            start[i][j].add_incoming(biasRows[i], fromBias)
-            start[i][j].add_incoming(loaded[i][j], fromC)
+    start = _incoming(_phis(builder, vec, count), ([biasRows[t // vectors] for t in range(count)], fromBias),
+                      (loaded, fromC))
 
     entry = builder.block
     loop = builder.append_basic_block("tile.k")
@@ -143,36 +165,24 @@ def _emitTile(builder, lanes, vectors, indirectB, depth, a, rsa, csa, b, ldb, c,
 
     builder.position_at_end(loop)
     k = builder.phi(intp)
-    acc = [[builder.phi(vec) for _ in range(vectors)] for _ in range(MR)]
+    acc = _phis(builder, vec, count)
     if indirectB:
         bRow = builder.gep(B, [builder.load(builder.gep(builder.inttoptr(ldb, intp.as_pointer()), [k]))])
     else:
         bRow = builder.gep(B, [builder.mul(k, ldb)])
     bVec = [builder.load(vectorAt(bRow, const(lanes * j)), align=4) for j in range(vectors)]
     aCol = builder.gep(A, [builder.mul(k, csa)])
-    nxt = []
-    for i in range(MR):
-        ai = splat(builder.load(builder.gep(aCol, [aRows[i]])))
-        nxt.append([builder.call(fma, [ai, bVec[j], acc[i][j]]) for j in range(vectors)])
+    aVec = [splat(builder.load(builder.gep(aCol, [aRows[i]]))) for i in range(MR)]
+    nxt = [builder.call(fma, [aVec[t // vectors], bVec[t % vectors], acc[t]]) for t in range(count)]
     k1 = builder.add(k, const(1))
     body = builder.block
-    k.add_incoming(const(0), entry)
-    k.add_incoming(k1, body)
-    for i in range(MR):
-        for j in range(vectors):
-            acc[i][j].add_incoming(start[i][j], entry)
-            acc[i][j].add_incoming(nxt[i][j], body)
+    _incoming([k], ([const(0)], entry), ([k1], body))
+    _incoming(acc, (start, entry), (nxt, body))
     builder.cbranch(builder.icmp_signed("<", k1, depth), loop, done)
 
     builder.position_at_end(done)
-    final = []
-    for i in range(MR):  # all phis first: LLVM wants them at the top of the block
-        for j in range(vectors):
-            phi = builder.phi(vec)
-            phi.add_incoming(start[i][j], entry)
-            phi.add_incoming(nxt[i][j], body)
-            final.append((phi, slots[i][j]))
-    for value, slot in final:
+    final = _incoming(_phis(builder, vec, count), (start, entry), (nxt, body))
+    for value, slot in zip(final, slots):
         builder.store(value, slot, align=4)
 
 
@@ -212,17 +222,10 @@ def _emitDot(builder, onesLast, rows, vectors, tail, a, aRows, aTaps, b, ldb, bP
     """The dot tile's IR: the partial sums loaded, an outer loop over rows and an inner one over vectors whose
     phi nodes carry the 16 accumulators, an optional masked tail per row, the sums stored back."""
     f32 = ir.FloatType()
-    vec = ir.VectorType(f32, _LANES)
     intp = rows.type
     i32 = ir.IntType(32)
-
-    def const(v):
-        return ir.Constant(intp, v)
-
-    def vectorAt(base, offset):
-        return builder.bitcast(builder.gep(base, [offset]), vec.as_pointer())
-
-    fma = builder.module.declare_intrinsic("llvm.fma.v16f32", (), ir.FunctionType(vec, [vec, vec, vec]))
+    e = _Shorthands(builder, _LANES, intp)
+    vec, const, vectorAt, fma = e.vec, e.const, e.vectorAt, e.fma
     A, B, S = (builder.inttoptr(p, f32.as_pointer()) for p in (a, b, sums))
     rowTable, tapTable = (builder.inttoptr(p, intp.as_pointer()) for p in (aRows, aTaps))
     count = DOT_ROWS * DOT_COLS
@@ -232,9 +235,7 @@ def _emitDot(builder, onesLast, rows, vectors, tail, a, aRows, aTaps, b, ldb, bP
     zero = ir.Constant(vec, [0.0] * _LANES)
     lanes = ir.Constant(ir.VectorType(i32, _LANES), list(range(_LANES)))
     first = builder.trunc(builder.sub(const(_LANES), tail), i32)
-    mask = builder.icmp_signed(">=", lanes, builder.shuffle_vector(
-        builder.insert_element(ir.Constant(ir.VectorType(i32, _LANES), ir.Undefined), first, ir.Constant(i32, 0)),
-        ir.Constant(ir.VectorType(i32, _LANES), ir.Undefined), ir.Constant(ir.VectorType(i32, _LANES), [0] * _LANES)))
+    mask = builder.icmp_signed(">=", lanes, e.splat(first, ir.VectorType(i32, _LANES)))  # the tail's own lanes
     start = [builder.load(slot, align=4) for slot in slots]
 
     def step(aBases, bBases, offset, acc, masked):
@@ -258,7 +259,7 @@ def _emitDot(builder, onesLast, rows, vectors, tail, a, aRows, aTaps, b, ldb, bP
 
     builder.position_at_end(outer)
     r = builder.phi(intp)
-    accRow = [builder.phi(vec) for _ in range(count)]
+    accRow = _phis(builder, vec, count)
     aRow = builder.gep(A, [builder.load(builder.gep(rowTable, [r]))])
     aBases = [builder.gep(aRow, [t]) for t in taps]
     bRow = builder.gep(B, [builder.mul(r, bPitch)])
@@ -267,21 +268,15 @@ def _emitDot(builder, onesLast, rows, vectors, tail, a, aRows, aTaps, b, ldb, bP
 
     builder.position_at_end(inner)
     v = builder.phi(intp)
-    accVec = [builder.phi(vec) for _ in range(count)]
+    accVec = _phis(builder, vec, count)
     nextVec = step(aBases, bBases, builder.mul(v, const(_LANES)), accVec, False)
     v1 = builder.add(v, const(1))
     builder.cbranch(builder.icmp_signed("<", v1, vectors), inner, merge)
-    v.add_incoming(const(0), outer)
-    v.add_incoming(v1, inner)
-    for t in range(count):
-        accVec[t].add_incoming(accRow[t], outer)
-        accVec[t].add_incoming(nextVec[t], inner)
+    _incoming([v], ([const(0)], outer), ([v1], inner))
+    _incoming(accVec, (accRow, outer), (nextVec, inner))
 
     builder.position_at_end(merge)
-    accMerged = [builder.phi(vec) for _ in range(count)]
-    for t in range(count):
-        accMerged[t].add_incoming(accRow[t], outer)
-        accMerged[t].add_incoming(nextVec[t], inner)
+    accMerged = _incoming(_phis(builder, vec, count), (accRow, outer), (nextVec, inner))
     builder.cbranch(builder.icmp_signed(">", tail, const(0)), masked, latch)
 
     builder.position_at_end(masked)
@@ -290,25 +285,16 @@ def _emitDot(builder, onesLast, rows, vectors, tail, a, aRows, aTaps, b, ldb, bP
     builder.branch(latch)
 
     builder.position_at_end(latch)
-    accNext = [builder.phi(vec) for _ in range(count)]
-    for t in range(count):
-        accNext[t].add_incoming(accMerged[t], merge)
-        accNext[t].add_incoming(accTail[t], masked)
+    accNext = _incoming(_phis(builder, vec, count), (accMerged, merge), (accTail, masked))
     r1 = builder.add(r, const(1))
     builder.cbranch(builder.icmp_signed("<", r1, rows), outer, done)
-    r.add_incoming(const(0), entry)
-    r.add_incoming(r1, latch)
-    for t in range(count):
-        accRow[t].add_incoming(start[t], entry)
-        accRow[t].add_incoming(accNext[t], latch)
+    _incoming([r], ([const(0)], entry), ([r1], latch))
+    _incoming(accRow, (start, entry), (accNext, latch))
 
     builder.position_at_end(done)
-    final = [builder.phi(vec) for _ in range(count)]
-    for t in range(count):
-        final[t].add_incoming(start[t], entry)
-        final[t].add_incoming(accNext[t], latch)
-    for t in range(count):
-        builder.store(final[t], slots[t], align=4)
+    final = _incoming(_phis(builder, vec, count), (start, entry), (accNext, latch))
+    for value, slot in zip(final, slots):
+        builder.store(value, slot, align=4)
 
 
 def _packA(a, out):
