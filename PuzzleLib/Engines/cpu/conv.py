@@ -44,6 +44,7 @@ from PuzzleLib.Engines.cpu import (
     conv_winograd1d,
     conv_winograd2x2,
     conv_winograd3d,
+    sgemm,
 )
 from PuzzleLib.Engines.cpu.conv_common import isPointwise, memo, outputShape, prod, workspace
 
@@ -186,6 +187,8 @@ def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, group
         tile += weights  # the flipped kernel (larger kernels go through col2im instead)
     if direction == "backwardParams":
         tile += n * o * prod(outSpatial) * itemsize  # dy transposed to (O, N * pixels), at most one copy
+    if direction == "forward" and conv_im2col.kernelForward(dtype, ck // groups):
+        tile += sgemm.packedSize((groups, o // groups, ck // groups)) * itemsize  # the weights packed for sgemm
     return tile
 
 

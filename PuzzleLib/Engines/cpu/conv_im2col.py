@@ -445,7 +445,7 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
     # (case 3, inner 147: the adds cost 1.4 ms of one thread, 7% of the GEMMs, the extra row nothing
     # measurable). A multiple of 8 made ragged costs more than the adds (one thread: inner 1152 -> 1153 +1.8%
     # on case 5's GEMMs, adds 0.5%; 192 -> 193 on 128 x 784 products +22%, adds 4%).
-    fast = sgemm.applies(x.dtype) and ck // groups <= _SGEMM_DEPTH
+    fast = kernelForward(x.dtype, ck // groups)
     folded = not fast and bias is not None and groups == 1 and ck < _FOLD_BIAS_INNER and ck % 8 != 0
     ckA = ck + folded
     if fast:  # the bias starts the kernel's sums
@@ -520,6 +520,11 @@ def _packedProduct(panels, bias, b, c, shared, scratch):
     parallel(lambda j0, j1: sgemm.batched(panels, b, c, bias, cols=(j0 * sgemm.NR, min(columns, j1 * sgemm.NR)),
                                           scratch=sgemm.Scratch(), packed=True),
              -(-columns // sgemm.NR), c.size * b.shape[-2])
+
+
+def kernelForward(dtype, depth):
+    """Whether the forward's GEMMs of this inner dimension (C/g * taps) go through sgemm, weights packed."""
+    return sgemm.applies(np.dtype(dtype)) and depth <= _SGEMM_DEPTH
 
 
 def _gatherItems5(x5, ph, dst, s, phase, base, lo, hi, st, pd, dl, kshape, oshape, n0, nb, r0, r1, k0, k1, c0, c1,
