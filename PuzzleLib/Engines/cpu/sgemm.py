@@ -25,6 +25,10 @@ tiles take a row's last columns.
 gradient's reduction over pixels): 16-lane partial sums per output, added up by the caller.
 
 Float32 on AVX-512 hosts only (``applies``): float64 (the gradient checks) stays on BLAS.
+
+For whoever edits this file: conv_implicit's compiled kernels embed these intrinsics, and numba's on-disk cache
+checks only the source file of the cached function. After changing an emitter or a tile constant here, touch
+conv_implicit.py (or clear the ``__pycache__`` *.nbi / *.nbc files), or its cached kernels keep the old tiles.
 """
 
 import numpy as np
