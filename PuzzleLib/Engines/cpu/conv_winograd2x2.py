@@ -523,7 +523,7 @@ def _convolve(x, w, bias, pad, groups, flip):
 
 def _product(a, b, out):
     """out = a @ b for the 16 tile positions, on this thread: the float32 kernel (sgemm) reads the kernel
-    matrices in place (transposed ones too) and runs N8 512->512 7x7's (32 x 512) @ (512 x 128) products at
+    matrices in place (transposed ones too) and runs N8 512->512 7x7's (64 x 512) @ (512 x 128) products at
     ~110 GFLOP/s against OpenBLAS's ~100 (one thread); other dtypes stay on BLAS."""
     if sgemm.applies(out.dtype):
         sgemm.batched(a, b, out)
