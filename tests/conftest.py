@@ -1,5 +1,6 @@
 """Shared test helpers: where the spec lives, the float64 reference on the path, global-state hygiene."""
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -72,3 +73,51 @@ def _assertArrayEqual(a, b, what):
         assert a is None and b is None, f"{what}: {a!r} vs {b!r}"
     else:
         np.testing.assert_array_equal(a, b, err_msg=what)
+
+
+@contextlib.contextmanager
+def blasThreadsAt(count):
+    """OpenBLAS set to ``count`` threads for the block, the original count restored after: a test that the
+    engine puts the count back can then fail even where BLAS already runs one thread."""
+    from PuzzleLib.Engines.cpu import conv_common
+
+    setN, getN = conv_common.blasThreads
+    original = getN()
+    setN(count)
+    try:
+        yield
+    finally:
+        setN(original)
+
+
+def assertRestoresBlasThreads(run):
+    """run() leaves OpenBLAS's thread count as it found it (2 going in, so that a count left at 1 shows)."""
+    from PuzzleLib.Engines.cpu import conv_common
+
+    getN = conv_common.blasThreads[1]
+    with blasThreadsAt(2):
+        before = getN()
+        run()
+        assert getN() == before
+
+
+@contextlib.contextmanager
+def engineCall(resultBytes):
+    """The block as one engine call (conv_common.beginCall / endCall): tiles bounded by the result's size,
+    scratch released at the end, as the engine's entry points do."""
+    from PuzzleLib.Engines.cpu import conv_common
+
+    conv_common.beginCall(resultBytes)
+    try:
+        yield
+    finally:
+        conv_common.endCall()
+
+
+def setTiles(monkeypatch, tile, threads):
+    """The engine on ``threads`` threads with column tiles bounded by ``tile`` bytes (for the test)."""
+    from PuzzleLib.Engines.cpu import conv_common
+
+    monkeypatch.setattr(conv_common, "THREADS", threads)
+    monkeypatch.setattr(conv_common, "TILE_BYTES", tile)
+    monkeypatch.setattr(conv_common, "MIN_TILE_BYTES", min(conv_common.MIN_TILE_BYTES, tile))

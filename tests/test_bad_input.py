@@ -137,6 +137,16 @@ def test_backward_before_forward():
     assertSameState(conv, before)
 
 
+def test_accepted_shapes_are_remembered_per_shape():
+    """ConvND skips re-checking a shape it accepted (per-call cost on small inputs): a different bad shape after a
+    good one still fails, and a grad shaped for an earlier input fails after a forward on another."""
+    conv = trainedConv()
+    assertRejects(conv, lambda: conv(np.zeros((2, 3, 6, 7), np.float32)), "Data has 3 maps", "expected: 2")
+    conv(np.zeros((1, 2, 8, 9), np.float32))
+    assertRejects(conv, lambda: conv.backward(np.zeros((2, 4, 4, 5), np.float32)), "(1, 4, 6, 7)",
+                  "(2, 4, 4, 5)")
+
+
 # -- setVar ----------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,shape", [("W", (4, 2, 3, 2)), ("W", (4, 1, 3, 3)), ("W", (2, 4, 3, 3)),
                                         ("b", (1, 4)), ("b", (4,)), ("b", (1, 3, 1, 1))])

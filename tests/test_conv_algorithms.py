@@ -9,6 +9,7 @@ import itertools
 
 import numpy as np
 import pytest
+from conftest import assertRestoresBlasThreads
 
 from PuzzleLib.Engines.cpu import conv, conv_common, conv_direct, conv_winograd
 
@@ -384,12 +385,10 @@ def test_winogradWeightGradientIndependentOfThreadCount(monkeypatch):
 
 @pytest.mark.skipif(conv_common.blasThreads is None, reason="no control of the BLAS threads")
 def test_winogradRestoresBlasThreads():
-    setN, getN = conv_common.blasThreads
-    before = getN()
     x, w, b, dy, (stride, pad, dilation, groups) = _data(WINOGRAD[3], np.float32)
-    conv.forward(x, w, b, stride, pad, dilation, groups, algo="winograd")
-    conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation, groups, algo="winograd")
-    assert getN() == before
+    assertRestoresBlasThreads(lambda: (
+        conv.forward(x, w, b, stride, pad, dilation, groups, algo="winograd"),
+        conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation, groups, algo="winograd")))
 
 
 @pytest.mark.skipif(not conv_winograd.available, reason="numba is not installed")
@@ -490,12 +489,10 @@ def test_im2colIndependentOfThreadCount(tile, monkeypatch):
 
 @pytest.mark.skipif(conv_common.blasThreads is None, reason="no control of the BLAS threads")
 def test_im2colRestoresBlasThreads():
-    setN, getN = conv_common.blasThreads
-    before = getN()
     x, w, b, dy, (stride, pad, dilation, groups) = _data(STRIDED_LAST[1], np.float32)
-    conv.forward(x, w, b, stride, pad, dilation, groups, algo="im2col")
-    conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation, groups, algo="im2col")
-    assert getN() == before
+    assertRestoresBlasThreads(lambda: (
+        conv.forward(x, w, b, stride, pad, dilation, groups, algo="im2col"),
+        conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation, groups, algo="im2col")))
 
 
 STEM = (2, 3, (23, 22), 16, (7, 7), (2, 2), (3, 3), (1, 1), 1)  # the 7x7 stride-2 stem, dy larger than x
@@ -587,6 +584,7 @@ def test_sharedMatmulIndependentOfThreadCount(aShape, bShape, monkeypatch):
     a, b = rng.standard_normal(aShape, dtype=np.float32), rng.standard_normal(bShape, dtype=np.float32)
     expected = np.matmul(a.astype(np.float64), b)
     outs = []
+    monkeypatch.setattr(conv_common, "PARALLEL_WORK", 1)  # every shape split, the small ones too
     for threads in (1, 2):
         monkeypatch.setattr(conv_common, "THREADS", threads)
         out = np.empty(expected.shape, np.float32)

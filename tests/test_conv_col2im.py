@@ -4,6 +4,7 @@ thread). Results must be bit-identical on one thread and on two."""
 
 import numpy as np
 import pytest
+from conftest import engineCall, setTiles
 from reference import convBackwardData, outShape
 
 from PuzzleLib.Engines.cpu import conv_col2im, conv_common, conv_im2col
@@ -30,24 +31,15 @@ def _data(case, dtype=np.float64, seed=0):
 
 
 def _run(*args):
-    conv_common.beginCall(args[0].itemsize * int(np.prod(args[2])))
-    try:
+    with engineCall(args[0].itemsize * int(np.prod(args[2]))):
         return conv_col2im.backwardData(*args)
-    finally:
-        conv_common.endCall()
-
-
-def _tiles(monkeypatch, tile, threads):
-    monkeypatch.setattr(conv_common, "THREADS", threads)
-    monkeypatch.setattr(conv_common, "TILE_BYTES", tile)
-    monkeypatch.setattr(conv_common, "MIN_TILE_BYTES", min(conv_common.MIN_TILE_BYTES, tile))
 
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("tile", [600, 1 << 20])  # row bands of one item / whole items
 @pytest.mark.parametrize("case", CASES)
 def test_matchesReference(case, tile, threads, monkeypatch):
-    _tiles(monkeypatch, tile, threads)
+    setTiles(monkeypatch, tile, threads)
     dy, w, xShape, stride, pad, dilation, groups = _data(case)
     dx = _run(dy, w, xShape, stride, pad, dilation, groups)
     np.testing.assert_allclose(dx, convBackwardData(dy, w, xShape, stride, pad, dilation, groups), **TOL64)
@@ -57,7 +49,7 @@ def test_matchesReference(case, tile, threads, monkeypatch):
 def test_sameBitsOnOneThreadOrTwo(tile, monkeypatch):
     results = []
     for threads in (1, 2, 2):
-        _tiles(monkeypatch, tile, threads)
+        setTiles(monkeypatch, tile, threads)
         results.append([_run(*_data(case, np.float32)) for case in (CASES[0], CASES[2])])
     for got in results[1:]:
         for u, v in zip(got, results[0]):
@@ -73,7 +65,7 @@ def test_preferred():
 
 def test_groupsOfItems(monkeypatch):
     # Small items go in groups (at least two groups); the bits are those of one item at a time.
-    _tiles(monkeypatch, 1 << 20, 2)
+    setTiles(monkeypatch, 1 << 20, 2)
     dy, w, xShape, stride, pad, dilation, groups = _data((5, 4, (11, 10), 6, (3, 3), (2, 2), (1, 1), (1, 1), 1),
                                                         np.float32)
     grouped = _run(dy, w, xShape, stride, pad, dilation, groups)

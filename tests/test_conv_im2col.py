@@ -8,6 +8,7 @@ summed over chunks in place or in fixed partials. Results must also be bit-ident
 
 import numpy as np
 import pytest
+from conftest import assertRestoresBlasThreads, setTiles
 from reference import convBackwardData, convBackwardParams, convForward, outShape
 
 from PuzzleLib.Engines.cpu import conv, conv_common, conv_im2col
@@ -38,18 +39,12 @@ def _data(case, dtype=np.float64, seed=0):
     return x, w, b, dy, (stride, pad, dilation, groups)
 
 
-def _tiles(monkeypatch, tile, threads):
-    monkeypatch.setattr(conv_common, "THREADS", threads)
-    monkeypatch.setattr(conv_common, "TILE_BYTES", tile)
-    monkeypatch.setattr(conv_common, "MIN_TILE_BYTES", min(conv_common.MIN_TILE_BYTES, tile))
-
-
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("tile", [600, 1 << 20])  # row bands of one item / whole items per tile
 @pytest.mark.parametrize("case", CASES)
 def test_col2imBackwardDataMatchesReference(case, tile, threads, monkeypatch):
     # Threads split each tile's scatter over channel ranges; one item or several per tile, or bands of rows.
-    _tiles(monkeypatch, tile, threads)
+    setTiles(monkeypatch, tile, threads)
     x, w, b, dy, (stride, pad, dilation, groups) = _data(case)
     calls = []
     fast = conv_im2col._fastBackwardData
@@ -68,7 +63,7 @@ def test_col2imBackwardDataMatchesReference(case, tile, threads, monkeypatch):
 @pytest.mark.parametrize("tile", [700, 1 << 20])
 @pytest.mark.parametrize("case", CASES[:3] + CASES[5:7])
 def test_forwardAndWeightGradientMatchReference(case, tile, partialBytes, threads, monkeypatch):
-    _tiles(monkeypatch, tile, threads)
+    setTiles(monkeypatch, tile, threads)
     monkeypatch.setattr(conv_im2col, "_PARTIAL_BYTES", partialBytes)
     x, w, b, dy, (stride, pad, dilation, groups) = _data(case)
     y = conv.forward(x, w, b, stride, pad, dilation, groups, algo="im2col")
@@ -86,7 +81,7 @@ def test_sameBitsOnOneThreadOrTwo(tile, partialBytes, monkeypatch):
     monkeypatch.setattr(conv_im2col, "_PARTIAL_BYTES", partialBytes)
     results = []
     for threads in (1, 2, 2):
-        _tiles(monkeypatch, tile, threads)
+        setTiles(monkeypatch, tile, threads)
         for case in (CASES[0], CASES[2]):
             x, w, b, dy, (stride, pad, dilation, groups) = _data(case, np.float32)
             results.append([conv.forward(x, w, b, stride, pad, dilation, groups, algo="im2col"),
@@ -100,11 +95,8 @@ def test_sameBitsOnOneThreadOrTwo(tile, partialBytes, monkeypatch):
 
 @pytest.mark.skipif(conv_common.blasThreads is None, reason="no control of the BLAS threads")
 def test_backwardDataRestoresBlasThreads():
-    setN, getN = conv_common.blasThreads
-    before = getN()
     x, w, b, dy, (stride, pad, dilation, groups) = _data(CASES[0], np.float32)
-    conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="im2col")
-    assert getN() == before
+    assertRestoresBlasThreads(lambda: conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="im2col"))
 
 
 def test_backwardDataScratchWithinOneTile():
@@ -146,7 +138,7 @@ def test_weightGradientWholeItemChunksDeinterleavedPerBlock(case, dtype, monkeyp
     for scale in (8, 9, 14, 16, 20, 28, 36, 48):  # bounds of 2 to 12 item-rows of 4 (the path needs room)
         results = []
         for threads in (1, 2):
-            _tiles(monkeypatch, 2 * (pixels * x.itemsize * scale), threads)
+            setTiles(monkeypatch, 2 * (pixels * x.itemsize * scale), threads)
             monkeypatch.setattr(conv_common, "MIN_TILE_BYTES", 2 * (pixels * x.itemsize * scale))  # not the last min
             results.append(conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups,
                                                algo="im2col")[0])
@@ -165,7 +157,7 @@ def test_forwardDeinterleavesWholeItemTilesOnly(threads, monkeypatch):
     tileFn = conv_im2col._deinterleaveTile
     monkeypatch.setattr(conv_im2col, "_deinterleaveTile", lambda *a: calls.append(1) or tileFn(*a))
     for tile, perTile in ((1 << 20, True), (900, False)):
-        _tiles(monkeypatch, tile, threads)
+        setTiles(monkeypatch, tile, threads)
         calls.clear()
         y = conv.forward(x, w, b, stride, pad, dilation, groups, algo="im2col")
         assert bool(calls) == perTile
@@ -195,7 +187,7 @@ def test_biasGradientFromTheWeightGradientPartials(dtype, monkeypatch):
     monkeypatch.setattr(conv_im2col, "biasGrad", lambda *a: calls.append(1))
     results = []
     for threads in (1, 2):
-        _tiles(monkeypatch, 16800 * x.itemsize // 8, threads)  # bands of two output rows, one block
+        setTiles(monkeypatch, 16800 * x.itemsize // 8, threads)  # bands of two output rows, one block
         results.append(conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation, groups, algo="im2col"))
     assert not calls
     rdw, rdb = convBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)

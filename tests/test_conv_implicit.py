@@ -67,7 +67,7 @@ def test_dispatchedFromIm2colForwardInFloat32Only():
     assert not conv_implicit.preferred((8, 3, 64, 40), (64, 3, 7, 7), *args, np.float32)  # rows of 20
     y = conv.forward(x, w, bias, *args, algo="im2col")
     assert np.array_equal(y, conv_implicit.forward(x, w, bias, *args))
-    y64 = conv.forward(x.astype(np.float64), w.astype(np.float64), bias.astype(np.float64), *args, algo="im2col")
+    y64 = refForward(x, w, bias, *args)  # float64 inputs go through im2col (BLAS): the reference stays independent
     assert np.abs(y64 - y).max() <= 1e-5 * np.abs(y64).max()
 
 
@@ -78,6 +78,19 @@ def test_workspaceEstimateCoversThePhasedCopy():
     phased = 2 * 3 * 2 * 29 * 38 + conv_implicit._SLACK  # 76 padded columns in 2 phases of 38
     assert need == (phased + 2 * 147 * 8) * 4
     assert conv.workspaceBytes("forward", "im2col", xShape, wShape, (2, 2), (3, 3), (1, 1), 1) == need
+    # And it covers what a call allocates beyond its result (numpy's allocations, traced).
+    import tracemalloc
+
+    x, w, bias = _case(*xShape[:2], wShape[0], 1, xShape[2:], wShape[2:])
+    conv.forward(x, w, bias, (2, 2), (3, 3), (1, 1), 1, algo="im2col")
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        y = conv.forward(x, w, bias, (2, 2), (3, 3), (1, 1), 1, algo="im2col")
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert peak - y.nbytes <= need + (16 << 10)  # tables, per-thread scratch tiles
 
 
 GRAD_SHAPES = [

@@ -7,6 +7,7 @@ thread and on two.
 
 import numpy as np
 import pytest
+from conftest import engineCall, setTiles
 from reference import convBackwardData, outShape
 
 from PuzzleLib.Engines.cpu import conv, conv_col2im, conv_common, conv_phases
@@ -38,17 +39,8 @@ def _data(case, dtype=np.float64, seed=0):
 
 
 def _run(dy, w, xShape, stride, pad, groups):
-    conv_common.beginCall(dy.itemsize * int(np.prod(xShape)))
-    try:
+    with engineCall(dy.itemsize * int(np.prod(xShape))):
         return conv_phases.backwardData(dy, w, xShape, stride, pad, groups)
-    finally:
-        conv_common.endCall()
-
-
-def _tiles(monkeypatch, tile, threads):
-    monkeypatch.setattr(conv_common, "THREADS", threads)
-    monkeypatch.setattr(conv_common, "TILE_BYTES", tile)
-    monkeypatch.setattr(conv_common, "MIN_TILE_BYTES", min(conv_common.MIN_TILE_BYTES, tile))
 
 
 def test_axisPhases():
@@ -64,7 +56,7 @@ def test_axisPhases():
 @pytest.mark.parametrize("tile", [300, 1 << 20])  # rows of one plane per unit / whole phases
 @pytest.mark.parametrize("case", CASES)
 def test_matchesReference(case, tile, threads, monkeypatch):
-    _tiles(monkeypatch, tile, threads)
+    setTiles(monkeypatch, tile, threads)
     dy, w, xShape, stride, pad, groups = _data(case)
     dx = _run(dy, w, xShape, stride, pad, groups)
     assert dx.dtype == np.float64
@@ -85,7 +77,7 @@ def test_sameBitsOnOneThreadOrTwo(tile, monkeypatch):
     # Each dx element comes from one GEMM whose shape the convolution fixes: float32 bits do not depend on threads.
     results = []
     for threads in (1, 2, 2):
-        _tiles(monkeypatch, tile, threads)
+        setTiles(monkeypatch, tile, threads)
         results.append([_run(*_data(case, np.float32)) for case in (CASES[0], CASES[7])])
     for got in results[1:]:
         for u, v in zip(got, results[0]):

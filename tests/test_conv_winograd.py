@@ -5,6 +5,7 @@ positions), per-group chunks, and the transforms of a share of the tile position
 
 import numpy as np
 import pytest
+from conftest import engineCall
 from test_conv_algorithms import refBackwardData, refBackwardParams, refForward
 
 from PuzzleLib.Engines.cpu import conv, conv_common, conv_winograd, conv_winograd2x2
@@ -119,13 +120,10 @@ def _check2(case, dtype, tol, withBias=True):
     b = rng.standard_normal(o).astype(dtype) if withBias else None
     ref = refForward(x, w, b, (1, 1), pad, (1, 1), groups)
     dy = rng.standard_normal(ref.shape).astype(dtype)
-    conv_common.beginCall(1 << 20)
-    try:
+    with engineCall(1 << 20):
         got = [conv_winograd2x2.forward(x, w, b, pad, groups),
                conv_winograd2x2.backwardData(dy, w, x.shape, pad, groups),
                conv_winograd2x2.backwardParams(x, dy, w.shape, pad, groups)]
-    finally:
-        conv_common.endCall()
     refs = [ref, refBackwardData(dy, w, x.shape, (1, 1), pad, (1, 1), groups),
             refBackwardParams(x, dy, w.shape, (1, 1), pad, (1, 1), groups)[0]]
     for a, r in zip(got, refs):
@@ -221,12 +219,9 @@ def test_winograd4x4StillMatchesOnSmallMaps(case, dtype):
     ref = refForward(x, w, None, (1, 1), pad, (1, 1), groups)
     dy = rng.standard_normal(ref.shape).astype(dtype)
     tol = 5e-5 if dtype == np.float32 else 1e-12
-    conv_common.beginCall(1 << 20)
-    try:
+    with engineCall(1 << 20):
         got = [conv_winograd.forward(x, w, None, pad, groups), conv_winograd.backwardData(dy, w, x.shape, pad, groups),
                conv_winograd.backwardParams(x, dy, w.shape, pad, groups)]
-    finally:
-        conv_common.endCall()
     refs = [ref, refBackwardData(dy, w, x.shape, (1, 1), pad, (1, 1), groups),
             refBackwardParams(x, dy, w.shape, (1, 1), pad, (1, 1), groups)[0]]
     for a, r in zip(got, refs):

@@ -37,8 +37,9 @@ class _Engine:
 
 
 _cache = {}
-# (the Config.backend value last resolved, its engine)
-_last = [object(), None]
+# (the Config.backend value last resolved, its engine): one tuple, replaced whole, so a reader never pairs a
+# setting with another setting's engine.
+_last = (object(), None)
 
 
 def availableBackends():
@@ -46,10 +47,12 @@ def availableBackends():
 
 
 def getEngine():
-    backend = Config.backend
+    global _last
+    backend = setting = Config.backend
     # Every kernel call comes through here: the common case (setting unchanged) is one identity test.
-    if backend is _last[0]:
-        return _last[1]
+    last = _last
+    if backend is last[0]:
+        return last[1]
     if isinstance(backend, str):
         try:
             backend = Config.Backend[backend.lower()]
@@ -57,9 +60,9 @@ def getEngine():
             backend = None
     if backend not in _ENGINES:
         names = ", ".join(b.name for b in availableBackends())
-        raise BackendError(f"Backend {Config.backend!r} is not available (available: {names})")
+        raise BackendError(f"Backend {setting!r} is not available (available: {names})")
     engine = _cache.get(backend)
     if engine is None:
         engine = _cache[backend] = _Engine(_ENGINES[backend])
-    _last[:] = [Config.backend, engine]
+    _last = (setting, engine)
     return engine

@@ -13,7 +13,7 @@ The compiled scatter and its tables are conv_im2col's (_fastPlanT, _scatterRowsT
 import numpy as np
 
 from PuzzleLib.Engines.cpu import conv_common, conv_im2col
-from PuzzleLib.Engines.cpu.conv_common import outputShape, prod, tileBytes, workspace
+from PuzzleLib.Engines.cpu.conv_common import evenStep, outputShape, prod, tileBytes, workspace
 
 
 def preferred(xShape, wShape, stride, pad, dilation):
@@ -47,8 +47,7 @@ def backwardData(dy, w, xShape, stride, pad, dilation, groups):
     workers = conv_common.chunkWorkers(n)
     # Contiguous runs of items, one per thread (all bands of an item on one thread: they add into the same rows).
     items = sorted({n0 for n0, _, _, _ in units})
-    firsts = [items[len(items) * k // workers] if len(items) * k // workers < len(items) else n
-              for k in range(workers)] + [n]
+    firsts = [items[len(items) * k // workers] for k in range(workers)] + [n]
     runs = [[u for u in units if firsts[k] <= u[0] < firsts[k + 1]] for k in range(workers)]
     size = max((n1 - n0) * (r1 - r0) for n0, n1, r0, r1 in units) * rowLen * ck
     buffers = [workspace.get(f"col2im-items{k}", (size,), dy.dtype) for k in range(workers)]  # not thread-safe
@@ -74,7 +73,7 @@ def _units(n, rows, rowBytes, limit):
         group = max(1, min(-(-n // 2), limit // 2 // (rows * rowBytes)))
         return [(n0, min(n, n0 + group), 0, rows) for n0 in range(0, n, group)]
     step = max(1, min(rows, limit // 2 // rowBytes))
-    step = -(-rows // -(-rows // step))
+    step = evenStep(rows, step)
     return [(item, item + 1, r0, min(rows, r0 + step)) for item in range(n) for r0 in range(0, rows, step)]
 
 

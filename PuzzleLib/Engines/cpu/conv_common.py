@@ -8,6 +8,7 @@ touches the output range whose input index is in bounds (``tapRange``).
 
 import ctypes
 import glob
+import itertools
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -19,9 +20,6 @@ import numpy as np
 TILE_BYTES = 4 << 20
 # Lower bound of the per-call tile: below it the GEMMs get too thin to run near peak.
 MIN_TILE_BYTES = 1 << 20
-# Winograd's transform buffers (V and M together) per chunk of tiles: small enough to stay in L2/L3
-# between the transform and the GEMM: case 1 of benchmarks/conv.py ran 17 ms forward with these, 30 ms with 16 MiB.
-WINOGRAD_BYTES = 1 << 20
 
 
 def tileBytesFor(resultBytes):
@@ -173,6 +171,23 @@ def prod(values):
     return math.prod(values)
 
 
+def leadingView(flat, shape):
+    """The leading part of a flat (reused) buffer as a C-contiguous array of ``shape``: no fresh allocation per
+    chunk (fresh buffers cost case 8's weight gradient ~1.5 ms of page faults), and contiguous, as the compiled
+    kernels need (numba compiles strided views into loops LLVM does not vectorise)."""
+    return flat[:prod(shape)].reshape(shape)
+
+
+def biasVector(bias, o, dtype):
+    """The bias as a contiguous (o,) array of ``dtype`` (zeros without one), as the compiled kernels read it."""
+    return np.zeros(o, dtype=dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype).reshape(o)
+
+
+def transposedPad(kernel, pad, dilation):
+    """Padding of the stride-1 transposed convolution (may be negative: the gradient is then cropped)."""
+    return tuple(d * (k - 1) - p for k, p, d in zip(kernel, pad, dilation))
+
+
 # -- threads: each runs whole chunks (transform, GEMMs, transform) with a single-threaded BLAS ---------
 # Splitting each transform between threads around a two-thread GEMM gained nothing: OpenBLAS's idle
 # workers spin after every GEMM and hold the second core. Whole chunks per thread, with BLAS set to one
@@ -229,6 +244,32 @@ def runChunks(fn, workers):
     finally:
         _chunks.depth -= 1
         setN(before)
+
+
+def evenStep(total, step):
+    """The step that cuts ``total`` into as many parts as ``step`` does, but of equal size (to within one): no
+    thin last part."""
+    return -(-total // -(-total // step))
+
+
+def runs(items, parts):
+    """``items`` cut into ``parts`` contiguous runs of about equal length (fixed by the counts alone)."""
+    return [items[len(items) * k // parts:len(items) * (k + 1) // parts] for k in range(parts)]
+
+
+def shareItems(fn, items, workers):
+    """fn(k, item) for every item, on ``workers`` threads (runChunks), each worker k taking the next item
+    when it is done with one, so that a thread the host slows down takes fewer (a fixed half each waited
+    for the slower thread). An item's result must not depend on the worker that runs it."""
+    taken = itertools.count()  # next() on it is atomic under the GIL
+
+    def work(k):
+        for i in iter(taken.__next__, None):
+            if i >= len(items):
+                return
+            fn(k, items[i])
+
+    runChunks(work, workers)
 
 
 class _Chunks:

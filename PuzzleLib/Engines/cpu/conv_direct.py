@@ -15,7 +15,7 @@ Every accumulation runs in a fixed order: results are identical run to run and f
 import numpy as np
 
 from PuzzleLib.Engines.cpu import conv_common
-from PuzzleLib.Engines.cpu.conv_common import memo, outputShape, parallel, prod, tapRange, threadCount
+from PuzzleLib.Engines.cpu.conv_common import memo, outputShape, parallel, prod, tapRange, threadCount, transposedPad
 
 try:
     from numba import njit
@@ -798,7 +798,7 @@ def _isSame(xShape, wShape, stride, outSpatial):
     return all(s == 1 for s in stride) and tuple(outSpatial) == tuple(xShape[2:]) and wShape[-1] == 3
 
 
-def _masks(dims, dilation, dtype=np.bool_):
+def _masks(dims, dilation):
     """Per flat position of a (H, W) plane: may the tap at -d (mL) / +d (mR) along W be read? Memoised."""
     return memo(_maskCache, (dims[1], dims[2], dilation), lambda: _makeMasks(dims[1], dims[2], dilation), limit=64)
 
@@ -814,10 +814,8 @@ def _makeMasks(hh_, ww_, dilation):
 def _planT(dyShape, wShape, xShape, pad, dilation):
     """Per-shape constants of a unit-stride backward-data call (5-D views, transposed padding)."""
     lead = (1,) * (5 - len(xShape))
-    # Padding of the transposed convolution (negative: the gradient is cropped).
-    tpad = tuple(d * (k - 1) - p for k, p, d in zip(wShape[2:], pad, dilation))
-    _, pd, dl = _params3((1,) * len(pad), tpad, dilation)
-    same = tuple(dyShape[2:]) == tuple(xShape[2:]) and wShape[-1] == 3
+    _, pd, dl = _params3((1,) * len(pad), transposedPad(wShape[2:], pad, dilation), dilation)
+    same = _isSame(dyShape, wShape, (1,) * len(pad), xShape[2:])
     return (dyShape[:2] + lead + dyShape[2:], wShape[:2] + lead + wShape[2:], xShape[:2] + lead + xShape[2:], pd, dl,
             same)
 
@@ -832,11 +830,7 @@ _maskCache = {}
 def _zeroBias(o, dtype):
     """A shared zero bias, private to this module (the kernels only read it). Left writeable: numba types a
     read-only array apart, so a read-only one compiled every kernel a second time (about 2 s on first use)."""
-    key = (o, dtype)
-    bias = _zeros.get(key)
-    if bias is None:
-        bias = _zeros[key] = np.zeros(o, dtype=dtype)
-    return bias
+    return memo(_zeros, (o, dtype), lambda: np.zeros(o, dtype=dtype), limit=64)
 
 
 # -- entry points ------------------------------------------------------------------------------------
@@ -920,12 +914,13 @@ def backwardDataRunner(dyShape, wShape, xShape, stride, pad, dilation, groups, d
 
 def _makeBackwardDataRunner(dyShape, wShape, xShape, stride, pad, dilation, groups, dtype):
     if stride != _UNIT[len(stride)]:
+        params = _params3(stride, pad, dilation)
+
         def scatter(dy, w):
             if not useNumba:
                 return _numpyBackwardData(dy, w, xShape, stride, pad, dilation, groups)
             dx = np.zeros(xShape, dtype=dtype)
-            _backwardData5(_as5(np.ascontiguousarray(dy)), _as5(np.ascontiguousarray(w)), _as5(dx),
-                           *_params3(stride, pad, dilation))
+            _backwardData5(_as5(np.ascontiguousarray(dy)), _as5(np.ascontiguousarray(w)), _as5(dx), *params)
             return dx
 
         return scatter

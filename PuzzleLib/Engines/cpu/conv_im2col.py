@@ -15,7 +15,16 @@ Backward-params folds the batch into the GEMM's inner dimension, tile by tile.
 import numpy as np
 
 from PuzzleLib.Engines.cpu import conv_common, sgemm
-from PuzzleLib.Engines.cpu.conv_common import outputShape, parallel, prod, rowTiles, tapRange, tileBytes, workspace
+from PuzzleLib.Engines.cpu.conv_common import (
+    outputShape,
+    parallel,
+    prod,
+    rowTiles,
+    tapRange,
+    tileBytes,
+    transposedPad,
+    workspace,
+)
 
 try:
     from numba import njit
@@ -184,11 +193,6 @@ def flippedKernel(w, groups):
     kernel = w.shape[2:]
     wt = w.reshape((groups, o // groups, cg) + kernel).swapaxes(1, 2).reshape((groups * cg, o // groups) + kernel)
     return np.ascontiguousarray(wt[(slice(None), slice(None)) + (slice(None, None, -1),) * len(kernel)])
-
-
-def transposedPad(kernel, pad, dilation):
-    """Padding of the stride-1 transposed convolution (may be negative: the gradient is then cropped)."""
-    return tuple(d * (k - 1) - p for k, p, d in zip(kernel, pad, dilation))
 
 
 def im2colBackwardData(dy, w, xShape, stride, pad, dilation, groups, tileBytes=None):
@@ -372,7 +376,7 @@ def _fastPlan(x, kernel, stride, pad, dilation, deinterleave=True):
     """5-D views and per-tap tables of the compiled gather (lower ranks get unit leading axes).
 
     With a strided last axis and ``deinterleave`` False, xs is None: the caller de-interleaves its tiles' items
-    itself (_phasesOf).
+    itself (_deinterleaveTile, _gatherItems5).
     """
     lead = 5 - x.ndim
     x5 = _contiguous(x).reshape(x.shape[:2] + (1,) * lead + x.shape[2:])
@@ -461,7 +465,7 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
     tiles = rowTiles(n, o5[0] * o5[1], ck * rowLen * x.itemsize, _threadTileBytes(ck * prod(o5) * x.itemsize)
                      if own else None)
     workers = conv_common.chunkWorkers(len(tiles)) if own else 1
-    runs = [tiles[len(tiles) * k // workers:len(tiles) * (k + 1) // workers] for k in range(workers)]
+    shares = conv_common.runs(tiles, workers)
     size = max((n1 - n0) * ckA * (r1 - r0) * rowLen for n0, n1, r0, r1 in tiles)
     buffers = [workspace.get(f"im2col-fast{k}", (size,), x.dtype) for k in range(workers)]  # not thread-safe
     # A strided last axis is de-interleaved tile by tile into a buffer per thread where the tiles are whole items
@@ -477,7 +481,7 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
                                 x.dtype) for k in range(workers)]
 
     def work(k):
-        for n0, n1, r0, r1 in runs[k]:
+        for n0, n1, r0, r1 in shares[k]:
             cols = buffers[k][:(n1 - n0) * ckA * (r1 - r0) * rowLen].reshape(n1 - n0, ckA, (r1 - r0) * rowLen)
             source, first = xs, n0
             if local:  # this tile's items, de-interleaved; the gather then reads them from item 0
@@ -900,7 +904,7 @@ def _fastBackwardData(dy, w, xShape, stride, pad, dilation, groups):
     Each thread adds into its own channels of dx, and each element of dx sums its taps' terms in one fixed
     order (as _scatterAdd), so the result does not depend on the number of threads. One thread's CPU time
     for the scatter: case 3 (7x7 stride 2) 36 -> 11 ms, case 4 4.4 -> 3.0 ms, case 5 3.2 -> 2.9 ms. Batches
-    large enough run whole items per thread instead (conv_col2im, same tiles and scatter).
+    large enough run whole items per thread instead (conv_col2im: the same scatter, its own units of work).
     """
     dx, operands = col2imOperands(dy, w, xShape, stride, pad, dilation, groups)
     if operands is None:

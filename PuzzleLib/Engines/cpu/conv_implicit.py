@@ -226,8 +226,9 @@ def backwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=False)
     xs = _phased(x, pad, stride[-1])
     taps = _rowTapOffsets(xs.shape[1:], kernel, dilation, cg, stride[-1])
     tiles = -(-(depth + withBias) // sgemm.DOT_ROWS)
-    taps4 = np.zeros(tiles * sgemm.DOT_ROWS, dtype=np.int64)  # past the last tap: tap 0 again (results dropped)
-    taps4[:depth] = taps
+    # Tap offsets padded to whole tiles: past the last tap, tap 0 again (results dropped, or the ones row).
+    tileTaps = np.zeros(tiles * sgemm.DOT_ROWS, dtype=np.int64)
+    tileTaps[:depth] = taps
     rows = _rowOffsets(xs.shape[3:], out[:-1], stride[:-1])
     rowLen, pixels = out[-1], prod(out)
     step = max(1, min(rows.size, UNIT_BYTES // max(1, (depth + og) * rowLen * x.itemsize)))
@@ -245,13 +246,13 @@ def backwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=False)
         table = np.empty(step, dtype=np.int64)
         for h in range(h0, h1):
             for g in range(groups):
-                _dotUnits(xFlat, itemSize, g * groupSize, taps4, rows, dyc, o * pixels, g * og * pixels, pixels,
+                _dotUnits(xFlat, itemSize, g * groupSize, tileTaps, rows, dyc, o * pixels, g * og * pixels, pixels,
                           rowLen, units, bounds[h], bounds[h + 1], sums[h, g], table, withBias)
 
     parallel(part, _PARTS, units.size and depth * o * n * pixels)
     # (parts, groups, tap tiles, map tiles, taps of a tile, maps of a tile, 16 lanes) -> (groups, maps, taps)
     total = sums.reshape(_PARTS, groups, tiles, mapTiles, sgemm.DOT_ROWS, sgemm.DOT_COLS, 16).sum(axis=6)
-    total = total[0] + total[1] if _PARTS == 2 else total.sum(axis=0)
+    total = total.sum(axis=0)  # the parts in order
     full = total.transpose(0, 2, 4, 1, 3).reshape(groups, og, tiles * sgemm.DOT_ROWS)
     db = full[:, :, -1].reshape(-1).copy() if withBias else None
     return np.ascontiguousarray(full[:, :, :depth]).reshape(wShape), db
@@ -281,14 +282,14 @@ def backwardParamsWorkspace(xShape, wShape, stride, pad, groups, itemsize=4):
     return _phasedBytes(xShape, stride, pad, itemsize) + sums * itemsize
 
 
-def _dotUnits(x, itemSize, groupBase, taps4, rows, dy, dyItem, dyGroup, pixels, rowLen, units, u0, u1, sums, table,
+def _dotUnits(x, itemSize, groupBase, tileTaps, rows, dy, dyItem, dyGroup, pixels, rowLen, units, u0, u1, sums, table,
               ones):
     """Units [u0, u1) (item, first row, end row) of one group, each tile of taps by maps over its rows (with
     ``ones``, the last tile's last tap a row of ones)."""
     vectors, tail = rowLen // 16, rowLen % 16
-    tiles = taps4.size // sgemm.DOT_ROWS
+    tiles = tileTaps.size // sgemm.DOT_ROWS
     mapTiles = sums.shape[1]
-    px, pt, pd, ps, pr = x.ctypes.data, taps4.ctypes.data, dy.ctypes.data, sums.ctypes.data, table.ctypes.data
+    px, pt, pd, ps, pr = x.ctypes.data, tileTaps.ctypes.data, dy.ctypes.data, sums.ctypes.data, table.ctypes.data
     block = sums.shape[2]
     for u in range(u0, u1):
         item, r0, r1 = units[u, 0], units[u, 1], units[u, 2]

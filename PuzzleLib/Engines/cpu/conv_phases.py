@@ -21,7 +21,7 @@ only for one item (several items run faster as col2im with whole items per threa
 import numpy as np
 
 from PuzzleLib.Engines.cpu import conv_common
-from PuzzleLib.Engines.cpu.conv_common import prod, tileBytes, workspace
+from PuzzleLib.Engines.cpu.conv_common import evenStep, prod, tileBytes, workspace
 
 try:
     from numba import njit
@@ -37,7 +37,7 @@ def applies(kernel, stride, dilation):
 
 
 def preferred(xShape, wShape, stride, dilation, groups):
-    """Whether the phases beat GEMM + col2im: for one item of a 2-D or 3-D convolution with O <= C and C >= 128,
+    """Whether the phases beat GEMM + col2im: for one item of a 2-D or 3-D convolution with O <= C and C/g >= 128,
     where some kernel axis is longer than its stride (else there is nothing to gather, only copies).
 
     They gather O * taps values per dy pixel where col2im's GEMM writes and scatters C * taps, and their GEMMs
@@ -114,12 +114,12 @@ def backwardData(dy, w, xShape, stride, pad, groups):
         phases.append((index, cnt, msh, base, taps, tuple(e[1] for e in ax)))
         rowBytes = (o * taps + c) * dims[2] * dy.itemsize  # a row of the tile's columns and of its product
         for tile in _tiles(cnt, dims, rowBytes, limit):
-            units.append((0, p, tile))
+            units.append((p, tile))
     for index in empty:
         dx5[(slice(None), slice(None)) + tuple(slice(a, None, s) for a, s in zip(index, st))] = 0
     if not units:
         return dx
-    units = [(item, p, tile, _span(tile, dims) * o * phases[p][4]) for item in range(n) for _, p, tile in units]
+    units = [(item, p, tile, _span(tile, dims) * o * phases[p][4]) for item in range(n) for p, tile in units]
     # Contiguous runs of about equal cost, one per thread (the split changes no result); item-major, so a
     # thread pads each of its items once.
     workers = conv_common.chunkWorkers(len(units))
@@ -179,10 +179,10 @@ def _tiles(cnt, dims, rowBytes, limit):
     of one plane, in equal parts (a last tile of a row or two would run a thin GEMM)."""
     if cnt[0] > 1 and rowBytes * dims[1] <= limit:
         step = max(1, min(cnt[0], limit // (rowBytes * dims[1])))
-        step = -(-cnt[0] // -(-cnt[0] // step))
+        step = evenStep(cnt[0], step)
         return [(d0, min(cnt[0], d0 + step), 0, cnt[1]) for d0 in range(0, cnt[0], step)]
     step = max(1, min(cnt[1], limit // max(rowBytes, 1)))
-    step = -(-cnt[1] // -(-cnt[1] // step))
+    step = evenStep(cnt[1], step)
     return [(d0, d0 + 1, h0, min(cnt[1], h0 + step)) for d0 in range(cnt[0]) for h0 in range(0, cnt[1], step)]
 
 

@@ -8,15 +8,18 @@ convolutions that conv_winograd runs (each with its own size), with the chunk bo
 Backward-data splits the same way (dx phases from dy phases); the weight gradient is the sum of the phases'
 gradients, added in a fixed order (deterministic).
 
-Each phase's input is copied into one buffer of its padded size (zeros where the padding is), one phase at a
-time, so the extra memory is about one phase of x (1 / (dh*dw) of it) plus Winograd's own bounded buffers.
+The forward copies each phase's input into one buffer of its padded size (zeros where the padding is), one
+phase at a time: about one phase of x (1 / (dh*dw) of it) plus Winograd's own bounded buffers. Backward-data
+and the weight gradient, where the phases are of equal size, stack all phases of a chunk of batch items along
+the batch axis instead (one Winograd call per chunk): those buffers are bounded by half the call's result
+(_stackLimit), the chunk holding at least n / phases items (_batchStep).
 """
 
-from math import prod
 
 import numpy as np
 
 from PuzzleLib.Engines.cpu import conv_common, conv_winograd
+from PuzzleLib.Engines.cpu.conv_common import leadingView
 
 
 def applies(kernel, stride, dilation):
@@ -147,12 +150,6 @@ def _scatter(dx, dxp, r, c, dilation):
        cfirst:cfirst + dilation[1] * (k1 - k0 - 1) + 1:dilation[1]] = dxp[:, :, j0:j1, k0:k1]
 
 
-def _stacked(flat, shape):
-    """A (phases, items, ...) array at the start of a reused flat buffer: fresh buffers per chunk cost case 8's
-    weight gradient ~1.5 ms of page faults."""
-    return flat[:prod(shape)].reshape(shape)
-
-
 def _backwardDataStacked(dy, w, dx, phases, dilation, groups, limit):
     """All phases of a chunk of batch items stacked along the batch axis (phase-major): one Winograd call
     per chunk instead of one thin call per phase (case 8: four phase calls cost more than one undilated
@@ -171,11 +168,11 @@ def _backwardDataStacked(dy, w, dx, phases, dilation, groups, limit):
     dxFlat = np.empty(p * step * ch * length * width, dtype=dy.dtype)
     for b0 in range(0, n, step):
         b1 = min(n, b0 + step)
-        dys = _stacked(dyFlat, (p, b1 - b0, o, olh, olw))
+        dys = leadingView(dyFlat, (p, b1 - b0, o, olh, olw))
         dyb = dy[b0:b1]
         _copyPhases([(np.copyto, dys[i], dyb[:, :, r[0]::dilation[0], c[0]::dilation[1]])
                      for i, (r, c) in enumerate(phases)], dys.size)
-        dxs = _stacked(dxFlat, (p * (b1 - b0), ch, length, width))
+        dxs = leadingView(dxFlat, (p * (b1 - b0), ch, length, width))
         conv_winograd.forward(dys.reshape((-1,) + dys.shape[2:]), wf, None, (2, 2), groups, tileBytes=tile, u=u,
                               out=dxs)
         dxs = dxs.reshape((p, b1 - b0) + dxs.shape[1:])
@@ -219,8 +216,8 @@ def _backwardParamsStacked(x, dy, wShape, phases, dilation, groups, limit):
     dyFlat = np.empty(p * step * o * olh * olw, dtype=x.dtype)
     for b0 in range(0, n, step):
         b1 = min(n, b0 + step)
-        xs = _stacked(xFlat, (p, b1 - b0, ch, length, width))
-        dys = _stacked(dyFlat, (p, b1 - b0, o, olh, olw))
+        xs = leadingView(xFlat, (p, b1 - b0, ch, length, width))
+        dys = leadingView(dyFlat, (p, b1 - b0, o, olh, olw))
         xb, dyb = x[b0:b1], dy[b0:b1]
         _copyPhases([copy for i, (r, c) in enumerate(phases)
                      for copy in ((_gather, xb, xs[i], r, c, dilation),

@@ -28,8 +28,7 @@ import functools
 
 import numpy as np
 
-from PuzzleLib.Engines.cpu import conv_common
-from PuzzleLib.Engines.cpu.conv_common import blasThreads, chunkWorkers, runChunks, workspace
+from PuzzleLib.Engines.cpu.conv_common import biasVector, blasThreads, chunkWorkers, runChunks, workspace
 
 try:
     from numba import njit, uintp
@@ -64,6 +63,12 @@ _AT = np.array([
 ], dtype=np.float64)
 
 M_OUT, TILE = 4, 6
+
+
+def transformConstants(dtype):
+    """The transforms' coefficients 2, 4, 5, 8, typed like the data (a Python literal would promote float32)."""
+    return np.array([2, 4, 5, 8], dtype=dtype)
+
 # Fewest tiles per weight-gradient chunk (the inner dimension of its GEMMs).
 _MIN_GRAD_TILES = 24
 # Parts of the weight gradient (fixed, so the result does not depend on the thread count; _gradUnits;
@@ -141,7 +146,8 @@ def _rowA(g0, g1, g2, g3, s, a, n, two, four, eight):
 
 
 def _inputTransform(x, V, off, gStride, cg, ph, pw, th, tw, q0, q1, cst, c0, c1, a0, a1):
-    """V[a * 6 + b, at(c) + (q - q0) * tw + tx] = (B^T d B)[a, b] for the tile (row q = n * th + ty, column tx).
+    """V[(a - a0) * 6 + b, at(c) + (q - q0) * tw + tx] = (B^T d B)[a, b] for the tile (row q = n * th + ty,
+    column tx) and the transform rows a in [a0, a1) (all six, or a weight-gradient part's share).
 
     V is (36, ...) flat per tile position; channel c's P = (q1 - q0) * tw tiles start at
     at(c) = off + (c // cg) * gStride + (c % cg) * P (a plain (36, C, P) array: off 0, gStride cg * P;
@@ -303,7 +309,8 @@ def _outputTransform(M, off, gStride, og, y, bias, th, tw, q0, q1, cst, o0, o1):
 
 
 def _gradTransform(dy, Mg, off, gStride, og, th, tw, q0, q1, cst, o0, o1, a0, a1):
-    """Mg[a * 6 + b, o, (q - q0) * tw + tx] = (A g A^T)[a, b] for the 4x4 gradient tile g (zero past the map).
+    """Mg[(a - a0) * 6 + b, at(o) + (q - q0) * tw + tx] = (A g A^T)[a, b] for the 4x4 gradient tile g (zero past
+    the map), rows a in [a0, a1); Mg flat and laid out as V in _inputTransform (at(o) from off, gStride, og).
 
     The adjoint of the output transform: the weight gradient in the transformed domain is the
     elementwise product of this with the input transform, summed over tiles. Per block of maps: the
@@ -459,13 +466,13 @@ def workspaceBytes(xShape, o, pad, itemsize=4, resultBytes=None, tileBytes=None,
         pos = 36 if g % _GRAD_PARTS == 0 else 36 // _GRAD_PARTS
         rows = _chunkRows(n * th, tw, c * pos // 36, o * pos // 36, itemsize, tileBytes // _GRAD_PARTS)
         rows = min(n * th, max(rows, -(-_MIN_GRAD_TILES // tw)))
-        threads = min(conv_common.THREADS, _GRAD_PARTS) if blasThreads is not None else 1
+        threads = chunkWorkers(_GRAD_PARTS)
         copy = pos * o * tw * rows if rows * tw < o else 0  # Mg^T (see backwardParams)
         return (threads * (pos * (c + o) * tw * rows + copy + pos // 3 * o * c) * itemsize
                 + scratchRows(rows, threads))
     rows = _chunkRows(n * th, tw, c, o, itemsize, tileBytes)
     # Each thread's chunk (rounded to whole rows) and two (36, span) transform scratch arrays (VECTOR_SPAN).
-    threads = max(1, min(conv_common.THREADS, -(-n * th // rows))) if blasThreads is not None else 1
+    threads = chunkWorkers(-(-n * th // rows))
     rows = max(1, min(rows, _chunkRows(n * th, tw, c, o, itemsize, tileBytes // threads)))
     return threads * 36 * (c + o) * tw * rows * itemsize + scratchRows(rows, threads)
 
@@ -492,9 +499,9 @@ def forward(x, w, bias, pad, groups, tileBytes=None, u=None, out=None):
     cg, og = c // groups, o // groups
     if u is None:
         u = kernelTransform(w, groups)
-    biasv = np.zeros(o, dtype=x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype).reshape(o)
+    biasv = biasVector(bias, o, x.dtype)
     xc = np.ascontiguousarray(x)
-    cst = np.array([2, 4, 5, 8], dtype=x.dtype)
+    cst = transformConstants(x.dtype)
     total = n * th
     limit = tileBytes or chunkBytes(y.nbytes)
     # A chunk is transformed and multiplied one group at a time: its buffers hold one group's channels,
@@ -569,7 +576,7 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None, byChunks=False):
     oh, ow = dy.shape[2], dy.shape[3]
     th, tw = -(-oh // M_OUT), -(-ow // M_OUT)
     xc, dyc = np.ascontiguousarray(x), np.ascontiguousarray(dy)
-    cst = np.array([2, 4, 5, 8], dtype=x.dtype)
+    cst = transformConstants(x.dtype)
     total = n * th
     units = _gradUnits(groups)
     if byChunks:

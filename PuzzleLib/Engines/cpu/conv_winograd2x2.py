@@ -27,12 +27,11 @@ convolution's. Measured against a float64 reference (standard normal data, 16 to
 direction. The tests assert the stated bound, 1e-5 (float32) and 1e-13 (float64).
 """
 
-import itertools
 
 import numpy as np
 
-from PuzzleLib.Engines.cpu import conv_common, conv_winograd, sgemm
-from PuzzleLib.Engines.cpu.conv_common import chunkWorkers, runChunks, workspace
+from PuzzleLib.Engines.cpu import conv_winograd, sgemm
+from PuzzleLib.Engines.cpu.conv_common import biasVector, chunkWorkers, leadingView, shareItems, workspace
 
 try:
     from numba import njit, uintp
@@ -363,21 +362,6 @@ def _chunks(total, tw, perTileBytes, whole):
     return [(total * i // m, total * (i + 1) // m) for i in range(m)]
 
 
-def _share(fn, items, workers):
-    """fn(k, item) for every item, on ``workers`` threads (runChunks), each worker k taking the next item
-    when it is done with one, so that a thread the host slows down takes fewer (a fixed half each waited
-    for the slower thread). An item's result does not depend on the worker that runs it."""
-    taken = itertools.count()  # next() on it is atomic under the GIL
-
-    def work(k):
-        for i in iter(taken.__next__, None):
-            if i >= len(items):
-                return
-            fn(k, items[i])
-
-    runChunks(work, workers)
-
-
 def _pieces(count, workers):
     """[(a, b)]: [0, count) in 4 pieces per worker (fewer when count is small)."""
     m = max(1, min(count, 4 * workers))
@@ -396,7 +380,7 @@ def workspaceBytes(direction, xShape, wShape, pad, groups, itemsize=4):
     th, tw = _tiles(h, w, pad)
     blocks = _blocks(groups, og, cg, itemsize, GRAD_BLOCK_BYTES if direction == "backwardParams" else BLOCK_BYTES)
     ob = max(m1 - m0 for _, m0, m1 in blocks)
-    threads = min(conv_common.THREADS, len(blocks)) if conv_common.blasThreads is not None else 1
+    threads = chunkWorkers(len(blocks))
     if direction == "backwardParams":
         chunks = _chunks(n * th, tw, POSITIONS * (cg + ob) * itemsize, POSITIONS * c * itemsize)
         p = max(q1 - q0 for q0, q1 in chunks) * tw
@@ -410,11 +394,6 @@ def workspaceBytes(direction, xShape, wShape, pad, groups, itemsize=4):
     return (POSITIONS * og * groups * cg + threads * POSITIONS * (c + og * groups) * p) * itemsize
 
 
-def _view(buf, shape):
-    """The leading part of the flat buffer ``buf`` as a C-contiguous array of ``shape`` (see _kernelTransform)."""
-    return buf[:int(np.prod(shape))].reshape(shape)
-
-
 _ORDER = np.arange(4)
 _FLIPPED = np.array([3, 1, 2, 0])
 
@@ -423,7 +402,7 @@ def _transformAll(x, v, pad, th, tw, total):
     """V (16, C * tiles) of every tile, the channels split between the threads (elementwise: any split
     gives the same bits)."""
     workers = chunkWorkers(x.shape[1])
-    _share(lambda k, r: _inputTransform(x, v, 0, pad[0], pad[1], th, tw, 0, total, r[0], r[1]),
+    shareItems(lambda k, r: _inputTransform(x, v, 0, pad[0], pad[1], th, tw, 0, total, r[0], r[1]),
            _pieces(x.shape[1], workers), workers)
 
 
@@ -454,7 +433,7 @@ def _convolve(x, w, bias, pad, groups, flip):
         return y
     th, tw = _tiles(h, wd, pad)
     total = n * th
-    biasv = np.zeros(o, dtype=x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype).reshape(o)
+    biasv = biasVector(bias, o, x.dtype)
     xc, wc = np.ascontiguousarray(x), np.ascontiguousarray(w)
     cst = np.array([0.5], dtype=x.dtype)
     order = _FLIPPED if flip else _ORDER
@@ -485,13 +464,13 @@ def _convolve(x, w, bias, pad, groups, flip):
         def block(k, item):
             (ub, mb), (g, m0, m1) = bufs[k], item
             mm = m1 - m0
-            u = _view(ub, (POSITIONS, cg, mm) if flip else (POSITIONS, mm, cg))
-            m = _view(mb, (POSITIONS, mm, p))
+            u = leadingView(ub, (POSITIONS, cg, mm) if flip else (POSITIONS, mm, cg))
+            m = leadingView(mb, (POSITIONS, mm, p))
             _product(kernelMatrix(u, g, m0, m1), v[:, g * cg:(g + 1) * cg], m)
             _outputTransform(m.reshape(POSITIONS, -1), g * og + m0, y, biasv, th, tw, 0, total, g * og + m0,
                              g * og + m1)
 
-        _share(block, blocks, workers)
+        shareItems(block, blocks, workers)
         return y
 
     # Many tiles: the whole transformed kernel (blocks split between threads), then chunks of tiles, each
@@ -499,7 +478,7 @@ def _convolve(x, w, bias, pad, groups, flip):
     rows = cg * groups if flip else o
     u = workspace.get("w2-u", (POSITIONS, rows, og if flip else cg), x.dtype)
     workers = chunkWorkers(rows)
-    _share(lambda k, r: _kernelTransform(wc, u, 0, r[0], r[1], 0, u.shape[2], cst, order),
+    shareItems(lambda k, r: _kernelTransform(wc, u, 0, r[0], r[1], 0, u.shape[2], cst, order),
            _pieces(rows, workers), workers)
     mats = [u[:, g * cg:(g + 1) * cg].transpose(0, 2, 1) if flip else u[:, g * og:(g + 1) * og]
             for g in range(groups)]
@@ -517,7 +496,7 @@ def _convolve(x, w, bias, pad, groups, flip):
             _product(mats[g], v[:, g * cg:(g + 1) * cg], m[:, g * og:(g + 1) * og])
         _outputTransform(mb, 0, y, biasv, th, tw, q0, q1, 0, o)
 
-    _share(chunk, chunks, workers)
+    shareItems(chunk, chunks, workers)
     return y
 
 
@@ -565,7 +544,7 @@ def backwardParams(x, dy, wShape, pad, groups):
     def block(k, item):
         (mb, dub, tb, vb), (g, m0, m1) = bufs[k], item
         mm = m1 - m0
-        dut = _view(dub, (POSITIONS, cg, mm))  # the planes of mb and vb keep their full strides
+        dut = leadingView(dub, (POSITIONS, cg, mm))  # the planes of mb and vb keep their full strides
         for ci, (q0, q1) in enumerate(chunks):
             p = (q1 - q0) * tw
             mgt = mb[:, :mm * p].reshape(POSITIONS, mm, p).transpose(0, 2, 1)
@@ -578,10 +557,10 @@ def backwardParams(x, dy, wShape, pad, groups):
             if ci == 0:
                 np.matmul(v, mgt, out=dut)
             else:
-                t = _view(tb, dut.shape)
+                t = leadingView(tb, dut.shape)
                 np.matmul(v, mgt, out=t)
                 dut += t
         _kernelGradient(dut, dw, g * og + m0, g * og + m1, cst)
 
-    _share(block, blocks, workers)
+    shareItems(block, blocks, workers)
     return dw

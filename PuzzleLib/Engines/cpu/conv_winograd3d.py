@@ -4,19 +4,20 @@ Every output depth slice is a 2-D convolution of the kD input slices it covers, 
 y[n, :, od] = conv2d(concat_kd x[n, :, od + kd - pd], W'), W'[o, (kd, c)] = W[o, c, kd]. Groups stay
 contiguous: the stacked channels are ordered (group, kd, c).
 
-Forward (and backward-data, the forward convolution of the gradient with the flipped, transposed kernel)
-never stacks copies: it takes one batch item's output slices in runs, transforms each input slice the run
-reads once (conv_winograd's input transform, into V laid out (36, groups, slices, C/g, tiles)), and the
-kD slices of an output slice are then one (kD * C/g, tiles) window of V for the GEMMs; runs go to threads
-as conv_winograd's chunks do. The weight gradient walks the same runs: each gradient slice transformed
-once, dU[k] += Mg[k, od] @ window[k, od]^T per output slice, in two fixed partial sums (the thread count
-does not change the result). The error bound is conv_winograd's.
+Forward (and backward-data, the forward convolution of the gradient with the flipped, transposed kernel) never
+stacks copies: it takes one batch item's output slices in runs, transforms each input slice the run reads once
+(conv_winograd's input transform, into V laid out (36, groups, slices, C/g, tiles)), and the kD slices of an
+output slice are then one (kD * C/g, tiles) window of V for the GEMMs; the runs are dealt out to the threads
+in contiguous shares (each output slice computed whole by one thread: the split changes no bit). The weight
+gradient walks the same runs: each gradient slice transformed once, dU[k] += Mg[k, od] @ window[k, od]^T per
+output slice, in two fixed partial sums (the thread count does not change the result). The error bound is
+conv_winograd's.
 """
 
 import numpy as np
 
 from PuzzleLib.Engines.cpu import conv_common, conv_winograd
-from PuzzleLib.Engines.cpu.conv_common import workspace
+from PuzzleLib.Engines.cpu.conv_common import biasVector, runs, workspace
 
 available = conv_winograd.available
 
@@ -77,15 +78,15 @@ def forward(x, w, bias, pad, groups):
     sliceBytes, outBytes = 36 * c * P * x.itemsize, 36 * o * P * x.itemsize
     chunks, step = _sliceChunks(n, od_, kd_, sliceBytes, outBytes, max(STACK_BYTES, conv_winograd.chunkBytes(y.nbytes)))
     workers = conv_common.chunkWorkers(len(chunks))
-    runs = [chunks[len(chunks) * k // workers:len(chunks) * (k + 1) // workers] for k in range(workers)]
-    biasv = np.zeros(o, dtype=x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype).reshape(o)
-    cst = np.array([2, 4, 5, 8], dtype=x.dtype)
+    shares = runs(chunks, workers)
+    biasv = biasVector(bias, o, x.dtype)
+    cst = conv_winograd.transformConstants(x.dtype)
     bufs = [(workspace.get(f"wino3-v{k}", (36 * c * (step + kd_ - 1) * P,), x.dtype),
              workspace.get(f"wino3-m{k}", (36 * o * step * P,), x.dtype)) for k in range(workers)]
 
     def work(k):
         vb, mb = bufs[k]
-        for item, d0, d1 in runs[k]:
+        for item, d0, d1 in shares[k]:
             s, nd = d1 - d0 + kd_ - 1, d1 - d0
             v = vb[:36 * c * s * P].reshape(36, groups, s, cg, P)
             m = mb[:36 * o * nd * P].reshape(36, groups, nd, og, P)
@@ -103,7 +104,8 @@ def forward(x, w, bias, pad, groups):
 
 
 def backwardData(dy, w, xShape, pad, groups):
-    from PuzzleLib.Engines.cpu.conv_im2col import flippedKernel, transposedPad
+    from PuzzleLib.Engines.cpu.conv_common import transposedPad
+    from PuzzleLib.Engines.cpu.conv_im2col import flippedKernel
 
     dx = forward(dy, flippedKernel(w, groups), None, transposedPad(w.shape[2:], pad, (1, 1, 1)), groups)
     assert dx.shape == tuple(xShape)
@@ -130,9 +132,9 @@ def backwardParams(x, dy, wShape, pad, groups):
     sliceBytes, outBytes = 36 * c * P * x.itemsize, 36 * o * P * x.itemsize
     chunks, step = _sliceChunks(n, od_, kd_, sliceBytes, outBytes, _gradRunBytes(x.nbytes, dy.nbytes))
     parts = conv_winograd._GRAD_PARTS
-    runs = [chunks[len(chunks) * k // parts:len(chunks) * (k + 1) // parts] for k in range(parts)]
+    shares = runs(chunks, parts)
     workers = conv_common.chunkWorkers(min(parts, len(chunks)))
-    cst = np.array([2, 4, 5, 8], dtype=x.dtype)
+    cst = conv_winograd.transformConstants(x.dtype)
     sums = [np.zeros((36, groups, og, kd_ * cg), dtype=x.dtype) for _ in range(parts)]
     bufs = [(workspace.get(f"wino3-v{k}", (36 * c * (step + kd_ - 1) * P,), x.dtype),
              workspace.get(f"wino3-m{k}", (36 * o * step * P,), x.dtype),
@@ -141,7 +143,7 @@ def backwardParams(x, dy, wShape, pad, groups):
     def work(k):
         vb, mb, part = bufs[k]
         for r in range(k, parts, workers):
-            for item, d0, d1 in runs[r]:
+            for item, d0, d1 in shares[r]:
                 s, nd = d1 - d0 + kd_ - 1, d1 - d0
                 v = vb[:36 * c * s * P].reshape(36, groups, s, cg, P)
                 m = mb[:36 * o * nd * P].reshape(36, groups, nd, og, P)
