@@ -150,12 +150,7 @@ def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, group
         return conv_winograd3d.workspaceBytes(xShape, wShape, pad, groups, itemsize,
                                               grad=direction == "backwardParams") + weights
     if algo == "winograd" and tuple(dilation) != (1,) * len(kernel):
-        # Polyphase: one phase buffer at a time, then the phase's Winograd workspace (the forward's plan). The
-        # backward directions stack the phases of several items (up to half the result, conv_polyphase's
-        # _stackLimit), which this estimate does not count.
-        phaseX = tuple(-(-s // d) + 2 for s, d in zip(xShape[2:], dilation))
-        return (conv_polyphase.workspaceBytes(xShape, dilation, itemsize) + 36 * o * cg * itemsize
-                + workspaceBytes(direction, algo, (n, c) + phaseX, wShape, stride, (0, 0), (1, 1), groups, dtype))
+        return conv_polyphase.workspaceBytes(direction, xShape, wShape, pad, dilation, groups, itemsize)
     if algo == "winograd" and conv_winograd2x2.preferred(xShape, wShape, pad):
         return conv_winograd2x2.workspaceBytes(direction, xShape, wShape, pad, groups, itemsize)
     if algo == "winograd":

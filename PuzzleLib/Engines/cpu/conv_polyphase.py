@@ -20,6 +20,7 @@ import numpy as np
 
 from PuzzleLib.Engines.cpu import conv_common, conv_winograd
 from PuzzleLib.Engines.cpu.conv_common import leadingView
+from PuzzleLib.Engines.cpu.conv_im2col import flippedKernel
 
 
 def applies(kernel, stride, dilation):
@@ -79,10 +80,42 @@ def _buffer(x, r, c):
     return np.empty(x.shape[:2] + (r[2], c[2]), dtype=x.dtype)
 
 
-def workspaceBytes(xShape, dilation, itemsize=4):
-    """The largest phase buffer (input phase, or a dy / dx phase in the backward directions)."""
-    n, c, h, w = xShape
-    return n * c * (-(-h // dilation[0]) + 4) * (-(-w // dilation[1]) + 4) * itemsize
+def workspaceBytes(direction, xShape, wShape, pad, dilation, groups, itemsize=4):
+    """Scratch bytes of one call in ``direction``: the phase buffers of the plan the call runs (one phase at a
+    time, or the stacked chunk of the backward directions), the kernel transform, and the Winograd call's own
+    buffers under the chunk bound it is handed (the whole call's, not a phase's)."""
+    n, ch, h, wd = xShape
+    o, cg = wShape[:2]
+    phases = _phases((h, wd), pad, dilation)
+    if direction == "backwardData":
+        phases = [(r, c) for r, c in phases if r[4] > r[3] and c[4] > c[3]]
+    if n == 0 or not phases:
+        return 0
+    (_, olh, length, *_), (_, olw, width, *_) = max(phases, key=lambda rc: rc[0][2] * rc[1][2])
+    xPhase, dyPhase = ch * length * width * itemsize, o * olh * olw * itemsize  # per batch item
+    xBytes = n * ch * h * wd * itemsize
+    dyBytes = n * o * (h + 2 * pad[0] - 2 * dilation[0]) * (wd + 2 * pad[1] - 2 * dilation[1]) * itemsize
+    u, weights = 36 * o * cg * itemsize, 9 * o * cg * itemsize
+    if direction == "forward":
+        return (n * xPhase + u + conv_winograd.workspaceBytes((n, ch, length, width), o, (0, 0), itemsize,
+                                                              tileBytes=conv_winograd.chunkBytes(dyBytes),
+                                                              groups=groups))
+    stacked = _equal(phases)
+    items = n
+    if stacked:
+        limit = _stackLimit(xBytes if direction == "backwardData" else max(xBytes, dyBytes))
+        items = len(phases) * _batchStep(n, len(phases), len(phases) * (xPhase + dyPhase), limit)
+    if direction == "backwardData":
+        # The stacked chunk's dy and dx phases, or one dx phase; the flipped kernel and its transform.
+        buffers = items * (xPhase + dyPhase) if stacked else n * xPhase
+        return buffers + weights + u + conv_winograd.workspaceBytes(
+            (items, o, olh, olw), ch, (2, 2), itemsize, tileBytes=conv_winograd.chunkBytes(xBytes), groups=groups)
+    # The weight gradient: the chunk's (or one phase's) x and dy phases, the call's dU parts and its result.
+    # Stacked, the call's parts split the chunks (byChunks), each over every tile position: at most twice the
+    # buffers of parts that split the positions, which is what conv_winograd's estimate counts.
+    grad = conv_winograd.workspaceBytes((items, ch, length, width), o, (0, 0), itemsize, grad=True, groups=groups,
+                                        tileBytes=conv_winograd.chunkBytes(max(xBytes, dyBytes)))
+    return items * (xPhase + dyPhase) + 3 * u + weights + (2 * grad if stacked else grad)
 
 
 def forward(x, w, bias, pad, dilation, groups):
@@ -133,10 +166,14 @@ def backwardData(dy, w, xShape, pad, dilation, groups, stackBytes=None):
         _backwardDataStacked(dy, w, dx, phases, dilation, groups,
                              _stackLimit(dx.nbytes) if stackBytes is None else stackBytes)
         return dx
+    # Phases of unequal sizes, one call each: conv_winograd's backward-data (the forward of the flipped kernel,
+    # padded by 2), with the kernel flipped and transformed once for all phases.
     tile = conv_winograd.chunkBytes(dx.nbytes)
+    wf = flippedKernel(w, groups)
+    u = conv_winograd.kernelTransform(wf, groups)
     for r, c in phases:
         dyp = dy[:, :, r[0]::dilation[0], c[0]::dilation[1]]
-        dxp = conv_winograd.backwardData(dyp, w, (n, ch, r[2], c[2]), (0, 0), groups, tileBytes=tile)
+        dxp = conv_winograd.forward(dyp, wf, None, (2, 2), groups, tileBytes=tile, u=u)
         _scatter(dx, dxp, r, c, dilation)
         del dxp
     return dx
@@ -154,8 +191,6 @@ def _backwardDataStacked(dy, w, dx, phases, dilation, groups, limit):
     """All phases of a chunk of batch items stacked along the batch axis (phase-major): one Winograd call
     per chunk instead of one thin call per phase (case 8: four phase calls cost more than one undilated
     convolution, one stacked call about the same)."""
-    from PuzzleLib.Engines.cpu.conv_im2col import flippedKernel
-
     n, ch = dx.shape[:2]
     o = dy.shape[1]
     (_, olh, length, *_), (_, olw, width, *_) = phases[0]

@@ -1,0 +1,58 @@
+"""Dilated 3x3 convolutions on polyphase sub-planes (conv_polyphase): the scratch estimate the optimiser's
+memlimit relies on bounds what a call really allocates, on both of its plans (phases stacked along the batch,
+or one phase at a time). Results against the float64 reference are tested in test_conv_algorithms."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from PuzzleLib.Engines.cpu import conv, conv_polyphase, conv_winograd
+
+CASES = [  # (x shape, w shape, pad, dilation)
+    ((4, 32, 30, 30), (32, 32, 3, 3), (2, 2), (2, 2)),    # equal phases: the backward directions stack them
+    ((2, 16, 31, 29), (24, 16, 3, 3), (3, 3), (3, 3)),    # unequal phases: one call per phase
+    ((2, 32, 20, 20), (32, 32, 3, 3), (1, 1), (2, 2)),
+    ((4, 64, 40, 40), (64, 64, 3, 3), (2, 2), (2, 2)),    # a smaller case 8 (benchmarks/conv.py)
+]
+
+
+def _scratchPeak(call):
+    """Bytes a call allocates beyond its result, at its peak (numpy's buffers, as tracemalloc sees them)."""
+    call()  # compiled kernels and memoised plans first
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        result = call()
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    return peak - result.nbytes
+
+
+@pytest.mark.skipif(not conv_winograd.available, reason="numba is not installed")
+@pytest.mark.parametrize("xShape,wShape,pad,dilation", CASES)
+def test_workspaceEstimateBoundsPeak(xShape, wShape, pad, dilation):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(xShape).astype(np.float32)
+    w = rng.standard_normal(wShape).astype(np.float32)
+    args = ((1, 1), pad, dilation, 1)
+    dy = rng.standard_normal((xShape[0], wShape[0]) + conv.outputShape(xShape[2:], (3, 3), *args[:3])) \
+        .astype(np.float32)
+    calls = {
+        "forward": lambda: conv.forward(x, w, None, *args, algo="winograd"),
+        "backwardData": lambda: conv.backwardData(dy, w, x.shape, *args, algo="winograd"),
+        "backwardParams": lambda: conv.backwardParams(x, dy, w.shape, False, *args, algo="winograd")[0],
+    }
+    for direction, call in calls.items():
+        estimate = conv.workspaceBytes(direction, "winograd", xShape, wShape, *args)
+        assert estimate == conv_polyphase.workspaceBytes(direction, xShape, wShape, pad, dilation, 1)
+        peak = _scratchPeak(call)
+        # Small numpy temporaries (views' headers, index arrays) come on top of the buffers the estimate counts.
+        assert peak <= estimate + (64 << 10), direction
+        assert estimate <= 4 * peak + (256 << 10), direction  # a bound, but not a vacuous one
+
+
+def test_casesCoverBothPlans():
+    equal = [conv_polyphase._equal(conv_polyphase._phases(x[2:], pad, dil)) for x, _, pad, dil in CASES]
+    assert True in equal and False in equal
