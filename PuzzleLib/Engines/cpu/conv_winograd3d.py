@@ -45,6 +45,31 @@ def _sliceChunks(n, od_, kd_, sliceBytes, outBytes, limit):
     return [(i, d0, min(od_, d0 + step)) for i in range(n) for d0 in range(0, od_, step)], step
 
 
+def _plan(xShape, o, kd_, od_, pad, limit, itemsize):
+    """A call's runs of output slices: (th, tw) Winograd tiles per slice, the bytes of one transformed input
+    slice and of one output slice's products, the runs [(item, d0, d1)] and their longest length."""
+    n, c, d, h, w = xShape
+    th, tw = conv_winograd._tiles(h, w, (pad[1], pad[2]))
+    sliceBytes, outBytes = 36 * c * th * tw * itemsize, 36 * o * th * tw * itemsize
+    chunks, step = _sliceChunks(n, od_, kd_, sliceBytes, outBytes, limit)
+    return (th, tw), sliceBytes, outBytes, chunks, step
+
+
+def _transformRun(x, run, bufs, kd_, o, groups, pad, tiles, cst):
+    """One run (item, d0, d1): its input slices transformed into V (36, groups, slices, C/g, tiles) on the
+    worker's buffers; returns V, the products' buffer M (36, groups, output slices, O/g, tiles) and the
+    window of V whose output slice j reads rows (kd, c) = slices j .. j + kD - 1 (V's own strides, no copy)."""
+    item, d0, d1 = run
+    c = x.shape[1]
+    cg, og, P = c // groups, o // groups, tiles[0] * tiles[1]
+    s, nd = d1 - d0 + kd_ - 1, d1 - d0
+    v = bufs[0][:36 * c * s * P].reshape(36, groups, s, cg, P)
+    m = bufs[1][:36 * o * nd * P].reshape(36, groups, nd, og, P)
+    _transformSlices(x, item, d0, v, pad, *tiles, cst)
+    win = np.lib.stride_tricks.as_strided(v, (36, groups, nd, kd_ * cg, P), v.strides, writeable=False)
+    return m, win
+
+
 def _transformSlices(x, item, d0, v, pad, th, tw, cst):
     """Winograd input transform of the depth slices d0 - pD .. of one batch item into V (36, groups, s, C/g,
     tiles), slice j of V from input slice d0 + j - pD; slices outside the input are zeros (the depth padding)."""
@@ -73,10 +98,9 @@ def forward(x, w, bias, pad, groups):
     if od_ <= 0 or n == 0 or min(y.shape[3:]) <= 0:
         return y
     u = conv_winograd.kernelTransform(_stackedKernel(w, groups), groups)[:, :, None]  # (36, G, 1, O/g, kD C/g)
-    th, tw = conv_winograd._tiles(h, wd, (ph, pw))
-    P = th * tw
-    sliceBytes, outBytes = 36 * c * P * x.itemsize, 36 * o * P * x.itemsize
-    chunks, step = _sliceChunks(n, od_, kd_, sliceBytes, outBytes, max(STACK_BYTES, conv_winograd.chunkBytes(y.nbytes)))
+    tiles, _, _, chunks, step = _plan(x.shape, o, kd_, od_, pad, max(
+        STACK_BYTES, conv_winograd.chunkBytes(y.nbytes)), x.itemsize)
+    P = tiles[0] * tiles[1]
     workers = conv_common.chunkWorkers(len(chunks))
     shares = runs(chunks, workers)
     biasv = biasVector(bias, o, x.dtype)
@@ -85,19 +109,13 @@ def forward(x, w, bias, pad, groups):
              workspace.get(f"wino3-m{k}", (36 * o * step * P,), x.dtype)) for k in range(workers)]
 
     def work(k):
-        vb, mb = bufs[k]
         for item, d0, d1 in shares[k]:
-            s, nd = d1 - d0 + kd_ - 1, d1 - d0
-            v = vb[:36 * c * s * P].reshape(36, groups, s, cg, P)
-            m = mb[:36 * o * nd * P].reshape(36, groups, nd, og, P)
-            flatM = m.reshape(36, -1)
-            _transformSlices(x, item, d0, v, pad, th, tw, cst)
-            # Output slice j reads slices j .. j + kD - 1: rows (kd, c) of a window with V's own strides.
-            win = np.lib.stride_tricks.as_strided(v, (36, groups, nd, kd_ * cg, P), v.strides, writeable=False)
+            m, win = _transformRun(x, (item, d0, d1), bufs[k], kd_, o, groups, pad, tiles, cst)
             np.matmul(u, win, out=m)
-            for j in range(nd):
-                conv_winograd._outputTransform(flatM, j * og * P, nd * og * P, og, y[item:item + 1, :, d0 + j],
-                                               biasv, th, tw, 0, th, cst, 0, o)
+            flatM = m.reshape(36, -1)
+            for j in range(d1 - d0):
+                conv_winograd._outputTransform(flatM, j * og * P, (d1 - d0) * og * P, og,
+                                               y[item:item + 1, :, d0 + j], biasv, *tiles, 0, tiles[0], cst, 0, o)
 
     conv_common.runChunks(work, workers)
     return y
@@ -121,16 +139,14 @@ def backwardParams(x, dy, wShape, pad, groups):
     """Weight gradient over the same runs as forward: each input slice of a run transformed once, each
     gradient slice once; dU[k, g] += Mg[k, g, od] (O/g, tiles) @ window[k, g, od]^T (tiles, kD * C/g) for
     every output slice, summed in two fixed partial sums (the thread count does not change the result)."""
-    n, c, d, h, wd = x.shape
+    n, c = x.shape[:2]
     o, od_ = dy.shape[1:3]
     cg, kd_ = wShape[1], wShape[2]
-    og, ph, pw = o // groups, pad[1], pad[2]
+    og = o // groups
     if n == 0 or od_ <= 0 or min(dy.shape[3:]) <= 0:
         return np.zeros(wShape, dtype=x.dtype)
-    th, tw = conv_winograd._tiles(h, wd, (ph, pw))
-    P = th * tw
-    sliceBytes, outBytes = 36 * c * P * x.itemsize, 36 * o * P * x.itemsize
-    chunks, step = _sliceChunks(n, od_, kd_, sliceBytes, outBytes, _gradRunBytes(x.nbytes, dy.nbytes))
+    tiles, _, _, chunks, step = _plan(x.shape, o, kd_, od_, pad, _gradRunBytes(x.nbytes, dy.nbytes), x.itemsize)
+    P = tiles[0] * tiles[1]
     parts = conv_winograd._GRAD_PARTS
     shares = runs(chunks, parts)
     workers = conv_common.chunkWorkers(min(parts, len(chunks)))
@@ -141,19 +157,15 @@ def backwardParams(x, dy, wShape, pad, groups):
              workspace.get(f"wino3-du{k}", (36, groups, og, kd_ * cg), x.dtype)) for k in range(workers)]
 
     def work(k):
-        vb, mb, part = bufs[k]
+        part = bufs[k][2]
         for r in range(k, parts, workers):
             for item, d0, d1 in shares[r]:
-                s, nd = d1 - d0 + kd_ - 1, d1 - d0
-                v = vb[:36 * c * s * P].reshape(36, groups, s, cg, P)
-                m = mb[:36 * o * nd * P].reshape(36, groups, nd, og, P)
+                m, win = _transformRun(x, (item, d0, d1), bufs[k], kd_, o, groups, pad, tiles, cst)
                 flatM = m.reshape(36, -1)
-                _transformSlices(x, item, d0, v, pad, th, tw, cst)
-                for j in range(nd):
-                    conv_winograd._gradTransform(dy[item:item + 1, :, d0 + j], flatM, j * og * P, nd * og * P, og,
-                                                 th, tw, 0, th, cst, 0, o, 0, 6)
-                win = np.lib.stride_tricks.as_strided(v, (36, groups, nd, kd_ * cg, P), v.strides, writeable=False)
-                for j in range(nd):
+                for j in range(d1 - d0):
+                    conv_winograd._gradTransform(dy[item:item + 1, :, d0 + j], flatM, j * og * P, (d1 - d0) * og * P,
+                                                 og, *tiles, 0, tiles[0], cst, 0, o, 0, 6)
+                for j in range(d1 - d0):
                     np.matmul(m[:, :, j], win[:, :, j].transpose(0, 1, 3, 2), out=part)
                     sums[r] += part
 
@@ -177,21 +189,14 @@ def workspaceBytes(xShape, wShape, pad, groups, itemsize, grad=False):
     oh, ow = max(0, h + 2 * pad[1] - 2), max(0, w + 2 * pad[2] - 2)
     resultBytes = n * o * od_ * oh * ow * itemsize
     u = 36 * o * kd_ * (c // groups) * itemsize
-    if not grad:
-        # forward: each worker's transformed slices and products for one run of output slices.
-        th, tw = conv_winograd._tiles(h, w, (pad[1], pad[2]))
-        sliceBytes, outBytes = 36 * c * th * tw * itemsize, 36 * o * th * tw * itemsize
-        chunks, run = _sliceChunks(n, max(od_, 1), kd_, sliceBytes, outBytes,
-                                   max(STACK_BYTES, conv_winograd.chunkBytes(resultBytes)))
-        workers = conv_common.chunkWorkers(len(chunks))
-        scratch = workers * 72 * max(conv_winograd.VECTOR_SPAN, th * tw) * itemsize
-        return workers * ((run + kd_ - 1) * sliceBytes + run * outBytes) + scratch + 2 * u
-    th, tw = conv_winograd._tiles(h, w, (pad[1], pad[2]))
-    sliceBytes, outBytes = 36 * c * th * tw * itemsize, 36 * o * th * tw * itemsize
-    chunks, run = _sliceChunks(n, max(od_, 1), kd_, sliceBytes, outBytes,
-                               _gradRunBytes(n * c * d * h * w * itemsize, resultBytes))
-    workers = conv_common.chunkWorkers(min(conv_winograd._GRAD_PARTS, len(chunks)))
+    limit = (_gradRunBytes(n * c * d * h * w * itemsize, resultBytes) if grad
+             else max(STACK_BYTES, conv_winograd.chunkBytes(resultBytes)))
+    (th, tw), sliceBytes, outBytes, chunks, run = _plan(xShape, o, kd_, max(od_, 1), pad, limit, itemsize)
+    workers = conv_common.chunkWorkers(min(conv_winograd._GRAD_PARTS, len(chunks)) if grad else len(chunks))
     scratch = workers * 72 * max(conv_winograd.VECTOR_SPAN, th * tw) * itemsize
-    perWorker = (run + kd_ - 1) * sliceBytes + run * outBytes + u  # slices, products, one dU-sized product
-    # The partial sums of dU, and the kernel-space transform's temporaries (dU and half of it).
-    return workers * perWorker + scratch + conv_winograd._GRAD_PARTS * u + 2 * u
+    perWorker = (run + kd_ - 1) * sliceBytes + run * outBytes  # each worker's transformed slices and products
+    if not grad:
+        return workers * perWorker + scratch + 2 * u
+    # One dU-sized product per worker, the partial sums of dU, and the kernel-space transform's temporaries
+    # (dU and half of it).
+    return workers * (perWorker + u) + scratch + conv_winograd._GRAD_PARTS * u + 2 * u
