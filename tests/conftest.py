@@ -114,6 +114,37 @@ def engineCall(resultBytes):
         conv_common.endCall()
 
 
+def convData(case, dtype=np.float64, seed=0):
+    """Random x, w, b and dy for a case laid out (N, C, spatial, O, kernel, stride, pad, dilation, groups),
+    with the parameters (stride, pad, dilation, groups) to pass on."""
+    from reference import outShape
+
+    n, c, spatial, o, kernel, stride, pad, dilation, groups = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c) + spatial).astype(dtype)
+    w = rng.standard_normal((o, c // groups) + kernel).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype)
+    dy = rng.standard_normal((n, o) + outShape(spatial, kernel, stride, pad, dilation)).astype(dtype)
+    return x, w, b, dy, (stride, pad, dilation, groups)
+
+
+def tracedPeak(run):
+    """run() once (compiled kernels, memoised plans), then again with tracemalloc on: the second call's result
+    and the most bytes it held at once (numpy's buffers included) beyond what was allocated before it."""
+    import tracemalloc
+
+    run()
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        result = run()
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    return result, peak
+
+
 def setTiles(monkeypatch, tile, threads):
     """The engine on ``threads`` threads with column tiles bounded by ``tile`` bytes (for the test)."""
     from PuzzleLib.Engines.cpu import conv_common
@@ -121,3 +152,36 @@ def setTiles(monkeypatch, tile, threads):
     monkeypatch.setattr(conv_common, "THREADS", threads)
     monkeypatch.setattr(conv_common, "TILE_BYTES", tile)
     monkeypatch.setattr(conv_common, "MIN_TILE_BYTES", min(conv_common.MIN_TILE_BYTES, tile))
+
+
+def _flatArrays(result):
+    """A result as a flat list: an array, None, or (nested) tuples and lists of them."""
+    if isinstance(result, (tuple, list)):
+        return [a for part in result for a in _flatArrays(part)]
+    return [result]
+
+
+def resultsOnThreads(monkeypatch, run, tile=None, threads=(1, 2, 2)):
+    """run() once per entry of ``threads`` (the engine on that many threads; with ``tile``, column tiles
+    bounded by it as setTiles sets them): every result must have the bits and dtype of the first, which is
+    returned. Two runs on two threads catch a result that depends on how the threads happened to race."""
+    from PuzzleLib.Engines.cpu import conv_common
+
+    results = []
+    for count in threads:
+        if tile is None:
+            monkeypatch.setattr(conv_common, "THREADS", count)
+        else:
+            setTiles(monkeypatch, tile, count)
+        results.append(run())
+    first = _flatArrays(results[0])
+    for i, result in enumerate(results[1:], 1):
+        got = _flatArrays(result)
+        assert len(got) == len(first)
+        for j, (a, b) in enumerate(zip(got, first)):
+            what = f"result {j} of run {i} ({threads[i]} threads) vs run 0 ({threads[0]} threads)"
+            if a is None or b is None:
+                assert a is None and b is None, what
+            else:
+                assert a.dtype == b.dtype and np.array_equal(a, b), what
+    return results[0]

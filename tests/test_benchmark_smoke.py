@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reference import convForward
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 DIRECTIONS = ("forward", "backwardData", "backwardParams")
@@ -98,24 +99,6 @@ def test_runs_without_peers_or_memory(tmp_path):
     assert "[tiny3d]" in stdout and "Goals" in stdout
 
 
-def _reference(x, w, b, stride, pad, dilation, groups):
-    """float64 cross-correlation, one numpy product per kernel offset."""
-    x, w = x.astype(np.float64), w.astype(np.float64)
-    nd = x.ndim - 2
-    x = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in pad])
-    outSize = [(x.shape[2 + i] - dilation[i] * (w.shape[2 + i] - 1) - 1) // stride[i] + 1 for i in range(nd)]
-    n, cin, cout = x.shape[0], x.shape[1], w.shape[0]
-    xg = x.reshape(n, groups, cin // groups, *x.shape[2:])
-    wg = w.reshape(groups, cout // groups, cin // groups, *w.shape[2:])
-    y = np.zeros((n, groups, cout // groups, *outSize))
-    for offset in np.ndindex(*w.shape[2:]):
-        sl = tuple(slice(o * d, o * d + s * (m - 1) + 1, s)
-                   for o, d, s, m in zip(offset, dilation, stride, outSize))
-        patch = xg[(slice(None),) * 3 + sl]
-        y += np.einsum("ngc...,gkc->ngk...", patch, wg[(slice(None),) * 3 + offset])
-    return y.reshape(n, cout, *outSize) + b.reshape(1, -1, *([1] * nd))
-
-
 @pytest.mark.parametrize("forceMinimal", [True, False])
 def test_onnx_model_matches_reference(forceMinimal):
     ort = pytest.importorskip("onnxruntime")
@@ -133,7 +116,7 @@ def test_onnx_model_matches_reference(forceMinimal):
     x = rng.standard_normal((2, 4, 9, 8), dtype=np.float32)
     w = rng.standard_normal((6, 2, 3, 2), dtype=np.float32)
     b = rng.standard_normal(6, dtype=np.float32)
-    expected = _reference(x, w, b, case["stride"], case["pad"], case["dilation"], case["groups"])
+    expected = convForward(x, w, b, case["stride"], case["pad"], case["dilation"], case["groups"])
     arrays = {"x": x, "W": w, "b": b, "dy": np.zeros(expected.shape, np.float32)}
 
     calls, results, _ = _peers.setupOrt(ort, case, arrays, threads=1, forceMinimal=forceMinimal)

@@ -50,6 +50,16 @@ def randomConfig(rng, nd):
                 dilation=dilation, groups=groups, useBias=useBias, spatial=tuple(spatial))
 
 
+def convConfig(*, inmaps, outmaps, size, spatial, batch=2, stride=None, pad=None, dilation=None, groups=1,
+               useBias=True):
+    """A configuration as randomConfig makes them, for the cases written out: only what is special about a
+    case is named (stride and dilation default to 1, padding to 0 on every axis)."""
+    nd = len(spatial)
+    return dict(nd=nd, batch=batch, inmaps=inmaps, outmaps=outmaps, size=size, stride=stride or (1,) * nd,
+                pad=pad or (0,) * nd, dilation=dilation or (1,) * nd, groups=groups, useBias=useBias,
+                spatial=spatial)
+
+
 def makeConv(cfg, rng, kind="class"):
     """A module for cfg with random weights and bias; built through the class, ConvND, or scalar arguments."""
     args = dict(stride=cfg["stride"], pad=cfg["pad"], dilation=cfg["dilation"], groups=cfg["groups"],
@@ -156,28 +166,23 @@ def test_random_configs_cover_every_feature():
 
 # -- named cases the issue lists, each once, so a failure says what broke -----------------------------------------
 NAMED = {
-    "batch3-nonsquare": dict(nd=2, batch=3, inmaps=2, outmaps=3, size=(3, 3), stride=(1, 1), pad=(0, 0),
-                             dilation=(1, 1), groups=1, useBias=True, spatial=(7, 11)),
-    "stride-not-dividing": dict(nd=2, batch=2, inmaps=3, outmaps=2, size=(3, 3), stride=(2, 3), pad=(1, 0),
-                                dilation=(1, 1), groups=1, useBias=True, spatial=(8, 10)),
-    "kernel-as-padded-map": dict(nd=2, batch=2, inmaps=2, outmaps=4, size=(7, 9), stride=(1, 1), pad=(1, 2),
-                                 dilation=(1, 1), groups=2, useBias=True, spatial=(5, 5)),
-    "1x1-strided": dict(nd=2, batch=2, inmaps=5, outmaps=3, size=(1, 1), stride=(2, 2), pad=(0, 0),
-                        dilation=(1, 1), groups=1, useBias=True, spatial=(7, 6)),
-    "dilation-with-stride": dict(nd=2, batch=2, inmaps=2, outmaps=2, size=(3, 2), stride=(2, 3), pad=(1, 1),
-                                 dilation=(2, 3), groups=1, useBias=True, spatial=(11, 13)),
-    "depthwise": dict(nd=2, batch=2, inmaps=6, outmaps=6, size=(3, 3), stride=(1, 1), pad=(1, 1),
-                      dilation=(1, 1), groups=6, useBias=True, spatial=(6, 7)),
-    "depthwise-multiplier": dict(nd=2, batch=2, inmaps=3, outmaps=6, size=(3, 3), stride=(2, 1), pad=(1, 1),
-                                 dilation=(1, 1), groups=3, useBias=False, spatial=(6, 7)),
-    "groups-no-bias": dict(nd=2, batch=2, inmaps=8, outmaps=4, size=(2, 3), stride=(1, 2), pad=(0, 1),
-                           dilation=(1, 1), groups=4, useBias=False, spatial=(5, 8)),
-    "conv1d-all": dict(nd=1, batch=3, inmaps=4, outmaps=6, size=(4,), stride=(3,), pad=(2,), dilation=(2,),
-                       groups=2, useBias=True, spatial=(17,)),
-    "conv3d-all": dict(nd=3, batch=2, inmaps=4, outmaps=2, size=(2, 3, 1), stride=(2, 1, 3), pad=(1, 0, 1),
-                       dilation=(2, 1, 1), groups=2, useBias=True, spatial=(5, 6, 7)),
-    "pad-larger-than-kernel": dict(nd=2, batch=1, inmaps=1, outmaps=2, size=(2, 2), stride=(2, 2),
-                                   pad=(3, 3), dilation=(1, 1), groups=1, useBias=True, spatial=(5, 5)),
+    "batch3-nonsquare": convConfig(batch=3, inmaps=2, outmaps=3, size=(3, 3), spatial=(7, 11)),
+    "stride-not-dividing": convConfig(inmaps=3, outmaps=2, size=(3, 3), stride=(2, 3), pad=(1, 0), spatial=(8, 10)),
+    "kernel-as-padded-map": convConfig(inmaps=2, outmaps=4, size=(7, 9), pad=(1, 2), groups=2, spatial=(5, 5)),
+    "1x1-strided": convConfig(inmaps=5, outmaps=3, size=(1, 1), stride=(2, 2), spatial=(7, 6)),
+    "dilation-with-stride": convConfig(inmaps=2, outmaps=2, size=(3, 2), stride=(2, 3), pad=(1, 1), dilation=(2, 3),
+                                       spatial=(11, 13)),
+    "depthwise": convConfig(inmaps=6, outmaps=6, size=(3, 3), pad=(1, 1), groups=6, spatial=(6, 7)),
+    "depthwise-multiplier": convConfig(inmaps=3, outmaps=6, size=(3, 3), stride=(2, 1), pad=(1, 1), groups=3,
+                                       useBias=False, spatial=(6, 7)),
+    "groups-no-bias": convConfig(inmaps=8, outmaps=4, size=(2, 3), stride=(1, 2), pad=(0, 1), groups=4, useBias=False,
+                                 spatial=(5, 8)),
+    "conv1d-all": convConfig(batch=3, inmaps=4, outmaps=6, size=(4,), stride=(3,), pad=(2,), dilation=(2,), groups=2,
+                             spatial=(17,)),
+    "conv3d-all": convConfig(inmaps=4, outmaps=2, size=(2, 3, 1), stride=(2, 1, 3), pad=(1, 0, 1), dilation=(2, 1, 1),
+                             groups=2, spatial=(5, 6, 7)),
+    "pad-larger-than-kernel": convConfig(batch=1, inmaps=1, outmaps=2, size=(2, 2), stride=(2, 2), pad=(3, 3),
+                                         spatial=(5, 5)),
 }
 
 
@@ -447,24 +452,16 @@ def checkEveryAlgorithm(cfg, seed):
 
 
 ALGO_CASES = {
-    "winograd-odd-sizes": dict(nd=2, batch=2, inmaps=5, outmaps=3, size=(3, 3), stride=(1, 1), pad=(1, 1),
-                               dilation=(1, 1), groups=1, useBias=True, spatial=(9, 14)),
-    "winograd-no-pad": dict(nd=2, batch=1, inmaps=2, outmaps=4, size=(3, 3), stride=(1, 1), pad=(0, 0),
-                            dilation=(1, 1), groups=1, useBias=False, spatial=(3, 7)),
-    "winograd-pad2-groups": dict(nd=2, batch=2, inmaps=4, outmaps=6, size=(3, 3), stride=(1, 1), pad=(2, 2),
-                                 dilation=(1, 1), groups=2, useBias=True, spatial=(5, 6)),
-    "winograd-wide": dict(nd=2, batch=3, inmaps=20, outmaps=18, size=(3, 3), stride=(1, 1), pad=(1, 0),
-                          dilation=(1, 1), groups=1, useBias=True, spatial=(17, 13)),
-    "winograd-depthwise": dict(nd=2, batch=2, inmaps=4, outmaps=4, size=(3, 3), stride=(1, 1), pad=(1, 1),
-                               dilation=(1, 1), groups=4, useBias=True, spatial=(8, 8)),
-    "gemm-1x1": dict(nd=2, batch=3, inmaps=6, outmaps=4, size=(1, 1), stride=(1, 1), pad=(0, 0),
-                     dilation=(1, 1), groups=2, useBias=True, spatial=(5, 7)),
-    "gemm-1x1-1d": dict(nd=1, batch=2, inmaps=3, outmaps=5, size=(1,), stride=(1,), pad=(0,),
-                        dilation=(1,), groups=1, useBias=False, spatial=(11,)),
-    "gemm-1x1-3d": dict(nd=3, batch=2, inmaps=4, outmaps=4, size=(1, 1, 1), stride=(1, 1, 1), pad=(0, 0, 0),
-                        dilation=(1, 1, 1), groups=4, useBias=True, spatial=(3, 4, 5)),
-    "direct-depthwise-strided": dict(nd=2, batch=2, inmaps=6, outmaps=12, size=(3, 2), stride=(2, 3),
-                                     pad=(1, 2), dilation=(2, 1), groups=6, useBias=True, spatial=(9, 10)),
+    "winograd-odd-sizes": convConfig(inmaps=5, outmaps=3, size=(3, 3), pad=(1, 1), spatial=(9, 14)),
+    "winograd-no-pad": convConfig(batch=1, inmaps=2, outmaps=4, size=(3, 3), useBias=False, spatial=(3, 7)),
+    "winograd-pad2-groups": convConfig(inmaps=4, outmaps=6, size=(3, 3), pad=(2, 2), groups=2, spatial=(5, 6)),
+    "winograd-wide": convConfig(batch=3, inmaps=20, outmaps=18, size=(3, 3), pad=(1, 0), spatial=(17, 13)),
+    "winograd-depthwise": convConfig(inmaps=4, outmaps=4, size=(3, 3), pad=(1, 1), groups=4, spatial=(8, 8)),
+    "gemm-1x1": convConfig(batch=3, inmaps=6, outmaps=4, size=(1, 1), groups=2, spatial=(5, 7)),
+    "gemm-1x1-1d": convConfig(inmaps=3, outmaps=5, size=(1,), useBias=False, spatial=(11,)),
+    "gemm-1x1-3d": convConfig(inmaps=4, outmaps=4, size=(1, 1, 1), groups=4, spatial=(3, 4, 5)),
+    "direct-depthwise-strided": convConfig(inmaps=6, outmaps=12, size=(3, 2), stride=(2, 3), pad=(1, 2),
+                                           dilation=(2, 1), groups=6, spatial=(9, 10)),
 }
 
 

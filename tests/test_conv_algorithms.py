@@ -1,78 +1,14 @@
-"""Each convolution algorithm of the CPU engine against an independent float64 reference.
-
-The reference is a direct einsum over a zero-padded input, one kernel tap at a time; its adjoints
-(input gradient, weight gradient) are written out the same way. Winograd is held to its own
-(larger) error bound; every other algorithm to float rounding.
+"""Each convolution algorithm of the CPU engine against the independent float64 references of
+tests/reference.py (one einsum per kernel tap over a zero-padded input, and its adjoints). Winograd is held
+to its own (larger) error bound; every other algorithm to float rounding.
 """
-
-import itertools
 
 import numpy as np
 import pytest
-from conftest import assertRestoresBlasThreads
+from conftest import assertRestoresBlasThreads, convData, resultsOnThreads
+from reference import convBackwardData, convBackwardParams, convForward
 
 from PuzzleLib.Engines.cpu import conv, conv_common, conv_direct, conv_winograd
-
-
-# -- reference (float64) ----------------------------------------------------------------------------------
-def _outSize(size, k, s, p, d):
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
-
-
-def _tapWindow(tap, outSpatial, stride, dilation):
-    return tuple(slice(t * d, t * d + s * (o - 1) + 1, s) for t, s, d, o in zip(tap, stride, dilation, outSpatial))
-
-
-def refForward(x, w, b, stride, pad, dilation, groups):
-    x, w = x.astype(np.float64), w.astype(np.float64)
-    n, c = x.shape[:2]
-    o, cg = w.shape[:2]
-    kernel = w.shape[2:]
-    xp = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in pad])
-    outSpatial = tuple(_outSize(*a) for a in zip(x.shape[2:], kernel, stride, pad, dilation))
-    y = np.zeros((n, groups, o // groups) + outSpatial)
-    xg = xp.reshape((n, groups, cg) + xp.shape[2:])
-    wg = w.reshape((groups, o // groups, cg) + kernel)
-    for tap in itertools.product(*map(range, kernel)):
-        window = xg[(slice(None),) * 3 + _tapWindow(tap, outSpatial, stride, dilation)]
-        y += np.einsum("ngc...,goc->ngo...", window, wg[(Ellipsis,) + tap])
-    y = y.reshape((n, o) + outSpatial)
-    if b is not None:
-        y += b.astype(np.float64).reshape((1, o) + (1,) * len(outSpatial))
-    return y
-
-
-def refBackwardData(dy, w, xShape, stride, pad, dilation, groups):
-    dy, w = dy.astype(np.float64), w.astype(np.float64)
-    n, o = dy.shape[:2]
-    cg = w.shape[1]
-    kernel, outSpatial = w.shape[2:], dy.shape[2:]
-    padded = tuple(s + 2 * p for s, p in zip(xShape[2:], pad))
-    dxp = np.zeros((n, groups, cg) + padded)
-    dyg = dy.reshape((n, groups, o // groups) + outSpatial)
-    wg = w.reshape((groups, o // groups, cg) + kernel)
-    for tap in itertools.product(*map(range, kernel)):
-        dxp[(slice(None),) * 3 + _tapWindow(tap, outSpatial, stride, dilation)] += np.einsum(
-            "ngo...,goc->ngc...", dyg, wg[(Ellipsis,) + tap])
-    inner = tuple(slice(p, p + s) for s, p in zip(xShape[2:], pad))
-    return dxp[(slice(None),) * 3 + inner].reshape(xShape)
-
-
-def refBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
-    x, dy = x.astype(np.float64), dy.astype(np.float64)
-    n, c = x.shape[:2]
-    o, cg = wShape[:2]
-    kernel, outSpatial = wShape[2:], dy.shape[2:]
-    xp = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in pad])
-    xg = xp.reshape((n, groups, cg) + xp.shape[2:])
-    dyg = dy.reshape((n, groups, o // groups) + outSpatial)
-    dw = np.zeros((groups, o // groups, cg) + tuple(kernel))
-    for tap in itertools.product(*map(range, kernel)):
-        window = xg[(slice(None),) * 3 + _tapWindow(tap, outSpatial, stride, dilation)]
-        dw[(Ellipsis,) + tap] = np.einsum("ngcl,ngol->goc", window.reshape(n, groups, cg, -1),
-                                          dyg.reshape(n, groups, o // groups, -1))
-    return dw.reshape(wShape), dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
-
 
 # -- cases ---------------------------------------------------------------------------------------------------
 # (N, C, spatial, O, kernel, stride, pad, dilation, groups)
@@ -104,28 +40,17 @@ TOL32 = dict(rtol=2e-5, atol=2e-5)
 TOL64 = dict(rtol=1e-12, atol=1e-12)
 
 
-def _data(case, dtype, seed=0):
-    n, c, spatial, o, kernel, stride, pad, dilation, groups = case
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, c) + spatial).astype(dtype)
-    w = rng.standard_normal((o, c // groups) + kernel).astype(dtype)
-    b = rng.standard_normal(o).astype(dtype)
-    outSpatial = tuple(_outSize(*a) for a in zip(spatial, kernel, stride, pad, dilation))
-    dy = rng.standard_normal((n, o) + outSpatial).astype(dtype)
-    return x, w, b, dy, (stride, pad, dilation, groups)
-
-
 def _check(algo, case, dtype, tol, scaled=False):
-    x, w, b, dy, (stride, pad, dilation, groups) = _data(case, dtype)
+    x, w, b, dy, (stride, pad, dilation, groups) = convData(case, dtype)
     checks = [
         (conv.forward(x, w, b, stride, pad, dilation, groups, algo=algo),
-         refForward(x, w, b, stride, pad, dilation, groups)),
+         convForward(x, w, b, stride, pad, dilation, groups)),
         (conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo=algo),
-         refBackwardData(dy, w, x.shape, stride, pad, dilation, groups)),
+         convBackwardData(dy, w, x.shape, stride, pad, dilation, groups)),
     ]
     dw, db = conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation, groups, algo=algo)
-    rdw, rdb = refBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)
-    checks += [(dw, rdw), (db, rdb)]
+    rdw, rdb = convBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)
+    checks += [(dw, rdw), (db, rdb.ravel())]  # the reference's db is shaped (1, O, 1, ...), the engine's (O,)
     for got, ref in checks:
         assert got.dtype == dtype and got.shape == ref.shape
         if scaled:
@@ -181,7 +106,7 @@ def test_tilesBoundedAndExact(direction, monkeypatch):
     # A tiny tile bound forces tiling over rows of a single item; results must not change.
     from PuzzleLib.Engines.cpu import conv_common
     case = (3, 5, (13, 10), 6, (3, 2), (2, 1), (2, 1), (1, 2), 1)
-    x, w, b, dy, (stride, pad, dilation, groups) = _data(case, np.float64)
+    x, w, b, dy, (stride, pad, dilation, groups) = convData(case, np.float64)
     run = {
         "forward": lambda: conv.forward(x, w, b, stride, pad, dilation, groups, algo="im2col"),
         "backwardData": lambda: conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="im2col"),
@@ -197,7 +122,7 @@ def test_tilesBoundedAndExact(direction, monkeypatch):
 @pytest.mark.parametrize("algo,case", [("im2col", GENERAL[3]), ("direct", GENERAL[6]), ("winograd", WINOGRAD[0]),
                                        ("gemm", POINTWISE[1])])
 def test_deterministic(algo, case):
-    x, w, b, dy, (stride, pad, dilation, groups) = _data(case, np.float32)
+    x, w, b, dy, (stride, pad, dilation, groups) = convData(case, np.float32)
     first = conv.forward(x, w, b, stride, pad, dilation, groups, algo=algo)
     firstData = conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo=algo)
     for _ in range(2):
@@ -215,7 +140,7 @@ def test_heuristicPicks():
 
 
 def test_badAlgorithm():
-    x, w, b, dy, (stride, pad, dilation, groups) = _data(GENERAL[3], np.float32)
+    x, w, b, dy, (stride, pad, dilation, groups) = convData(GENERAL[3], np.float32)
     with pytest.raises(ValueError, match="applicable"):
         conv.forward(x, w, b, stride, pad, dilation, groups, algo="winograd")
     with pytest.raises(ValueError, match="Unknown direction"):
@@ -295,7 +220,7 @@ def test_winograd3d(case, dtype):
 @pytest.mark.parametrize("algo,case", [("im2col", STRIDED_LAST[1]), ("im2col", STRIDED_LAST[3]),
                                        ("winograd", WINOGRAD3D[0])])
 def test_deterministicCompiled(algo, case):
-    x, w, b, dy, (stride, pad, dilation, groups) = _data(case, np.float32)
+    x, w, b, dy, (stride, pad, dilation, groups) = convData(case, np.float32)
     first = conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation, groups, algo=algo)[0]
     firstY = conv.forward(x, w, b, stride, pad, dilation, groups, algo=algo)
     for _ in range(2):
@@ -316,10 +241,10 @@ def test_im2colWeightGradientBlocksAndChunks(case, monkeypatch):
     # A tiny tile bound cuts the weight-gradient GEMM both along dw's rows (blocks within each group) and
     # along the batch's pixels (partial products added): the result still matches the reference.
     from PuzzleLib.Engines.cpu import conv_common
-    x, w, b, dy, (stride, pad, dilation, groups) = _data(case, np.float64)
+    x, w, b, dy, (stride, pad, dilation, groups) = convData(case, np.float64)
     monkeypatch.setattr(conv_common, "TILE_BYTES", 700)
     dw, _ = conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups, algo="im2col")
-    np.testing.assert_allclose(dw, refBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0], **TOL64)
+    np.testing.assert_allclose(dw, convBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0], **TOL64)
 
 
 @pytest.mark.skipif(not conv_winograd.available, reason="numba is not installed")
@@ -338,22 +263,22 @@ def test_directTapPassesEveryKernelSize(kernel):
     # forward and the unit-stride backward-data that reads the kernel flipped in place.
     spatial = (7, 6) if len(kernel) == 2 else (4, 5, 6)
     case = (2, 4, spatial, 4, kernel, (1,) * len(kernel), tuple(k // 2 for k in kernel), (1,) * len(kernel), 2)
-    x, w, b, dy, (stride, pad, dilation, groups) = _data(case, np.float64)
+    x, w, b, dy, (stride, pad, dilation, groups) = convData(case, np.float64)
     y = conv.forward(x, w, b, stride, pad, dilation, groups, algo="direct")
-    np.testing.assert_allclose(y, refForward(x, w, b, stride, pad, dilation, groups), **TOL64)
+    np.testing.assert_allclose(y, convForward(x, w, b, stride, pad, dilation, groups), **TOL64)
     dy = np.random.default_rng(3).standard_normal(y.shape)
     dx = conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="direct")
-    np.testing.assert_allclose(dx, refBackwardData(dy, w, x.shape, stride, pad, dilation, groups), **TOL64)
+    np.testing.assert_allclose(dx, convBackwardData(dy, w, x.shape, stride, pad, dilation, groups), **TOL64)
 
 
 @pytest.mark.skipif(not conv_direct.useNumba, reason="numba is not installed")
 def test_directBackwardDataSeesWeightsChangedInPlace():
     # Nothing derived from w is kept between calls: an in-place update shows in the next gradient.
-    x, w, b, dy, (stride, pad, dilation, groups) = _data(GENERAL[5], np.float64)
+    x, w, b, dy, (stride, pad, dilation, groups) = convData(GENERAL[5], np.float64)
     first = conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="direct")
     w *= -2.0
     second = conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="direct")
-    np.testing.assert_allclose(second, refBackwardData(dy, w, x.shape, stride, pad, dilation, groups), **TOL64)
+    np.testing.assert_allclose(second, convBackwardData(dy, w, x.shape, stride, pad, dilation, groups), **TOL64)
     np.testing.assert_allclose(second, -2.0 * first, **TOL64)
 
 
@@ -374,21 +299,10 @@ def test_winogradChunksOnThreadsMatchReference(threads, monkeypatch):
 @pytest.mark.skipif(not conv_winograd.available, reason="numba is not installed")
 def test_winogradWeightGradientIndependentOfThreadCount(monkeypatch):
     # The weight gradient sums its chunks in fixed partial sums: bit-identical with one thread or two.
-    x, w, b, dy, (stride, pad, dilation, groups) = _data(WINOGRAD_CHUNKED, np.float32)
+    x, w, b, dy, (stride, pad, dilation, groups) = convData(WINOGRAD_CHUNKED, np.float32)
     monkeypatch.setattr(conv_winograd, "chunkBytes", lambda resultBytes: 1)
-    results = []
-    for threads in (1, 2, 2):
-        monkeypatch.setattr(conv_common, "THREADS", threads)
-        results.append(conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups, algo="winograd")[0])
-    assert np.array_equal(results[0], results[1]) and np.array_equal(results[1], results[2])
-
-
-@pytest.mark.skipif(conv_common.blasThreads is None, reason="no control of the BLAS threads")
-def test_winogradRestoresBlasThreads():
-    x, w, b, dy, (stride, pad, dilation, groups) = _data(WINOGRAD[3], np.float32)
-    assertRestoresBlasThreads(lambda: (
-        conv.forward(x, w, b, stride, pad, dilation, groups, algo="winograd"),
-        conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation, groups, algo="winograd")))
+    resultsOnThreads(monkeypatch, lambda: conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups,
+                                                              algo="winograd")[0])
 
 
 @pytest.mark.skipif(not conv_winograd.available, reason="numba is not installed")
@@ -410,15 +324,12 @@ def test_winograd3dWeightGradientRunsIndependentOfThreadCount(monkeypatch):
     # One output slice per run, runs split into fixed partial sums: the same bits on one thread or two,
     # and within the bound of the float64 reference.
     case = (2, 4, (5, 7, 6), 6, (3, 3, 3), (1, 1, 1), (1, 1, 0), (1, 1, 1), 2)
-    x, w, b, dy, (stride, pad, dilation, groups) = _data(case, np.float64)
+    x, w, b, dy, (stride, pad, dilation, groups) = convData(case, np.float64)
     monkeypatch.setattr(conv_winograd, "chunkBytes", lambda resultBytes: 1)
-    results = []
-    for threads in (1, 2):
-        monkeypatch.setattr(conv_common, "THREADS", threads)
-        results.append(conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups, algo="winograd")[0])
-    assert np.array_equal(results[0], results[1])
-    ref = refBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0]
-    assert np.abs(results[0] - ref).max() < 1e-12 * np.abs(ref).max()
+    dw = resultsOnThreads(monkeypatch, lambda: conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation,
+                                                                   groups, algo="winograd")[0], threads=(1, 2))
+    ref = convBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0]
+    assert np.abs(dw - ref).max() < 1e-12 * np.abs(ref).max()
 
 
 # -- direct "same" path (unit stride, output shape = input shape, kernel 3 wide) ---------------------------
@@ -436,17 +347,17 @@ SAME_CASES = [
 @pytest.mark.parametrize("case", SAME_CASES)
 def test_directSameShape(case):
     # Taps read the unpadded input at flat shifts; wrapped columns are masked and band ends run per pixel.
-    x, w, b, dy, (stride, pad, dilation, groups) = _data(case, np.float64)
+    x, w, b, dy, (stride, pad, dilation, groups) = convData(case, np.float64)
     y = conv.forward(x, w, b, stride, pad, dilation, groups, algo="direct")
-    np.testing.assert_allclose(y, refForward(x, w, b, stride, pad, dilation, groups), **TOL64)
+    np.testing.assert_allclose(y, convForward(x, w, b, stride, pad, dilation, groups), **TOL64)
     dx = conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="direct")
-    np.testing.assert_allclose(dx, refBackwardData(dy, w, x.shape, stride, pad, dilation, groups), **TOL64)
+    np.testing.assert_allclose(dx, convBackwardData(dy, w, x.shape, stride, pad, dilation, groups), **TOL64)
 
 
 @pytest.mark.skipif(not conv_direct.useNumba, reason="numba is not installed")
 def test_directSameShapeMasksWrappedColumns():
     # An inf in the last column must not reach the next row's first column through the flat shift.
-    x, w, b, dy, (stride, pad, dilation, groups) = _data(SAME_CASES[0], np.float32)
+    x, w, b, dy, (stride, pad, dilation, groups) = convData(SAME_CASES[0], np.float32)
     x[:, :, 2, -1] = np.inf
     y = conv.forward(x, w, b, stride, pad, dilation, groups, algo="direct")
     assert np.isfinite(y[:, :, 3, 0]).all() and np.isfinite(y[:, :, 1:4, :4]).all()
@@ -465,11 +376,11 @@ def test_im2colThreadModesMatchReference(case, threads, ownBytes, monkeypatch):
     monkeypatch.setattr(conv_common, "THREADS", threads)
     monkeypatch.setattr(conv_im2col, "_OWN_GEMM_BYTES", ownBytes)
     monkeypatch.setattr(conv_common, "TILE_BYTES", 700)
-    x, w, b, dy, (stride, pad, dilation, groups) = _data(case, np.float64)
+    x, w, b, dy, (stride, pad, dilation, groups) = convData(case, np.float64)
     np.testing.assert_allclose(conv.forward(x, w, b, stride, pad, dilation, groups, algo="im2col"),
-                               refForward(x, w, b, stride, pad, dilation, groups), **TOL64)
+                               convForward(x, w, b, stride, pad, dilation, groups), **TOL64)
     dw, _ = conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups, algo="im2col")
-    np.testing.assert_allclose(dw, refBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0], **TOL64)
+    np.testing.assert_allclose(dw, convBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0], **TOL64)
 
 
 @pytest.mark.parametrize("tile", [700, 1 << 20])  # chunks summed in partials / the whole batch in one chunk
@@ -477,22 +388,21 @@ def test_im2colIndependentOfThreadCount(tile, monkeypatch):
     # Per-thread tiles and partial sums are fixed by the shape: bit-identical results on one thread or two.
     from PuzzleLib.Engines.cpu import conv_common
     monkeypatch.setattr(conv_common, "TILE_BYTES", tile)
-    x, w, b, dy, (stride, pad, dilation, groups) = _data(STRIDED_LAST[1], np.float32)
-    results = []
-    for threads in (1, 2, 2):
-        monkeypatch.setattr(conv_common, "THREADS", threads)
-        results.append((conv.forward(x, w, b, stride, pad, dilation, groups, algo="im2col"),
-                        conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups, algo="im2col")[0]))
-    for y, dw in results[1:]:
-        assert np.array_equal(y, results[0][0]) and np.array_equal(dw, results[0][1])
+    x, w, b, dy, (stride, pad, dilation, groups) = convData(STRIDED_LAST[1], np.float32)
+    # The thread count alone changes: the tile bound above leaves MIN_TILE_BYTES as it is (setTiles would lower it).
+    resultsOnThreads(monkeypatch, lambda: (
+        conv.forward(x, w, b, stride, pad, dilation, groups, algo="im2col"),
+        conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups, algo="im2col")[0]))
 
 
 @pytest.mark.skipif(conv_common.blasThreads is None, reason="no control of the BLAS threads")
-def test_im2colRestoresBlasThreads():
-    x, w, b, dy, (stride, pad, dilation, groups) = _data(STRIDED_LAST[1], np.float32)
+@pytest.mark.parametrize("algo,case", [("winograd", WINOGRAD[3]), ("im2col", STRIDED_LAST[1])])
+def test_restoresBlasThreads(algo, case):
+    # Winograd's chunks and im2col's per-thread tiles run with BLAS held at one thread: the count goes back.
+    x, w, b, dy, (stride, pad, dilation, groups) = convData(case, np.float32)
     assertRestoresBlasThreads(lambda: (
-        conv.forward(x, w, b, stride, pad, dilation, groups, algo="im2col"),
-        conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation, groups, algo="im2col")))
+        conv.forward(x, w, b, stride, pad, dilation, groups, algo=algo),
+        conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation, groups, algo=algo)))
 
 
 STEM = (2, 3, (23, 22), 16, (7, 7), (2, 2), (3, 3), (1, 1), 1)  # the 7x7 stride-2 stem, dy larger than x
@@ -509,10 +419,10 @@ def test_im2colWeightGradientDeinterleavedMatchesReference(tile, threads, monkey
     plans = []
     plan = conv_im2col._fastPlan
     monkeypatch.setattr(conv_im2col, "_fastPlan", lambda *a: plans.append(1) or plan(*a))
-    x, w, b, dy, (stride, pad, dilation, groups) = _data(STEM, np.float64)
+    x, w, b, dy, (stride, pad, dilation, groups) = convData(STEM, np.float64)
     dw, _ = conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups, algo="im2col")
     assert plans == [1]
-    np.testing.assert_allclose(dw, refBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0], **TOL64)
+    np.testing.assert_allclose(dw, convBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0], **TOL64)
 
 
 # -- dilated 3x3 stride 1: Winograd on the polyphase sub-planes (conv_polyphase) ----------------------------
@@ -537,7 +447,7 @@ def test_winogradDilatedPolyphase(case, dtype):
 
 @pytest.mark.skipif(not conv_winograd.available, reason="numba is not installed")
 def test_winogradDilatedDeterministicAndChosen():
-    x, w, b, dy, (stride, pad, dilation, groups) = _data(POLYPHASE[1], np.float32)
+    x, w, b, dy, (stride, pad, dilation, groups) = convData(POLYPHASE[1], np.float32)
     first = [conv.forward(x, w, b, stride, pad, dilation, groups, algo="winograd"),
              conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="winograd"),
              conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation, groups, algo="winograd")[0]]
@@ -565,13 +475,13 @@ def test_polyphaseStackedChunks(case, stackBytes):
     smallest chunks, n / phases items) or in one chunk: both equal the float64 reference."""
     from PuzzleLib.Engines.cpu import conv_polyphase
 
-    x, w, b, dy, (stride, pad, dilation, groups) = _data(case, np.float64)
+    x, w, b, dy, (stride, pad, dilation, groups) = convData(case, np.float64)
     phases = conv_polyphase._phases(x.shape[2:], pad, dilation)
     assert conv_polyphase._equal(phases)
     dx = conv_polyphase.backwardData(dy, w, x.shape, pad, dilation, groups, stackBytes=stackBytes)
-    np.testing.assert_allclose(dx, refBackwardData(dy, w, x.shape, stride, pad, dilation, groups), **TOL64)
+    np.testing.assert_allclose(dx, convBackwardData(dy, w, x.shape, stride, pad, dilation, groups), **TOL64)
     dw = conv_polyphase.backwardParams(x, dy, w.shape, pad, dilation, groups, stackBytes=stackBytes)
-    np.testing.assert_allclose(dw, refBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0], **TOL64)
+    np.testing.assert_allclose(dw, convBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0], **TOL64)
 
 
 @pytest.mark.parametrize("aShape, bShape", [((64, 64), (64, 196)), ((256, 1152), (1152, 1568)), ((3, 7), (7, 4001)),
@@ -583,35 +493,26 @@ def test_sharedMatmulIndependentOfThreadCount(aShape, bShape, monkeypatch):
     rng = np.random.default_rng(5)
     a, b = rng.standard_normal(aShape, dtype=np.float32), rng.standard_normal(bShape, dtype=np.float32)
     expected = np.matmul(a.astype(np.float64), b)
-    outs = []
     monkeypatch.setattr(conv_common, "PARALLEL_WORK", 1)  # every shape split, the small ones too
-    for threads in (1, 2):
-        monkeypatch.setattr(conv_common, "THREADS", threads)
+
+    def product():
         out = np.empty(expected.shape, np.float32)
         conv_common.matmul(a, b, out)
-        outs.append(out)
-    assert np.array_equal(outs[0], outs[1])
-    np.testing.assert_allclose(outs[0], expected, rtol=1e-4, atol=1e-3)
+        return out
+
+    np.testing.assert_allclose(resultsOnThreads(monkeypatch, product, threads=(1, 2)), expected, rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize("groups", [1, 2])
 def test_pointwiseSameBitsOnAnyThreadCount(groups, monkeypatch):
     # 1x1 forward / backward-data over several items run fixed runs of items per thread: same bits on 1 or 2.
-    from PuzzleLib.Engines.cpu import conv_common
     rng = np.random.default_rng(11)
     x = rng.standard_normal((5, 64, 24, 24), dtype=np.float32)
     w = rng.standard_normal((96, 64 // groups, 1, 1), dtype=np.float32)
     b = rng.standard_normal(96, dtype=np.float32)
     dy = rng.standard_normal((5, 96, 24, 24), dtype=np.float32)
     unit, zero = (1, 1), (0, 0)
-    results = []
-    for threads in (1, 2):
-        monkeypatch.setattr(conv_common, "THREADS", threads)
-        results.append((conv.forward(x, w, b, unit, zero, unit, groups, algo="gemm"),
-                        conv.backwardData(dy, w, x.shape, unit, zero, unit, groups, algo="gemm")))
-    for one, two in zip(*results):
-        assert np.array_equal(one, two)
-    y = results[0][0].astype(np.float64)
-    ref = np.einsum("goc,ngchw->ngohw", w.reshape(groups, 96 // groups, 64 // groups).astype(np.float64),
-                    x.reshape(5, groups, 64 // groups, 24, 24)).reshape(5, 96, 24, 24) + b[None, :, None, None]
-    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+    y, _ = resultsOnThreads(monkeypatch, lambda: (
+        conv.forward(x, w, b, unit, zero, unit, groups, algo="gemm"),
+        conv.backwardData(dy, w, x.shape, unit, zero, unit, groups, algo="gemm")), threads=(1, 2))
+    np.testing.assert_allclose(y, convForward(x, w, b, unit, zero, unit, groups), rtol=1e-4, atol=1e-4)

@@ -4,7 +4,7 @@ thread). Results must be bit-identical on one thread and on two."""
 
 import numpy as np
 import pytest
-from conftest import engineCall, setTiles
+from conftest import engineCall, resultsOnThreads, setTiles, tracedPeak
 from reference import convBackwardData, outShape
 
 from PuzzleLib.Engines.cpu import conv_col2im, conv_common, conv_im2col
@@ -47,13 +47,8 @@ def test_matchesReference(case, tile, threads, monkeypatch):
 
 @pytest.mark.parametrize("tile", [600, 1 << 20])
 def test_sameBitsOnOneThreadOrTwo(tile, monkeypatch):
-    results = []
-    for threads in (1, 2, 2):
-        setTiles(monkeypatch, tile, threads)
-        results.append([_run(*_data(case, np.float32)) for case in (CASES[0], CASES[2])])
-    for got in results[1:]:
-        for u, v in zip(got, results[0]):
-            assert np.array_equal(u, v)
+    resultsOnThreads(monkeypatch, lambda: [_run(*_data(case, np.float32)) for case in (CASES[0], CASES[2])],
+                     tile=tile)
 
 
 def test_preferred():
@@ -75,22 +70,12 @@ def test_groupsOfItems(monkeypatch):
 
 
 def test_scratchWithinWorkspaceBytes():
-    import tracemalloc
-
     from PuzzleLib.Engines.cpu import conv
 
     dy, w, xShape, stride, pad, dilation, groups = _data((4, 32, (40, 40), 64, (3, 3), (2, 2), (1, 1), (1, 1), 1),
                                                         np.float32)
     assert conv_col2im.preferred(xShape, w.shape, stride, pad, dilation)
-    conv.backwardData(dy, w, xShape, stride, pad, dilation, groups, algo="im2col")
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        dx = conv.backwardData(dy, w, xShape, stride, pad, dilation, groups, algo="im2col")
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    dx, peak = tracedPeak(lambda: conv.backwardData(dy, w, xShape, stride, pad, dilation, groups, algo="im2col"))
     bound = conv.workspaceBytes("backwardData", "im2col", xShape, w.shape, stride, pad, dilation, groups)
     assert peak - dx.nbytes <= bound + (64 << 10)
     assert bound <= 2 * conv_common.tileBytesFor(dx.nbytes)

@@ -4,6 +4,7 @@ wrapped columns never leak, results bit-identical run to run and for one or two 
 
 import numpy as np
 import pytest
+from conftest import resultsOnThreads
 from reference import convBackwardData, convBackwardParams, convForward
 
 from PuzzleLib.Engines.cpu import conv, conv_common, conv_direct
@@ -133,13 +134,7 @@ def test_same3BitIdenticalRunsAndThreads(case, monkeypatch):
                 conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups, algo="direct")[0])
 
     monkeypatch.setattr(conv_common, "PARALLEL_WORK", 0)  # split even these small calls between threads
-    runs = []
-    for threads in (1, 2, 2, 1):
-        monkeypatch.setattr(conv_common, "THREADS", threads)
-        runs.append(results())
-    for run in runs[1:]:
-        for got, first in zip(run, runs[0]):
-            assert np.array_equal(got, first)
+    resultsOnThreads(monkeypatch, results, threads=(1, 2, 2, 1))
 
 
 def test_same3ServesTheBenchmarkDepthwiseShape(calls):

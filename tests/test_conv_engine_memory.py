@@ -9,6 +9,8 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from conftest import tracedPeak
+from reference import convBackwardParams, convForward
 
 from PuzzleLib.Backend import gpuarray
 from PuzzleLib.Engines.cpu import conv, conv_common, conv_winograd
@@ -20,19 +22,6 @@ _NUMPY_DOMAIN = 389047  # numpy reports its data buffers to tracemalloc under th
 def _numpyBytes():
     snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.DomainFilter(True, _NUMPY_DOMAIN)])
     return sum(stat.size for stat in snap.statistics("filename"))
-
-
-def _refForward(x, w, pad):
-    """Float64 3x3 (or any kernel) stride-1 cross-correlation, one tap at a time."""
-    x, w = x.astype(np.float64), w.astype(np.float64)
-    kh, kw = w.shape[2:]
-    xp = np.pad(x, [(0, 0), (0, 0), (pad, pad), (pad, pad)])
-    oh, ow = xp.shape[2] - kh + 1, xp.shape[3] - kw + 1
-    y = np.zeros((x.shape[0], w.shape[0], oh, ow))
-    for i in range(kh):
-        for j in range(kw):
-            y += np.einsum("nchw,oc->nohw", xp[:, :, i:i + oh, j:j + ow], w[:, :, i, j])
-    return y
 
 
 SHAPES = [  # (x shape, w shape, pad, algo)
@@ -62,7 +51,7 @@ def test_noWorkspaceHeldBetweenCalls(xShape, wShape, pad, algo):
     assert conv_common.workspace.nbytes == 0
     assert kept <= 4096, f"{kept} bytes held after the calls"
     tol = 5e-5 if algo == "winograd" else 1e-5
-    ref = _refForward(x, w, pad) + b.reshape(1, -1, 1, 1)
+    ref = convForward(x, w, b, *params)
     np.testing.assert_allclose(outs[0], ref, atol=tol * np.abs(ref).max())
 
 
@@ -71,20 +60,12 @@ def test_winogradScratchWithinBound():
     rng = np.random.default_rng(4)
     x = rng.standard_normal((8, 32, 40, 40)).astype(np.float32)
     w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
-    conv.forward(x, w, None, (1, 1), (1, 1), (1, 1), 1, algo="winograd")
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        y = conv.forward(x, w, None, (1, 1), (1, 1), (1, 1), 1, algo="winograd")
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    y, peak = tracedPeak(lambda: conv.forward(x, w, None, (1, 1), (1, 1), (1, 1), 1, algo="winograd"))
     rowBytes = 36 * 64 * 10 * 4  # one row of 10 tiles, V and M
     bound = conv_winograd.chunkBytes(y.nbytes) + rowBytes + 36 * 32 * 32 * 4 + (64 << 10)
     assert peak - y.nbytes <= bound
     assert conv.workspaceBytes("forward", "winograd", x.shape, w.shape, (1, 1), (1, 1), (1, 1), 1) <= bound
-    np.testing.assert_allclose(y, _refForward(x, w, 1), atol=5e-5 * np.abs(y).max())
+    np.testing.assert_allclose(y, convForward(x, w, None, (1, 1), (1, 1), (1, 1), 1), atol=5e-5 * np.abs(y).max())
 
 
 def test_im2colTileFollowsResult():
@@ -95,15 +76,7 @@ def test_im2colTileFollowsResult():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((4, 24, 40, 40)).astype(np.float32)
     w = rng.standard_normal((8, 24, 3, 3)).astype(np.float32)
-    conv.forward(x, w, None, (1, 1), (1, 1), (2, 2), 1, algo="im2col")
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        y = conv.forward(x, w, None, (1, 1), (1, 1), (2, 2), 1, algo="im2col")
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    y, peak = tracedPeak(lambda: conv.forward(x, w, None, (1, 1), (1, 1), (2, 2), 1, algo="im2col"))
     columns = 4 * 24 * 9 * y.shape[2] * y.shape[3] * 4  # the whole column matrix: 5.9 MiB
     # A tile of about MIN_TILE_BYTES, plus whatever the gather path copies of the (small) input.
     assert peak - y.nbytes <= conv_common.MIN_TILE_BYTES + x.nbytes + (64 << 10) < columns
@@ -162,7 +135,7 @@ def test_optimizeMemlimitForcesSmallestWorkspace():
     assert results == [] and algo == "direct"
     x = gpuarray.to_gpu(np.random.standard_normal((2, 16, 14, 14)).astype(np.float32))
     y = module(x).get()
-    ref = _refForward(x.get(), module.W.get(), 1)
+    ref = convForward(x.get(), module.W.get(), None, (1, 1), (1, 1), (1, 1), 1)
     np.testing.assert_allclose(y, ref, atol=1e-5 * np.abs(ref).max())
 
 
@@ -178,23 +151,10 @@ def test_im2colWeightGradientNoWeightSizedTemporaries(stride):
     w = rng.standard_normal((256, 256, 3, 3)).astype(np.float32)
     params = ((stride, stride), (1, 1), (1, 1), 1)
     dy = rng.standard_normal((4, 256, 7, 7)).astype(np.float32)
-    conv.backwardParams(x, dy, w.shape, False, *params, algo="im2col")
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        dw, _ = conv.backwardParams(x, dy, w.shape, False, *params, algo="im2col")
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    (dw, _), peak = tracedPeak(lambda: conv.backwardParams(x, dy, w.shape, False, *params, algo="im2col"))
     tile = conv_common.tileBytesFor(max(x.nbytes, dy.nbytes))
     assert peak - dw.nbytes <= tile + dy.nbytes + (64 << 10) < dw.nbytes
-    xp = np.pad(x.astype(np.float64), [(0, 0), (0, 0), (1, 1), (1, 1)])
-    ref = np.zeros(w.shape)
-    for i in range(3):
-        for j in range(3):
-            window = xp[:, :, i:i + stride * 7:stride, j:j + stride * 7:stride]
-            ref[:, :, i, j] = np.einsum("nchw,nohw->oc", window, dy.astype(np.float64))
+    ref = convBackwardParams(x, dy, w.shape, *params)[0]
     np.testing.assert_allclose(dw, ref, atol=1e-5 * np.abs(ref).max())
 
 
@@ -214,14 +174,6 @@ def test_winograd3dScratchBounded():
     }
     wholeStack = 3 * x.nbytes
     for direction, call in calls.items():
-        call()
-        tracemalloc.start()
-        try:
-            tracemalloc.reset_peak()
-            base = tracemalloc.get_traced_memory()[0]
-            result = call()
-            peak = tracemalloc.get_traced_memory()[1] - base
-        finally:
-            tracemalloc.stop()
+        result, peak = tracedPeak(call)
         bound = conv.workspaceBytes(direction, "winograd", x.shape, w.shape, *args) + dy.nbytes // 12 + (64 << 10)
         assert peak - result.nbytes <= bound < wholeStack, direction

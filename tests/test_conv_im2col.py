@@ -8,8 +8,8 @@ summed over chunks in place or in fixed partials. Results must also be bit-ident
 
 import numpy as np
 import pytest
-from conftest import assertRestoresBlasThreads, setTiles
-from reference import convBackwardData, convBackwardParams, convForward, outShape
+from conftest import assertRestoresBlasThreads, convData, resultsOnThreads, setTiles, tracedPeak
+from reference import convBackwardData, convBackwardParams, convForward
 
 from PuzzleLib.Engines.cpu import conv, conv_common, conv_im2col
 
@@ -29,23 +29,13 @@ CASES = [
 TOL64 = dict(rtol=1e-12, atol=1e-12)
 
 
-def _data(case, dtype=np.float64, seed=0):
-    n, c, spatial, o, kernel, stride, pad, dilation, groups = case
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, c) + spatial).astype(dtype)
-    w = rng.standard_normal((o, c // groups) + kernel).astype(dtype)
-    b = rng.standard_normal(o).astype(dtype)
-    dy = rng.standard_normal((n, o) + outShape(spatial, kernel, stride, pad, dilation)).astype(dtype)
-    return x, w, b, dy, (stride, pad, dilation, groups)
-
-
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("tile", [600, 1 << 20])  # row bands of one item / whole items per tile
 @pytest.mark.parametrize("case", CASES)
 def test_col2imBackwardDataMatchesReference(case, tile, threads, monkeypatch):
     # Threads split each tile's scatter over channel ranges; one item or several per tile, or bands of rows.
     setTiles(monkeypatch, tile, threads)
-    x, w, b, dy, (stride, pad, dilation, groups) = _data(case)
+    x, w, b, dy, (stride, pad, dilation, groups) = convData(case)
     calls = []
     fast = conv_im2col._fastBackwardData
     monkeypatch.setattr(conv_im2col, "_fastBackwardData", lambda *a: calls.append(1) or fast(*a))
@@ -65,7 +55,7 @@ def test_col2imBackwardDataMatchesReference(case, tile, threads, monkeypatch):
 def test_forwardAndWeightGradientMatchReference(case, tile, partialBytes, threads, monkeypatch):
     setTiles(monkeypatch, tile, threads)
     monkeypatch.setattr(conv_im2col, "_PARTIAL_BYTES", partialBytes)
-    x, w, b, dy, (stride, pad, dilation, groups) = _data(case)
+    x, w, b, dy, (stride, pad, dilation, groups) = convData(case)
     y = conv.forward(x, w, b, stride, pad, dilation, groups, algo="im2col")
     np.testing.assert_allclose(y, convForward(x, w, b, stride, pad, dilation, groups), **TOL64)
     dw, db = conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation, groups, algo="im2col")
@@ -79,41 +69,30 @@ def test_forwardAndWeightGradientMatchReference(case, tile, partialBytes, thread
 def test_sameBitsOnOneThreadOrTwo(tile, partialBytes, monkeypatch):
     # Tiles, blocks and partials are fixed by the shape: float32 results are bit-identical on 1 or 2 threads.
     monkeypatch.setattr(conv_im2col, "_PARTIAL_BYTES", partialBytes)
-    results = []
-    for threads in (1, 2, 2):
-        setTiles(monkeypatch, tile, threads)
+
+    def run():
+        results = []
         for case in (CASES[0], CASES[2]):
-            x, w, b, dy, (stride, pad, dilation, groups) = _data(case, np.float32)
-            results.append([conv.forward(x, w, b, stride, pad, dilation, groups, algo="im2col"),
-                            conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="im2col"),
-                            conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups,
-                                                algo="im2col")[0]])
-    for i, got in enumerate(results[2:], 2):
-        for u, v in zip(got, results[i % 2]):
-            assert np.array_equal(u, v)
+            x, w, b, dy, (stride, pad, dilation, groups) = convData(case, np.float32)
+            results += [conv.forward(x, w, b, stride, pad, dilation, groups, algo="im2col"),
+                        conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="im2col"),
+                        conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups, algo="im2col")[0]]
+        return results
+
+    resultsOnThreads(monkeypatch, run, tile=tile)
 
 
 @pytest.mark.skipif(conv_common.blasThreads is None, reason="no control of the BLAS threads")
 def test_backwardDataRestoresBlasThreads():
-    x, w, b, dy, (stride, pad, dilation, groups) = _data(CASES[0], np.float32)
+    x, w, b, dy, (stride, pad, dilation, groups) = convData(CASES[0], np.float32)
     assertRestoresBlasThreads(lambda: conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="im2col"))
 
 
 def test_backwardDataScratchWithinOneTile():
     # The column tile is bounded by the call's bound (about half of dx); nothing else of that size is allocated.
-    import tracemalloc
-
-    x, w, b, dy, (stride, pad, dilation, groups) = _data((4, 16, (24, 24), 16, (3, 3), (2, 2), (1, 1), (1, 1), 1),
-                                                         np.float32)
-    conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="im2col")
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        dx = conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="im2col")
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    case = (4, 16, (24, 24), 16, (3, 3), (2, 2), (1, 1), (1, 1), 1)
+    x, w, b, dy, (stride, pad, dilation, groups) = convData(case, np.float32)
+    dx, peak = tracedPeak(lambda: conv.backwardData(dy, w, x.shape, stride, pad, dilation, groups, algo="im2col"))
     bound = conv_common.tileBytesFor(dx.nbytes)
     assert peak - dx.nbytes <= bound + (64 << 10)
     np.testing.assert_allclose(dx, convBackwardData(dy, w, x.shape, stride, pad, dilation, groups),
@@ -128,7 +107,7 @@ def test_weightGradientWholeItemChunksDeinterleavedPerBlock(case, dtype, monkeyp
     # forward does, laid out (rows, items, pixels). Where the per-unit buffer does not fit next to the columns,
     # the strided axis is read in place. All match the reference, with the same bits on one thread and on two.
     monkeypatch.setattr(conv_im2col, "_DW_ROWS", 4)
-    x, w, b, dy, (stride, pad, dilation, groups) = _data(case, dtype)
+    x, w, b, dy, (stride, pad, dilation, groups) = convData(case, dtype)
     pixels = np.prod(dy.shape[2:])
     calls = []
     gather = conv_im2col._gatherItems5
@@ -136,14 +115,13 @@ def test_weightGradientWholeItemChunksDeinterleavedPerBlock(case, dtype, monkeyp
     tol = TOL64 if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
     ref = convBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)[0]
     for scale in (8, 9, 14, 16, 20, 28, 36, 48):  # bounds of 2 to 12 item-rows of 4 (the path needs room)
-        results = []
-        for threads in (1, 2):
-            setTiles(monkeypatch, 2 * (pixels * x.itemsize * scale), threads)
-            monkeypatch.setattr(conv_common, "MIN_TILE_BYTES", 2 * (pixels * x.itemsize * scale))  # not the last min
-            results.append(conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation, groups,
-                                               algo="im2col")[0])
-        assert np.array_equal(results[0], results[1])
-        np.testing.assert_allclose(results[0], ref, **tol)
+        tile = 2 * (pixels * x.itemsize * scale)
+        # The minimum set to this bound (setTiles alone would keep the smallest bound of the scales before).
+        monkeypatch.setattr(conv_common, "MIN_TILE_BYTES", tile)
+        dw = resultsOnThreads(monkeypatch, lambda: conv.backwardParams(x, dy, w.shape, False, stride, pad, dilation,
+                                                                       groups, algo="im2col")[0],
+                              tile=tile, threads=(1, 2))
+        np.testing.assert_allclose(dw, ref, **tol)
     assert calls and max(nb for nb, _ in calls) > 1  # chunks of several items, taken in turn
     assert min(channels for _, channels in calls) < x.shape[1]  # blocks of part of the channels
 
@@ -152,7 +130,7 @@ def test_weightGradientWholeItemChunksDeinterleavedPerBlock(case, dtype, monkeyp
 def test_forwardDeinterleavesWholeItemTilesOnly(threads, monkeypatch):
     # Whole-item tiles de-interleave their own items (no copy of all of x); bands of rows within an item use
     # one copy of x for the call. Both match the reference.
-    x, w, b, dy, (stride, pad, dilation, groups) = _data(CASES[1])
+    x, w, b, dy, (stride, pad, dilation, groups) = convData(CASES[1])
     calls = []
     tileFn = conv_im2col._deinterleaveTile
     monkeypatch.setattr(conv_im2col, "_deinterleaveTile", lambda *a: calls.append(1) or tileFn(*a))
@@ -168,31 +146,26 @@ def test_biasGradientSplitOverMapsSameBits(monkeypatch):
     # Large enough to be split between threads; each map's sum is the same on one thread or two.
     rng = np.random.default_rng(3)
     dy = rng.standard_normal((3, 7, 260, 250)).astype(np.float32)
-    results = []
-    for threads in (1, 2):
-        monkeypatch.setattr(conv_common, "THREADS", threads)
-        results.append((conv_im2col.biasGrad(dy), conv_im2col.biasGrad(dy.transpose(0, 1, 3, 2))))  # contiguous or not
-    for got in results[0]:
+
+    def sums():  # of dy contiguous, and not
+        return conv_im2col.biasGrad(dy), conv_im2col.biasGrad(dy.transpose(0, 1, 3, 2))
+
+    for got in resultsOnThreads(monkeypatch, sums, threads=(1, 2)):
         np.testing.assert_allclose(got, dy.astype(np.float64).sum(axis=(0, 2, 3)), rtol=1e-5)
-    for one, two in zip(*results):
-        assert np.array_equal(one, two)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_biasGradientFromTheWeightGradientPartials(dtype, monkeypatch):
     # Chunks summed in fixed partials, one block of dw's columns: the bias gradient is the partials' extra row
     # (no separate pass over dy), the same bits on one thread or two.
-    x, w, b, dy, (stride, pad, dilation, groups) = _data(CASES[1], dtype)
+    x, w, b, dy, (stride, pad, dilation, groups) = convData(CASES[1], dtype)
     calls = []
     monkeypatch.setattr(conv_im2col, "biasGrad", lambda *a: calls.append(1))
-    results = []
-    for threads in (1, 2):
-        setTiles(monkeypatch, 16800 * x.itemsize // 8, threads)  # bands of two output rows, one block
-        results.append(conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation, groups, algo="im2col"))
+    dw, db = resultsOnThreads(monkeypatch, lambda: conv.backwardParams(x, dy, w.shape, True, stride, pad, dilation,
+                                                                       groups, algo="im2col"),
+                              tile=16800 * x.itemsize // 8, threads=(1, 2))  # bands of two output rows, one block
     assert not calls
     rdw, rdb = convBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)
     tol = TOL64 if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
-    for dw, db in results:
-        np.testing.assert_allclose(dw, rdw, **tol)
-        np.testing.assert_allclose(db, rdb.reshape(-1), **tol)
-    assert all(np.array_equal(u, v) for u, v in zip(*results))
+    np.testing.assert_allclose(dw, rdw, **tol)
+    np.testing.assert_allclose(db, rdb.reshape(-1), **tol)

@@ -1,10 +1,11 @@
 """Implicit GEMMs (conv_implicit), forward and weight gradient: float32 against the float64 references of
-test_conv_algorithms on 1-D to 3-D shapes (strides on every axis, dilation, padding, groups, maps not a multiple
+tests/reference.py on 1-D to 3-D shapes (strides on every axis, dilation, padding, groups, maps not a multiple
 of 8, output rows not a multiple of 8, 16 or 32 pixels), the same bits on 1 or 2 threads, and the dispatch rules."""
 
 import numpy as np
 import pytest
-from test_conv_algorithms import refBackwardParams, refForward
+from conftest import resultsOnThreads, tracedPeak
+from reference import convBackwardParams, convForward
 
 from PuzzleLib.Engines.cpu import conv, conv_common, conv_implicit
 
@@ -39,7 +40,7 @@ def test_forwardMatchesFloat64Reference(shape, withBias):
     x, w, bias = _case(n, c, o, groups, spatial, kernel)
     bias = bias if withBias else None
     y = conv_implicit.forward(x, w, bias, stride, pad, dilation, groups)
-    ref = refForward(x, w, bias, stride, pad, dilation, groups)
+    ref = convForward(x, w, bias, stride, pad, dilation, groups)
     assert y.dtype == np.float32 and y.shape == ref.shape
     # One float32 chain of C/g * taps FMAs per output: within a few ulps of the magnitudes summed.
     assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
@@ -49,12 +50,9 @@ def test_forwardMatchesFloat64Reference(shape, withBias):
 def test_sameBitsOnOneOrTwoThreads(shape, monkeypatch):
     n, c, o, groups, spatial, kernel, stride, pad, dilation = shape
     x, w, bias = _case(n, c, o, groups, spatial, kernel, seed=1)
-    results = []
-    for threads in (1, 2):
-        monkeypatch.setattr(conv_common, "THREADS", threads)
-        monkeypatch.setattr(conv_common, "PARALLEL_WORK", 1)
-        results.append(conv_implicit.forward(x, w, bias, stride, pad, dilation, groups))
-    assert np.array_equal(results[0], results[1])
+    monkeypatch.setattr(conv_common, "PARALLEL_WORK", 1)
+    resultsOnThreads(monkeypatch, lambda: conv_implicit.forward(x, w, bias, stride, pad, dilation, groups),
+                     threads=(1, 2))
 
 
 @pytest.mark.skipif(not conv_implicit.sgemm.available, reason="dispatched on AVX-512 hosts only")
@@ -67,7 +65,7 @@ def test_dispatchedFromIm2colForwardInFloat32Only():
     assert not conv_implicit.preferred((8, 3, 64, 40), (64, 3, 7, 7), *args, np.float32)  # rows of 20
     y = conv.forward(x, w, bias, *args, algo="im2col")
     assert np.array_equal(y, conv_implicit.forward(x, w, bias, *args))
-    y64 = refForward(x, w, bias, *args)  # float64 inputs go through im2col (BLAS): the reference stays independent
+    y64 = convForward(x, w, bias, *args)  # float64 inputs go through im2col (BLAS): the reference stays independent
     assert np.abs(y64 - y).max() <= 1e-5 * np.abs(y64).max()
 
 
@@ -79,17 +77,8 @@ def test_workspaceEstimateCoversThePhasedCopy():
     assert need == (phased + 2 * 147 * 8) * 4
     assert conv.workspaceBytes("forward", "im2col", xShape, wShape, (2, 2), (3, 3), (1, 1), 1) == need
     # And it covers what a call allocates beyond its result (numpy's allocations, traced).
-    import tracemalloc
-
     x, w, bias = _case(*xShape[:2], wShape[0], 1, xShape[2:], wShape[2:])
-    conv.forward(x, w, bias, (2, 2), (3, 3), (1, 1), 1, algo="im2col")
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        y = conv.forward(x, w, bias, (2, 2), (3, 3), (1, 1), 1, algo="im2col")
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    y, peak = tracedPeak(lambda: conv.forward(x, w, bias, (2, 2), (3, 3), (1, 1), 1, algo="im2col"))
     assert peak - y.nbytes <= need + (16 << 10)  # tables, per-thread scratch tiles
 
 
@@ -117,7 +106,8 @@ def test_weightGradientMatchesFloat64Reference(shape):
     x, w, dy = _gradCase(shape)
     _, _, _, groups, _, _, stride, pad, dilation = shape
     dw, db = conv_implicit.backwardParams(x, dy, w.shape, stride, pad, dilation, groups, withBias=True)
-    ref, refDb = refBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)
+    ref, refDb = convBackwardParams(x, dy, w.shape, stride, pad, dilation, groups)
+    refDb = refDb.ravel()  # shaped (1, O, 1, ...) by the reference
     assert dw.dtype == np.float32 and dw.shape == w.shape and db.dtype == np.float32
     assert np.abs(dw - ref).max() <= 1e-5 * np.abs(ref).max()
     assert np.abs(db - refDb).max() <= 1e-5 * np.abs(refDb).max()
@@ -129,14 +119,16 @@ def test_weightGradientMatchesFloat64Reference(shape):
 def test_weightGradientSameBitsOnOneOrTwoThreads(shape, monkeypatch):
     x, w, dy = _gradCase(shape, seed=2)
     _, _, _, groups, _, _, stride, pad, dilation = shape
-    results = []
-    for threads, unitBytes in ((1, 512 << 10), (2, 512 << 10), (2, 1)):  # several units per part too
-        monkeypatch.setattr(conv_common, "THREADS", threads)
-        monkeypatch.setattr(conv_common, "PARALLEL_WORK", 1)
-        monkeypatch.setattr(conv_implicit, "UNIT_BYTES", unitBytes)
-        results.append(conv_implicit.backwardParams(x, dy, w.shape, stride, pad, dilation, groups, withBias=True))
-    assert np.array_equal(results[0][0], results[1][0]) and np.array_equal(results[0][1], results[1][1])
-    assert np.abs(results[2][0] - results[0][0]).max() <= 1e-5 * np.abs(results[0][0]).max()  # other units
+    monkeypatch.setattr(conv_common, "PARALLEL_WORK", 1)
+    monkeypatch.setattr(conv_implicit, "UNIT_BYTES", 512 << 10)
+
+    def run():
+        return conv_implicit.backwardParams(x, dy, w.shape, stride, pad, dilation, groups, withBias=True)
+
+    dw, _ = resultsOnThreads(monkeypatch, run, threads=(1, 2))
+    # Several units per part (still on two threads): other sums, the same within rounding.
+    monkeypatch.setattr(conv_implicit, "UNIT_BYTES", 1)
+    assert np.abs(run()[0] - dw).max() <= 1e-5 * np.abs(dw).max()
 
 
 @pytest.mark.skipif(not conv_implicit.sgemm.available, reason="dispatched on AVX-512 hosts only")

@@ -7,7 +7,7 @@ thread and on two.
 
 import numpy as np
 import pytest
-from conftest import engineCall, setTiles
+from conftest import engineCall, resultsOnThreads, setTiles, tracedPeak
 from reference import convBackwardData, outShape
 
 from PuzzleLib.Engines.cpu import conv, conv_col2im, conv_common, conv_phases
@@ -75,13 +75,8 @@ def test_float32AndNonContiguousInputs():
 @pytest.mark.parametrize("tile", [300, 1 << 20])
 def test_sameBitsOnOneThreadOrTwo(tile, monkeypatch):
     # Each dx element comes from one GEMM whose shape the convolution fixes: float32 bits do not depend on threads.
-    results = []
-    for threads in (1, 2, 2):
-        setTiles(monkeypatch, tile, threads)
-        results.append([_run(*_data(case, np.float32)) for case in (CASES[0], CASES[7])])
-    for got in results[1:]:
-        for u, v in zip(got, results[0]):
-            assert np.array_equal(u, v)
+    resultsOnThreads(monkeypatch, lambda: [_run(*_data(case, np.float32)) for case in (CASES[0], CASES[7])],
+                     tile=tile)
 
 
 def test_emptyBatch():
@@ -117,19 +112,9 @@ def test_dispatchOnlyWhereItWins(monkeypatch):
 
 def test_scratchWithinBound():
     # Scratch: the phase kernels (weights' size), the call's tile bound and two padded items of dy.
-    import tracemalloc
-
     dy, w, xShape, stride, pad, groups = _data((1, 128, (32, 32), 128, (3, 3), (2, 2), (1, 1), 1), np.float32)
     assert conv_phases.preferred(xShape, w.shape, stride, (1, 1), groups)
-    conv.backwardData(dy, w, xShape, stride, pad, (1, 1), groups, algo="im2col")
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        dx = conv.backwardData(dy, w, xShape, stride, pad, (1, 1), groups, algo="im2col")
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    dx, peak = tracedPeak(lambda: conv.backwardData(dy, w, xShape, stride, pad, (1, 1), groups, algo="im2col"))
     bound = conv.workspaceBytes("backwardData", "im2col", xShape, w.shape, stride, pad, (1, 1), groups)
     assert peak - dx.nbytes <= bound + (64 << 10)
     assert bound <= w.nbytes + conv_common.tileBytesFor(dx.nbytes) + 3 * dy.nbytes // len(dy)  # 2 items padded

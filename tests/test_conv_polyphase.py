@@ -2,10 +2,9 @@
 memlimit relies on bounds what a call really allocates, on both of its plans (phases stacked along the batch,
 or one phase at a time). Results against the float64 reference are tested in test_conv_algorithms."""
 
-import tracemalloc
-
 import numpy as np
 import pytest
+from conftest import tracedPeak
 
 from PuzzleLib.Engines.cpu import conv, conv_polyphase, conv_winograd
 
@@ -19,14 +18,7 @@ CASES = [  # (x shape, w shape, pad, dilation)
 
 def _scratchPeak(call):
     """Bytes a call allocates beyond its result, at its peak (numpy's buffers, as tracemalloc sees them)."""
-    call()  # compiled kernels and memoised plans first
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        result = call()
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    result, peak = tracedPeak(call)
     return peak - result.nbytes
 
 

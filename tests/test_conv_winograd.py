@@ -1,14 +1,14 @@
 """Winograd engine internals: the weight gradient split in fixed parts (whole groups, or rows of tile
 positions), per-group chunks, and the transforms of a share of the tile positions; F(2x2, 3x3)
-(conv_winograd2x2) in every direction and mode; float64 references from test_conv_algorithms
+(conv_winograd2x2) in every direction and mode; float64 references from tests/reference.py
 (independent direct sums)."""
 
 import numpy as np
 import pytest
-from conftest import engineCall
-from test_conv_algorithms import refBackwardData, refBackwardParams, refForward
+from conftest import engineCall, resultsOnThreads
+from reference import convBackwardData, convBackwardParams, convForward
 
-from PuzzleLib.Engines.cpu import conv, conv_common, conv_winograd, conv_winograd2x2
+from PuzzleLib.Engines.cpu import conv, conv_winograd, conv_winograd2x2
 
 pytestmark = pytest.mark.skipif(not conv_winograd.available, reason="numba is not installed")
 
@@ -27,14 +27,10 @@ def test_weightGradientPartsMatchReferenceOnAnyThreadCount(groups, tiny, monkeyp
     x, w, dy = _data(2, 6, 6, groups, 13, 18)
     if tiny:  # one tile row per chunk: many chunks summed in order into each part's entries
         monkeypatch.setattr(conv_winograd, "chunkBytes", lambda resultBytes: 1)
-    ref = refBackwardParams(x, dy, w.shape, (1, 1), (1, 1), (1, 1), groups)[0]
-    results = []
-    for threads in (1, 2, 2):
-        monkeypatch.setattr(conv_common, "THREADS", threads)
-        dw = conv.backwardParams(x, dy, w.shape, False, (1, 1), (1, 1), (1, 1), groups, algo="winograd")[0]
-        assert np.abs(dw - ref).max() <= 1e-12 * np.abs(ref).max()
-        results.append(dw)
-    assert np.array_equal(results[0], results[1]) and np.array_equal(results[1], results[2])
+    ref = convBackwardParams(x, dy, w.shape, (1, 1), (1, 1), (1, 1), groups)[0]
+    dw = resultsOnThreads(monkeypatch, lambda: conv.backwardParams(x, dy, w.shape, False, (1, 1), (1, 1), (1, 1),
+                                                                   groups, algo="winograd")[0])
+    assert np.abs(dw - ref).max() <= 1e-12 * np.abs(ref).max()
 
 
 @pytest.mark.parametrize("groups", [1, 2, 3])
@@ -43,18 +39,14 @@ def test_weightGradientByChunksMatchesReferenceOnAnyThreadCount(groups, tileByte
     # byChunks (conv_polyphase's stacked phases): the parts take fixed runs of chunks, all tile positions,
     # each into its own dU, added in part order; too few chunks fall back to the positions split.
     x, w, dy = _data(3, 6, 6, groups, 13, 18)
-    ref = refBackwardParams(x, dy, w.shape, (1, 1), (1, 1), (1, 1), groups)[0]
+    ref = convBackwardParams(x, dy, w.shape, (1, 1), (1, 1), (1, 1), groups)[0]
     dw = conv_winograd.backwardParams(x, dy, w.shape, (1, 1), groups, tileBytes=tileBytes, byChunks=True)
     assert np.abs(dw - ref).max() <= 1e-12 * np.abs(ref).max()
     x32, dy32 = x.astype(np.float32), dy.astype(np.float32)
-    results = []
-    for threads in (1, 2, 2):
-        monkeypatch.setattr(conv_common, "THREADS", threads)
-        results.append(conv_winograd.backwardParams(x32, dy32, w.shape, (1, 1), groups, tileBytes=tileBytes,
-                                                    byChunks=True))
-    assert results[0].dtype == np.float32
-    assert np.abs(results[0] - ref).max() <= 5e-5 * np.abs(ref).max()
-    assert np.array_equal(results[0], results[1]) and np.array_equal(results[1], results[2])
+    dw32 = resultsOnThreads(monkeypatch, lambda: conv_winograd.backwardParams(x32, dy32, w.shape, (1, 1), groups,
+                                                                              tileBytes=tileBytes, byChunks=True))
+    assert dw32.dtype == np.float32
+    assert np.abs(dw32 - ref).max() <= 5e-5 * np.abs(ref).max()
 
 
 def test_forwardChunksDoNotDependOnThreadCount(monkeypatch):
@@ -64,13 +56,9 @@ def test_forwardChunksDoNotDependOnThreadCount(monkeypatch):
     x = rng.standard_normal((2, 64, 30, 30)).astype(np.float32)
     w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
     tile = 8 * 36 * 128 * 7 * 4  # 8 tile rows of 7 tiles, 64 + 64 channels, float32
-    results = []
-    for threads in (1, 2, 2):
-        monkeypatch.setattr(conv_common, "THREADS", threads)
-        results.append(conv_winograd.forward(x, w, None, (1, 1), 1, tileBytes=tile))
-    ref = refForward(x.astype(np.float64), w.astype(np.float64), None, (1, 1), (1, 1), (1, 1), 1)
-    assert np.abs(results[0] - ref).max() <= 5e-5 * np.abs(ref).max()
-    assert np.array_equal(results[0], results[1]) and np.array_equal(results[1], results[2])
+    y = resultsOnThreads(monkeypatch, lambda: conv_winograd.forward(x, w, None, (1, 1), 1, tileBytes=tile))
+    ref = convForward(x, w, None, (1, 1), (1, 1), (1, 1), 1)
+    assert np.abs(y - ref).max() <= 5e-5 * np.abs(ref).max()
 
 
 @pytest.mark.parametrize("groups", [2, 4])
@@ -80,7 +68,7 @@ def test_forwardOneGroupPerPassMatchesReference(groups, monkeypatch):
     x, w, _ = _data(2, 8, 12, groups, 11, 9)
     b = np.linspace(-1, 1, 12)
     y = conv_winograd.forward(x, w, b, (1, 1), groups)
-    ref = refForward(x, w, b, (1, 1), (1, 1), (1, 1), groups)
+    ref = convForward(x, w, b, (1, 1), (1, 1), (1, 1), groups)
     assert np.abs(y - ref).max() <= 1e-12 * np.abs(ref).max()
 
 
@@ -118,14 +106,14 @@ def _check2(case, dtype, tol, withBias=True):
     x = rng.standard_normal((n, c) + spatial).astype(dtype)
     w = rng.standard_normal((o, c // groups, 3, 3)).astype(dtype)
     b = rng.standard_normal(o).astype(dtype) if withBias else None
-    ref = refForward(x, w, b, (1, 1), pad, (1, 1), groups)
+    ref = convForward(x, w, b, (1, 1), pad, (1, 1), groups)
     dy = rng.standard_normal(ref.shape).astype(dtype)
     with engineCall(1 << 20):
         got = [conv_winograd2x2.forward(x, w, b, pad, groups),
                conv_winograd2x2.backwardData(dy, w, x.shape, pad, groups),
                conv_winograd2x2.backwardParams(x, dy, w.shape, pad, groups)]
-    refs = [ref, refBackwardData(dy, w, x.shape, (1, 1), pad, (1, 1), groups),
-            refBackwardParams(x, dy, w.shape, (1, 1), pad, (1, 1), groups)[0]]
+    refs = [ref, convBackwardData(dy, w, x.shape, (1, 1), pad, (1, 1), groups),
+            convBackwardParams(x, dy, w.shape, (1, 1), pad, (1, 1), groups)[0]]
     for a, r in zip(got, refs):
         assert a.dtype == dtype and a.shape == r.shape
         err = np.abs(a - r).max() / np.abs(r).max()
@@ -159,12 +147,7 @@ def test_winograd2x2IndependentOfThreadCount(chunked, monkeypatch):
     if chunked:
         monkeypatch.setattr(conv_winograd2x2, "WHOLE_BYTES", 0)
         monkeypatch.setattr(conv_winograd2x2, "CHUNK_BYTES", 4096)
-    results = []
-    for threads in (1, 2, 2):
-        monkeypatch.setattr(conv_common, "THREADS", threads)
-        results.append(_check2((3, 12, (9, 7), 10, (1, 1), 2), np.float32, 1e-5))
-    for again in results[1:]:
-        assert all(np.array_equal(a, b) for a, b in zip(results[0], again))
+    resultsOnThreads(monkeypatch, lambda: _check2((3, 12, (9, 7), 10, (1, 1), 2), np.float32, 1e-5))
 
 
 def test_winograd2x2FlippedKernelTransformIsThePermutedOne():
@@ -185,7 +168,7 @@ def test_winograd2x2ThroughTheEngine():
     assert conv._winograd((8, 8, 3, 3), (2, 8, 56, 56), (1, 1)) is conv_winograd
     x, w, dy = _data(2, 8, 8, 1, 7, 9)
     got = conv.backwardParams(x, dy, w.shape, False, (1, 1), (1, 1), (1, 1), 1, algo="winograd")[0]
-    ref = refBackwardParams(x, dy, w.shape, (1, 1), (1, 1), (1, 1), 1)[0]
+    ref = convBackwardParams(x, dy, w.shape, (1, 1), (1, 1), (1, 1), 1)[0]
     assert np.abs(got - ref).max() <= 1e-13 * np.abs(ref).max()
     assert conv.workspaceBytes("forward", "winograd", x.shape, w.shape, (1, 1), (1, 1), (1, 1), 1) == \
         conv_winograd2x2.workspaceBytes("forward", x.shape, w.shape, (1, 1), 1)
@@ -216,13 +199,13 @@ def test_winograd4x4StillMatchesOnSmallMaps(case, dtype):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((n, c) + spatial).astype(dtype)
     w = rng.standard_normal((o, c // groups, 3, 3)).astype(dtype)
-    ref = refForward(x, w, None, (1, 1), pad, (1, 1), groups)
+    ref = convForward(x, w, None, (1, 1), pad, (1, 1), groups)
     dy = rng.standard_normal(ref.shape).astype(dtype)
     tol = 5e-5 if dtype == np.float32 else 1e-12
     with engineCall(1 << 20):
         got = [conv_winograd.forward(x, w, None, pad, groups), conv_winograd.backwardData(dy, w, x.shape, pad, groups),
                conv_winograd.backwardParams(x, dy, w.shape, pad, groups)]
-    refs = [ref, refBackwardData(dy, w, x.shape, (1, 1), pad, (1, 1), groups),
-            refBackwardParams(x, dy, w.shape, (1, 1), pad, (1, 1), groups)[0]]
+    refs = [ref, convBackwardData(dy, w, x.shape, (1, 1), pad, (1, 1), groups),
+            convBackwardParams(x, dy, w.shape, (1, 1), pad, (1, 1), groups)[0]]
     for a, r in zip(got, refs):
         assert np.abs(a - r).max() <= tol * np.abs(r).max()

@@ -1,12 +1,14 @@
-"""conv_winograd1d (F(6, 3) for 1-D 3-tap stride-1 convolutions) against an independent float64 reference.
+"""conv_winograd1d (F(6, 3) for 1-D 3-tap stride-1 convolutions) against the independent float64 references
+of tests/reference.py (one spatial axis).
 
-The reference is written here: a zero-padded input and one np.einsum per kernel tap (and its adjoints).
 Winograd is held to its stated error bound (relative to the result's largest magnitude), tighter for
 float64; results must be bit-identical run to run and on one or two threads.
 """
 
 import numpy as np
 import pytest
+from conftest import resultsOnThreads
+from reference import convBackwardData, convBackwardParams, convForward
 
 from PuzzleLib.Engines.cpu import conv, conv_common, conv_winograd1d
 
@@ -16,44 +18,11 @@ pytestmark = pytest.mark.skipif(not conv_winograd1d.available, reason="numba is 
 BOUND = {np.float32: 2e-5, np.float64: 1e-13}
 
 
-def refForward(x, w, b, pad, groups, dilation=1):
-    x, w = x.astype(np.float64), w.astype(np.float64)
-    n, c, size = x.shape
-    o, cg, k = w.shape
-    out = size + 2 * pad - dilation * (k - 1)
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad))).reshape(n, groups, cg, -1)
-    wg = w.reshape(groups, o // groups, cg, k)
-    y = np.zeros((n, groups, o // groups, out))
-    for t in range(k):
-        y += np.einsum("ngcl,goc->ngol", xp[..., t * dilation:t * dilation + out], wg[..., t])
-    y = y.reshape(n, o, out)
-    return y if b is None else y + b.astype(np.float64).reshape(1, o, 1)
-
-
-def refBackwardData(dy, w, xShape, pad, groups, dilation=1):
-    dy, w = dy.astype(np.float64), w.astype(np.float64)
-    n, c, size = xShape
-    o, cg, k = w.shape
-    out = dy.shape[2]
-    dxp = np.zeros((n, groups, cg, size + 2 * pad))
-    dyg = dy.reshape(n, groups, o // groups, out)
-    wg = w.reshape(groups, o // groups, cg, k)
-    for t in range(k):
-        dxp[..., t * dilation:t * dilation + out] += np.einsum("ngol,goc->ngcl", dyg, wg[..., t])
-    return dxp[..., pad:pad + size].reshape(xShape)
-
-
-def refBackwardParams(x, dy, wShape, pad, groups, dilation=1):
-    x, dy = x.astype(np.float64), dy.astype(np.float64)
-    n, c, size = x.shape
-    o, cg, k = wShape
-    out = dy.shape[2]
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad))).reshape(n, groups, cg, -1)
-    dyg = dy.reshape(n, groups, o // groups, out)
-    dw = np.zeros((groups, o // groups, cg, k))
-    for t in range(k):
-        dw[..., t] = np.einsum("ngcl,ngol->goc", xp[..., t * dilation:t * dilation + out], dyg)
-    return dw.reshape(wShape)
+def _refs(x, w, b, dy, pad, groups, dilation=1):
+    """The N-D references on one spatial axis, stride 1: output, input gradient, weight gradient."""
+    args = ((1,), (pad,), (dilation,), groups)
+    return [convForward(x, w, b, *args), convBackwardData(dy, w, x.shape, *args),
+            convBackwardParams(x, dy, w.shape, *args)[0]]
 
 
 def _data(n, c, size, o, pad, groups, dtype, seed=0, dilation=1):
@@ -78,9 +47,7 @@ def _directions(x, w, b, dy, pad, groups, dilation=1):
 
 def _check(n, c, size, o, pad, groups, dtype, bound=None, dilation=1):
     x, w, b, dy = _data(n, c, size, o, pad, groups, dtype, dilation=dilation)
-    refs = [refForward(x, w, b, pad, groups, dilation), refBackwardData(dy, w, x.shape, pad, groups, dilation),
-            refBackwardParams(x, dy, w.shape, pad, groups, dilation)]
-    for ours, ref in zip(_directions(x, w, b, dy, pad, groups, dilation), refs):
+    for ours, ref in zip(_directions(x, w, b, dy, pad, groups, dilation), _refs(x, w, b, dy, pad, groups, dilation)):
         assert ours.dtype == dtype
         assert _relErr(ours, ref) <= (bound or BOUND[dtype])
 
@@ -140,12 +107,9 @@ def test_errorBound(channels, dtype):
 
 def test_deterministicAndThreadIndependent(monkeypatch):
     x, w, b, dy = _data(4, 32, 700, 32, 1, 1, np.float32)
-    first = _directions(x, w, b, dy, 1, 1)
     assert len(conv_winograd1d._chunks(4 * 117, 32, 32, 4)) >= 2   # the threads really split the work
-    for _ in range(2):
-        assert all(np.array_equal(a, f) for a, f in zip(_directions(x, w, b, dy, 1, 1), first))
-    monkeypatch.setattr(conv_common, "THREADS", 1)
-    assert all(np.array_equal(a, f) for a, f in zip(_directions(x, w, b, dy, 1, 1), first))
+    # Three runs on the engine's own thread count, then one on a single thread.
+    resultsOnThreads(monkeypatch, lambda: _directions(x, w, b, dy, 1, 1), threads=(conv_common.THREADS,) * 3 + (1,))
 
 
 def test_dispatchAndHeuristic():
@@ -167,11 +131,11 @@ def test_dispatchAndHeuristic():
     # Through the engine's entry points, bias gradient included.
     x, w, b, dy = _data(2, 6, 40, 4, 1, 2, np.float64)
     args = ((1,), (1,), (1,), 2)
-    assert _relErr(conv.forward(x, w, b, *args, algo="winograd"), refForward(x, w, b, 1, 2)) <= 1e-13
-    assert _relErr(conv.backwardData(dy, w, x.shape, *args, algo="winograd"),
-                   refBackwardData(dy, w, x.shape, 1, 2)) <= 1e-13
+    ref, refDx, refDw = _refs(x, w, b, dy, 1, 2)
+    assert _relErr(conv.forward(x, w, b, *args, algo="winograd"), ref) <= 1e-13
+    assert _relErr(conv.backwardData(dy, w, x.shape, *args, algo="winograd"), refDx) <= 1e-13
     dw, db = conv.backwardParams(x, dy, w.shape, True, *args, algo="winograd")
-    assert _relErr(dw, refBackwardParams(x, dy, w.shape, 1, 2)) <= 1e-13
+    assert _relErr(dw, refDw) <= 1e-13
     np.testing.assert_allclose(db, dy.sum(axis=(0, 2)), rtol=1e-12)
     assert conv.workspaceBytes("forward", "winograd", (8, 64, 4096), (64, 64, 3), (1,), (1,), (1,), 1) > 0
 
