@@ -5,7 +5,7 @@ dimension, Winograd F(2x2)) against the float64 reference, with the kernel and w
 
 import numpy as np
 import pytest
-from test_conv_algorithms import refBackwardData, refForward
+from reference import convBackwardData, convForward
 
 from PuzzleLib.Engines.cpu import conv, conv_winograd2x2, sgemm
 
@@ -69,6 +69,29 @@ def test_batchedBroadcastsLeadingAxes():
     assert np.array_equal(unpacked, c)
 
 
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("shared", [False, True])
+def test_batchedLoopGivesGemmsBits(packed, shared):
+    """batched's compiled loop over the last leading axis: the bits of one gemm per leading index, with A
+    per index or one A for all, strided views, a column range, the bias and accumulation."""
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((1 if shared else 3, 13, 37)).astype(np.float32)
+    operand = np.stack([sgemm.packA(m) for m in a]) if packed else a.transpose(0, 2, 1).copy().transpose(0, 2, 1)
+    if shared:
+        operand = operand[0]
+    b = rng.standard_normal((2, 3, 37, 60)).astype(np.float32)[..., 5:55]
+    start = rng.standard_normal((2, 3, 13, 50)).astype(np.float32)
+    bias = sgemm.biasRows(rng.standard_normal(13).astype(np.float32), 13)
+    for accumulate in (False, True):
+        c, ref = start.copy(), start.copy()
+        sgemm.batched(operand, b, c, bias, accumulate, cols=(3, 45), packed=packed)
+        for i, j in np.ndindex(2, 3):
+            sgemm.gemm(operand if shared else operand[j], b[i, j], ref[i, j], bias, accumulate, cols=(3, 45),
+                       packed=packed)
+        assert np.array_equal(c, ref)
+        assert np.array_equal(c[..., :3], start[..., :3]) and np.array_equal(c[..., 45:], start[..., 45:])
+
+
 def _conv32(n, c, o, groups, h, w, kernel, seed=3):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
@@ -84,8 +107,7 @@ def test_im2colForwardShortInnerDimension(useKernel, groups, stride, pad, monkey
     monkeypatch.setattr(sgemm, "available", useKernel and sgemm.available)
     x, w, bias = _conv32(2, 6, 12, groups, 23, 30, (7, 7))
     y = conv.forward(x, w, bias, stride, pad, (1, 1), groups, algo="im2col")
-    ref = refForward(x.astype(np.float64), w.astype(np.float64), bias.astype(np.float64), stride, pad, (1, 1),
-                     groups)
+    ref = convForward(x, w, bias, stride, pad, (1, 1), groups)
     assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
@@ -96,12 +118,11 @@ def test_winograd2x2ThroughTheKernel(useKernel, monkeypatch):
     monkeypatch.setattr(sgemm, "available", useKernel and sgemm.available)
     x, w, bias = _conv32(2, 20, 36, 1, 7, 9, (3, 3), seed=4)
     dy = np.random.default_rng(5).standard_normal((2, 36, 7, 9)).astype(np.float32)
-    x64, w64 = x.astype(np.float64), w.astype(np.float64)
     y = conv_winograd2x2.forward(x, w, bias, (1, 1), 1)
-    ref = refForward(x64, w64, bias.astype(np.float64), (1, 1), (1, 1), (1, 1), 1)
+    ref = convForward(x, w, bias, (1, 1), (1, 1), (1, 1), 1)
     assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
     dx = conv_winograd2x2.backwardData(dy, w, x.shape, (1, 1), 1)
-    refDx = refBackwardData(dy.astype(np.float64), w64, x.shape, (1, 1), (1, 1), (1, 1), 1)
+    refDx = convBackwardData(dy, w, x.shape, (1, 1), (1, 1), (1, 1), 1)
     assert np.abs(dx - refDx).max() <= 1e-5 * np.abs(refDx).max()
 
 
