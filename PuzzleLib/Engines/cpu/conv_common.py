@@ -7,6 +7,7 @@ touches the output range whose input index is in bounds (``tapRange``).
 """
 
 import ctypes
+import functools
 import glob
 import itertools
 import math
@@ -183,6 +184,33 @@ def biasVector(bias, o, dtype):
     return np.zeros(o, dtype=dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype).reshape(o)
 
 
+def lead3(values, fill=1):
+    """Per-axis values of a 1-D to 3-D convolution as three: the compiled kernels are written for 3-D, and a
+    missing leading axis is a unit one (``fill``: 1 for sizes, strides and dilations, 0 for padding)."""
+    return (fill,) * (3 - len(values)) + tuple(values)
+
+
+def shape5(shape):
+    """(N, C, *spatial) as (N, C, D, H, W), unit leading spatial axes (see lead3)."""
+    return tuple(shape[:2]) + lead3(shape[2:])
+
+
+def as5(a):
+    """A view of (N, C, *spatial) as (N, C, D, H, W), unit leading spatial axes: shape5 written out, as some
+    callers take it per engine call."""
+    return a.reshape(a.shape[:2] + (1,) * (5 - a.ndim) + a.shape[2:])
+
+
+def params3(stride, pad, dilation):
+    """Stride, padding and dilation of a 1-D to 3-D convolution for three axes (see lead3)."""
+    return lead3(stride), lead3(pad, 0), lead3(dilation)
+
+
+def contiguous(a):
+    """``a`` itself when C-contiguous, else a contiguous copy: the compiled kernels index flat views."""
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
 def transposedPad(kernel, pad, dilation):
     """Padding of the stride-1 transposed convolution (may be negative: the gradient is then cropped)."""
     return tuple(d * (k - 1) - p for k, p, d in zip(kernel, pad, dilation))
@@ -219,6 +247,24 @@ def chunkWorkers(chunks):
     return max(1, min(THREADS, chunks)) if blasThreads is not None else 1
 
 
+def oneBlasThread(fn):
+    """fn with BLAS on one thread while it runs, its thread count restored after (unchanged without control)."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        if blasThreads is None:
+            return fn(*args, **kwargs)
+        setN, getN = blasThreads
+        before = getN()
+        setN(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            setN(before)
+
+    return run
+
+
+@oneBlasThread
 def runChunks(fn, workers):
     """fn(k) for k in range(workers), one per thread, with BLAS single-threaded meanwhile (one worker too).
 
@@ -232,10 +278,7 @@ def runChunks(fn, workers):
         for k in range(workers):
             fn(k)
         return
-    setN, getN = blasThreads
-    before = getN()
-    setN(1)
-    _chunks.depth += 1
+    _chunks.depth += 1  # a matmul on these threads runs whole, on its thread
     try:
         if workers == 1:
             fn(0)
@@ -243,7 +286,19 @@ def runChunks(fn, workers):
             parallel(lambda k0, k1: [fn(k) for k in range(k0, k1)], workers, 1 << 62)
     finally:
         _chunks.depth -= 1
-        setN(before)
+
+
+def dealParts(fn, parts, workers=None):
+    """fn(k, j) for every part j in range(parts), on ``workers`` threads (runChunks; chunkWorkers(parts) by
+    default), worker k taking parts k, k + workers, ...: the parts, fixed by the shape, decide the results,
+    the thread count only who computes them."""
+    workers = chunkWorkers(parts) if workers is None else workers
+
+    def work(k):
+        for j in range(k, parts, workers):
+            fn(k, j)
+
+    runChunks(work, workers)
 
 
 def evenStep(total, step):
@@ -290,13 +345,11 @@ def matmul(a, b, out):
     cols = out.shape[-1]
     parts = max(1, min(_SPLIT_PARTS, cols // _MIN_SPLIT_COLS)) if out.size * a.shape[-1] >= PARALLEL_WORK else 1
     bounds = [cols * k // parts for k in range(parts + 1)]
-    workers = chunkWorkers(parts)
 
-    def part(k):
-        for j in range(k, parts, workers):
-            np.matmul(a, b[..., bounds[j]:bounds[j + 1]], out=out[..., bounds[j]:bounds[j + 1]])
+    def part(_, j):
+        np.matmul(a, b[..., bounds[j]:bounds[j + 1]], out=out[..., bounds[j]:bounds[j + 1]])
 
-    runChunks(part, workers)
+    dealParts(part, parts)
 
 
 # Column parts of a shared GEMM (fixed, whatever the thread count), and the fewest columns worth a part.

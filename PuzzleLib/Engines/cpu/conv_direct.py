@@ -15,7 +15,20 @@ Every accumulation runs in a fixed order: results are identical run to run and f
 import numpy as np
 
 from PuzzleLib.Engines.cpu import conv_common
-from PuzzleLib.Engines.cpu.conv_common import memo, outputShape, parallel, prod, tapRange, threadCount, transposedPad
+from PuzzleLib.Engines.cpu.conv_common import (
+    as5,
+    contiguous,
+    lead3,
+    memo,
+    outputShape,
+    parallel,
+    params3,
+    prod,
+    shape5,
+    tapRange,
+    threadCount,
+    transposedPad,
+)
 
 try:
     from numba import njit
@@ -770,27 +783,12 @@ if njit is not None:
     _forwardSame3 = njit(cache=True, nogil=True)(_forwardSame3)
 
 
-def _as5(a):
-    """View (N, C, *spatial) as (N, C, D, H, W) with unit leading spatial axes."""
-    return a.reshape(a.shape[:2] + (1,) * (5 - a.ndim) + a.shape[2:])
-
-
-def _contiguous(a):
-    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
-
-
-def _params3(stride, pad, dilation):
-    lead = 3 - len(stride)
-    return (tuple([1] * lead + list(stride)), tuple([0] * lead + list(pad)), tuple([1] * lead + list(dilation)))
-
-
 def _plan(xShape, wShape, stride, pad, dilation):
     """Per-shape constants of a forward call (output shape, 5-D views, kernel parameters)."""
     outSpatial = outputShape(xShape[2:], wShape[2:], stride, pad, dilation)
-    lead = (1,) * (3 - len(outSpatial))
     yShape = (xShape[0], wShape[0]) + outSpatial
-    return (yShape, xShape[:2] + lead + xShape[2:], wShape[:2] + lead + wShape[2:], yShape[:2] + lead + outSpatial,
-            _params3(stride, pad, dilation), _isSame(xShape, wShape, stride, outSpatial))
+    return (yShape, shape5(xShape), shape5(wShape), shape5(yShape), params3(stride, pad, dilation),
+            _isSame(xShape, wShape, stride, outSpatial))
 
 
 def _isSame(xShape, wShape, stride, outSpatial):
@@ -813,11 +811,9 @@ def _makeMasks(hh_, ww_, dilation):
 
 def _planT(dyShape, wShape, xShape, pad, dilation):
     """Per-shape constants of a unit-stride backward-data call (5-D views, transposed padding)."""
-    lead = (1,) * (5 - len(xShape))
-    _, pd, dl = _params3((1,) * len(pad), transposedPad(wShape[2:], pad, dilation), dilation)
     same = _isSame(dyShape, wShape, (1,) * len(pad), xShape[2:])
-    return (dyShape[:2] + lead + dyShape[2:], wShape[:2] + lead + wShape[2:], xShape[:2] + lead + xShape[2:], pd, dl,
-            same)
+    return (shape5(dyShape), shape5(wShape), shape5(xShape), lead3(transposedPad(wShape[2:], pad, dilation), 0),
+            lead3(dilation), same)
 
 
 _UNIT = {1: (1,), 2: (1, 1), 3: (1, 1, 1)}
@@ -861,7 +857,7 @@ def _makeForwardRunner(xShape, wShape, stride, pad, dilation, groups, dtype):
             bias = zeroBias
         elif bias.dtype != dtype or not bias.flags.c_contiguous:
             bias = np.ascontiguousarray(bias, dtype=dtype)
-        launch(_contiguous(x), _contiguous(w).reshape(w5), bias, y)
+        launch(contiguous(x), contiguous(w).reshape(w5), bias, y)
         return y
 
     return run
@@ -914,13 +910,13 @@ def backwardDataRunner(dyShape, wShape, xShape, stride, pad, dilation, groups, d
 
 def _makeBackwardDataRunner(dyShape, wShape, xShape, stride, pad, dilation, groups, dtype):
     if stride != _UNIT[len(stride)]:
-        params = _params3(stride, pad, dilation)
+        params = params3(stride, pad, dilation)
 
         def scatter(dy, w):
             if not useNumba:
                 return _numpyBackwardData(dy, w, xShape, stride, pad, dilation, groups)
             dx = np.zeros(xShape, dtype=dtype)
-            _backwardData5(_as5(np.ascontiguousarray(dy)), _as5(np.ascontiguousarray(w)), _as5(dx), *params)
+            _backwardData5(as5(np.ascontiguousarray(dy)), as5(np.ascontiguousarray(w)), as5(dx), *params)
             return dx
 
         return scatter
@@ -934,7 +930,7 @@ def _makeBackwardDataRunner(dyShape, wShape, xShape, stride, pad, dilation, grou
         if not useNumba:
             return _numpyBackwardData(dy, w, xShape, stride, pad, dilation, groups)
         dx = np.empty(xShape, dtype=dtype)
-        launch(_contiguous(dy), _contiguous(w).reshape(w5), zeroBias, dx)
+        launch(contiguous(dy), contiguous(w).reshape(w5), zeroBias, dx)
         return dx
 
     return gather
@@ -944,8 +940,8 @@ def backwardParams(x, dy, wShape, stride, pad, dilation, groups):
     if not useNumba:
         return _numpyBackwardParams(x, dy, wShape, stride, pad, dilation, groups)
     dw = np.empty(wShape, dtype=x.dtype)
-    x5, dy5, dw5 = _as5(_contiguous(x)), _as5(_contiguous(dy)), _as5(dw)
-    st, pd, dl = _params3(stride, pad, dilation)
+    x5, dy5, dw5 = as5(contiguous(x)), as5(contiguous(dy)), as5(dw)
+    st, pd, dl = params3(stride, pad, dilation)
     work = dy.size * prod(wShape[1:])
     if (wShape[-1] == 3 and st == (1, 1, 1) and dw5.shape[2:] == (1, 3, 3) and dy5.shape[2:] == x5.shape[2:]
             and _same3Fits(x5.shape[3], x5.shape[4], dl[1], dl[2])):

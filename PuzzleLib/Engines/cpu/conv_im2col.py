@@ -16,8 +16,12 @@ import numpy as np
 
 from PuzzleLib.Engines.cpu import conv_common, sgemm
 from PuzzleLib.Engines.cpu.conv_common import (
+    as5,
+    contiguous,
+    lead3,
     outputShape,
     parallel,
+    params3,
     prod,
     rowTiles,
     tapRange,
@@ -66,15 +70,14 @@ def _itemsMatmul(a, b, out, bias=None):
         return
     # The runs are fixed by the shape: the result does not depend on the thread count.
     bounds = [n * k // _GEMM_PARTS for k in range(_GEMM_PARTS + 1)]
-    workers = conv_common.chunkWorkers(_GEMM_PARTS)
 
-    def part(k):
-        for j in range(k, _GEMM_PARTS, workers):
-            np.matmul(a, b[bounds[j]:bounds[j + 1]], out=out[bounds[j]:bounds[j + 1]])
-            if bias is not None:
-                out[bounds[j]:bounds[j + 1]] += bias
+    def part(_, j):
+        items = slice(bounds[j], bounds[j + 1])
+        np.matmul(a, b[items], out=out[items])
+        if bias is not None:
+            out[items] += bias
 
-    conv_common.runChunks(part, workers)
+    conv_common.dealParts(part, _GEMM_PARTS)
 
 
 _GEMM_PARTS = 2
@@ -265,7 +268,7 @@ def biasGrad(dy):
     one contiguous row), then the items added in order. Maps are split between threads (case 3's 25 MiB dy:
     1.0 -> 0.55 ms); each map's sum is the same on any number of threads."""
     n, o = dy.shape[:2]
-    rows = _contiguous(dy).reshape(n, o, prod(dy.shape[2:]))
+    rows = contiguous(dy).reshape(n, o, prod(dy.shape[2:]))
     db = np.empty(o, dtype=dy.dtype)
 
     def part(o0, o1):
@@ -378,12 +381,7 @@ def _fastPlan(x, kernel, stride, pad, dilation, deinterleave=True):
     With a strided last axis and ``deinterleave`` False, xs is None: the caller de-interleaves its tiles' items
     itself (_deinterleaveTile, _gatherItems5).
     """
-    lead = 5 - x.ndim
-    x5 = _contiguous(x).reshape(x.shape[:2] + (1,) * lead + x.shape[2:])
-    k5 = (1,) * lead + tuple(kernel)
-    st, pd, dl = ((1,) * lead + tuple(stride), (0,) * lead + tuple(pad), (1,) * lead + tuple(dilation))
-    o5 = outputShape(x5.shape[2:], k5, st, pd, dl)
-    s = st[2]
+    x5, (kw_, s, p, d), o5, geometry = _plan5(x, kernel, stride, pad, dilation)
     if s == 1:
         xs = x5.reshape(x5.shape[:4] + (1, x5.shape[4]))
     elif deinterleave:
@@ -391,34 +389,50 @@ def _fastPlan(x, kernel, stride, pad, dilation, deinterleave=True):
         parallel(lambda c0, c1: _deinterleave5(x5, xs, s, 0, c0, c1, 0), x5.shape[1], x5.size)
     else:
         xs = None
-    phase, base, lo, hi = (np.empty(k5[2], dtype=np.int64) for _ in range(4))
-    for kw in range(k5[2]):
-        l0, l1, _ = tapRange(x5.shape[4], o5[2], kw, s, pd[2], dl[2])
-        offset = kw * dl[2] - pd[2]
+    phase, base, lo, hi = (np.empty(kw_, dtype=np.int64) for _ in range(4))
+    for kw in range(kw_):
+        l0, l1, _ = tapRange(x5.shape[4], o5[2], kw, s, p, d)
+        offset = kw * d - p
         phase[kw], base[kw] = offset % s, offset // s
         lo[kw], hi[kw] = l0, l1
-    return xs, (phase, base, lo, hi, np.array(st), np.array(pd), np.array(dl), np.array(k5), np.array(o5)), o5
+    return xs, (phase, base, lo, hi) + geometry, o5
+
+
+def _plan5(x, kernel, stride, pad, dilation):
+    """The part of _fastPlan and _fastPlanT that is the same: x viewed 5-D (no copy when contiguous), the last
+    axis's (kernel, stride, padding, dilation) for the per-tap tables, the output's three spatial sizes, and
+    the tables' common tail (stride, padding, dilation, kernel and output sizes of three axes, as arrays)."""
+    x5 = as5(contiguous(x))
+    k5 = lead3(kernel)
+    st, pd, dl = params3(stride, pad, dilation)
+    o5 = outputShape(x5.shape[2:], k5, st, pd, dl)
+    return x5, (k5[2], st[2], pd[2], dl[2]), o5, (np.array(st), np.array(pd), np.array(dl), np.array(k5), np.array(o5))
 
 
 def _phasesShape(x5, s):
     return x5.shape[:4] + (s, -(-x5.shape[4] // s))
 
 
-def _fastGather(xs, tables, cols, n0, r0, r1, ck=None):
-    """_gatherRows5 of rows [0, ck) (all of cols' rows by default), split between threads."""
-    ck = cols.shape[1] if ck is None else ck
-    work = cols.size
-    parallel(lambda k0, k1: _gatherRows5(xs, cols, *tables, n0, r0, r1, k0, k1, 0, 0, *_tileLayout(cols)), ck,
-             max(work, 1 << 20))
+def _fastGather(xs, tables, cols, n0, r0, r1, ck=None, split=True):
+    """_gatherRows5 of rows [0, ck) (all of cols' rows by default) into a (items, rows, pixels) tile, split
+    between threads if ``split``."""
+    layout = _tileLayout(cols)
+    _splitRows(lambda k0, k1: _gatherRows5(xs, cols, *tables, n0, r0, r1, k0, k1, 0, 0, *layout), 0,
+               cols.shape[1] if ck is None else ck, max(cols.size, 1 << 20), split)
+
+
+def _splitRows(fn, k0, k1, work, split):
+    """fn(a, b) over rows [k0, k1): split between threads (``parallel``, by ``work``) if ``split``, else whole
+    on this thread (one of the caller's own threads). Each row is written by one call: no result changes."""
+    if split:
+        parallel(lambda a, b: fn(k0 + a, k0 + b), k1 - k0, work)
+    else:
+        fn(k0, k1)
 
 
 def _tileLayout(cols):
     """_gatherRows5's pitches of a (items, rows, pixels) tile."""
     return cols.shape[2], cols.shape[1] * cols.shape[2]
-
-
-def _contiguous(a):
-    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
 def _fastForward(x, w, bias, stride, pad, dilation, groups):
@@ -443,7 +457,7 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
         return y
     ck = c * prod(kernel)
     xs, tables, o5 = _fastPlan(x, kernel, stride, pad, dilation, False)
-    wg = _contiguous(w).reshape(groups, o // groups, ck // groups)
+    wg = contiguous(w).reshape(groups, o // groups, ck // groups)
     # One group and a short, already ragged inner dimension: the bias folded into the GEMM as one more inner row
     # (ones in the columns, the bias next to the weights) instead of added to each tile's output afterwards
     # (case 3, inner 147: the adds cost 1.4 ms of one thread, 7% of the GEMMs, the extra row nothing
@@ -475,7 +489,7 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
     if xs is None and not local:
         xs, _, _ = _fastPlan(x, kernel, stride, pad, dilation)
     if local:
-        x5 = _contiguous(x).reshape(x.shape[:2] + (1,) * (5 - x.ndim) + x.shape[2:])
+        x5 = as5(contiguous(x))
         phasesShape = _phasesShape(x5, stride[-1])
         phases = [workspace.get(f"im2col-phases{k}", (max(n1 - n0 for n0, n1, _, _ in tiles),) + phasesShape[1:],
                                 x.dtype) for k in range(workers)]
@@ -487,10 +501,7 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
             if local:  # this tile's items, de-interleaved; the gather then reads them from item 0
                 source, first = phases[k][:n1 - n0], 0
                 _deinterleaveTile(x5, source, stride[-1], n0, 0, c, workers == 1)
-            if workers == 1:
-                _fastGather(source, tables, cols, first, r0, r1, ck)
-            else:
-                _gatherRows5(source, cols, *tables, first, r0, r1, 0, ck, 0, 0, *_tileLayout(cols))
+            _fastGather(source, tables, cols, first, r0, r1, ck, split=workers == 1)
             if folded:
                 cols[:, ck] = 1
             out = yg[n0:n1, :, :, r0 * rowLen:r1 * rowLen]
@@ -548,10 +559,7 @@ if useNumba:
 def _deinterleaveTile(x5, xs, s, n0, c0, c1, split):
     """Items [n0, n0 + len(xs)), channels [c0, c1) of x5 de-interleaved into xs (channel c at c - c0), split
     between threads over the channels if ``split``."""
-    if split:
-        parallel(lambda a, b: _deinterleave5(x5, xs, s, n0, c0 + a, c0 + b, c0), c1 - c0, xs.size)
-    else:
-        _deinterleave5(x5, xs, s, n0, c0, c1, c0)
+    _splitRows(lambda a, b: _deinterleave5(x5, xs, s, n0, a, b, c0), c0, c1, xs.size, split)
 
 
 def _ownGemms(w):
@@ -626,7 +634,7 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=F
         count = -(-count // _SPLIT) * _SPLIT
         rows = -(-kg // count)
     blocks = [(g, k0, min(kg, k0 + rows)) for g in range(groups) for k0 in range(0, kg, rows)]
-    dyFlat = _contiguous(dy).reshape(n, o, pixels)
+    dyFlat = contiguous(dy).reshape(n, o, pixels)
     # Each chunk's whole column matrix in one block, one item per chunk: that is the forward's tile layout,
     # and a strided last axis is then cheaper de-interleaved once (contiguous row copies, as the forward's
     # gather: case 3 gather 9.7 -> 2.5 ms of one thread) than read in place, if x is no larger than dy.
@@ -648,7 +656,7 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=F
         # Each thread sums its run of chunks into its own partials (of _SPLIT fixed runs), added at the end.
         parts = _SPLIT
         workers = conv_common.chunkWorkers(parts)
-        halves = [chunks[len(chunks) * h // parts:len(chunks) * (h + 1) // parts] for h in range(parts)]
+        halves = conv_common.runs(chunks, parts)
         runs = [[(h, chunk, block) for h in range(k, parts, workers) for chunk in halves[h] for block in blocks]
                 for k in range(workers)]
         # Own partials are kept transposed, (kg, O): cols @ dy.T runs faster than dy @ cols.T on these thin
@@ -659,10 +667,9 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=F
         # Each thread a contiguous run of dw's column blocks, written in place: per block the chunks in order,
         # the first written, the others added (each element sums its chunks in the same order on any threads).
         halves = [chunks]
-        units = [(0, chunk, block) for block in blocks for chunk in chunks]
         workers = conv_common.chunkWorkers(len(blocks)) if own else 1
-        runs = [units[len(chunks) * (len(blocks) * k // workers):len(chunks) * (len(blocks) * (k + 1) // workers)]
-                for k in range(workers)]
+        runs = [[(0, chunk, block) for block in share for chunk in chunks]
+                for share in conv_common.runs(blocks, workers)]
         partials, ones = None, 0
     shared = None
     if folded and len(chunks) == 1:  # one chunk spanning items: dy transposed once, read by every thread
@@ -689,20 +696,13 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=F
             withOnes[-1] = 1
         start = g * kg
         if phased:
-            cols5 = cols.reshape(1, kg, span)
-            if workers == 1:
-                _fastGather(xs, tables5, cols5, n0, r0, r1)
-            else:
-                _gatherRows5(xs, cols5, *tables5, n0, r0, r1, 0, kg, 0, 0, *_tileLayout(cols5))
+            _fastGather(xs, tables5, cols.reshape(1, kg, span), n0, r0, r1, split=workers == 1)
         elif localPhases:
             c0, c1 = k0 // taps, -(-k1 // taps)
             _gatherItems5(x5, phases[k][:, :c1 - c0], cols.reshape(-1), stride[-1], *tables5, n0, nb, r0, r1, k0,
                           k1, c0, c1, nb * span, span)
-        elif workers == 1:
-            _fastGatherT(x5, tables, cols, n0, nb, r0, r1, start + k0, start + k1)
         else:
-            _gatherRowsT(x5, cols.reshape(-1), *tables, n0, nb, r0, r1, start + k0, nb * span, span,
-                         start + k0, start + k1)
+            _fastGatherT(x5, tables, cols, n0, nb, r0, r1, start + k0, start + k1, split=workers == 1)
         if nb == 1:
             dyOp = dyFlat[n0, g * og:(g + 1) * og, r0 * o5[2]:r1 * o5[2]]
         elif shared is not None:
@@ -760,22 +760,19 @@ _DW_ROWS = 256
 
 def _fastPlanT(x, kernel, stride, pad, dilation):
     """5-D view of x (no copy when contiguous) and the per-tap tables of _gatherRowsT."""
-    lead = 5 - x.ndim
-    x5 = _contiguous(x).reshape(x.shape[:2] + (1,) * lead + x.shape[2:])
-    k5 = (1,) * lead + tuple(kernel)
-    st, pd, dl = ((1,) * lead + tuple(stride), (0,) * lead + tuple(pad), (1,) * lead + tuple(dilation))
-    o5 = outputShape(x5.shape[2:], k5, st, pd, dl)
-    start, lo, hi = (np.empty(k5[2], dtype=np.int64) for _ in range(3))
-    for kw in range(k5[2]):
-        lo[kw], hi[kw], start[kw] = tapRange(x5.shape[4], o5[2], kw, st[2], pd[2], dl[2])
-    return x5, (start, lo, hi, np.array(st), np.array(pd), np.array(dl), np.array(k5), np.array(o5)), o5
+    x5, (kw_, s, p, d), o5, geometry = _plan5(x, kernel, stride, pad, dilation)
+    start, lo, hi = (np.empty(kw_, dtype=np.int64) for _ in range(3))
+    for kw in range(kw_):
+        lo[kw], hi[kw], start[kw] = tapRange(x5.shape[4], o5[2], kw, s, p, d)
+    return x5, (start, lo, hi) + geometry, o5
 
 
-def _fastGatherT(x5, tables, cols, n0, nb, r0, r1, k0, k1):
+def _fastGatherT(x5, tables, cols, n0, nb, r0, r1, k0, k1, split=True):
+    """_gatherRowsT of rows [k0, k1) into cols (rows, items * pixels), split between threads if ``split``."""
     flat = cols.reshape(-1)
     span = cols.shape[1] // max(nb, 1)
-    parallel(lambda a, b: _gatherRowsT(x5, flat, *tables, n0, nb, r0, r1, k0, cols.shape[1], span, k0 + a, k0 + b),
-             k1 - k0, max(cols.size, 1 << 20))
+    _splitRows(lambda a, b: _gatherRowsT(x5, flat, *tables, n0, nb, r0, r1, k0, cols.shape[1], span, a, b), k0, k1,
+               max(cols.size, 1 << 20), split)
 
 
 def _gatherRowsT(x5, dst, start, lo, hi, st, pd, dl, kshape, oshape, n0, nb, r0, r1, kBase, kPitch, itemPitch,
@@ -930,8 +927,8 @@ def col2imOperands(dy, w, xShape, stride, pad, dilation, groups):
     ckg = xShape[1] * prod(w.shape[2:]) // groups
     x5, tables, o5 = _fastPlanT(dx, tuple(w.shape[2:]), stride, pad, dilation)
     assert tuple(o5[-dy.ndim + 2:]) == tuple(dy.shape[2:])
-    wgT = _contiguous(w).reshape(groups, o // groups, ckg).transpose(0, 2, 1)
-    dyg = _contiguous(dy).reshape(n, groups, o // groups, -1)
+    wgT = contiguous(w).reshape(groups, o // groups, ckg).transpose(0, 2, 1)
+    dyg = contiguous(dy).reshape(n, groups, o // groups, -1)
     return dx, (x5, tables, o5, wgT, dyg)
 
 

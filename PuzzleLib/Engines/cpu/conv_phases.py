@@ -21,7 +21,7 @@ only for one item (several items run faster as col2im with whole items per threa
 import numpy as np
 
 from PuzzleLib.Engines.cpu import conv_common
-from PuzzleLib.Engines.cpu.conv_common import evenStep, prod, tileBytes, workspace
+from PuzzleLib.Engines.cpu.conv_common import as5, evenStep, lead3, prod, tileBytes, workspace
 
 try:
     from numba import njit
@@ -86,13 +86,9 @@ def backwardData(dy, w, xShape, stride, pad, groups):
     """
     n, o = dy.shape[:2]
     c = xShape[1]
-    lead = 5 - len(xShape)
     dx = np.empty(xShape, dtype=dy.dtype)
-    dx5 = dx.reshape(xShape[:2] + (1,) * lead + tuple(xShape[2:]))
-    dy5 = dy.reshape(dy.shape[:2] + (1,) * lead + dy.shape[2:])
-    w5 = w.reshape(w.shape[:2] + (1,) * lead + w.shape[2:])
-    st = (1,) * lead + tuple(stride)
-    pd = (0,) * lead + tuple(pad)
+    dx5, dy5, w5 = as5(dx), as5(dy), as5(w)
+    st, pd = lead3(stride), lead3(pad, 0)
     perAxis, lows, dims = _layout(dx5.shape[2:], dy5.shape[2:], w5.shape[2:], st, pd)
     plane = dims[1] * dims[2]
     pitch = _pitch(dims)
@@ -215,8 +211,6 @@ def _pitch(dims):
 def workspaceBytes(xShape, dyShape, wShape, stride, pad, itemsize):
     """The phase kernels (the weights' size), the call's tile bound (two threads' columns and products) and
     two padded items of dy."""
-    lead = 5 - len(xShape)
-    _, _, dims = _layout((1,) * lead + tuple(xShape[2:]), (1,) * lead + tuple(dyShape[2:]),
-                         (1,) * lead + tuple(wShape[2:]), (1,) * lead + tuple(stride), (0,) * lead + tuple(pad))
+    _, _, dims = _layout(lead3(xShape[2:]), lead3(dyShape[2:]), lead3(wShape[2:]), lead3(stride), lead3(pad, 0))
     padded = dyShape[1] * _pitch(dims) * itemsize
     return prod(wShape) * itemsize + conv_common.tileBytesFor(prod(xShape) * itemsize) + 2 * padded

@@ -24,11 +24,9 @@ stated bound, 5e-5 (float32) and 1e-12 (float64).
 """
 
 
-import functools
-
 import numpy as np
 
-from PuzzleLib.Engines.cpu.conv_common import biasVector, blasThreads, chunkWorkers, runChunks, workspace
+from PuzzleLib.Engines.cpu.conv_common import biasVector, chunkWorkers, dealParts, oneBlasThread, workspace
 
 try:
     from numba import njit, uintp
@@ -384,28 +382,11 @@ if available:
     _gradTransform = njit(cache=True, nogil=True)(_gradTransform)
 
 
-def _oneBlasThread(fn):
-    """fn with BLAS on one thread while it runs. For the kernel-space transforms (thin products, memory-bound):
-    threaded, OpenBLAS's workers go on spinning after the call and take the cores from the chunk threads
-    that follow (N8 256->256 14x14 forward, two threads: 97 ms of CPU per call, 164 ms wall; with these
-    products on one thread 37 ms and 66 ms, im2col 35 and 54 in the same run)."""
-    if blasThreads is None:
-        return fn
-
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        setN, getN = blasThreads
-        before = getN()
-        setN(1)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            setN(before)
-
-    return run
-
-
-@_oneBlasThread
+# The kernel-space transforms (kernelTransform, kernelGradient: thin products, memory-bound) run with BLAS on one
+# thread: threaded, OpenBLAS's workers go on spinning after the call and take the cores from the chunk threads
+# that follow (N8 256->256 14x14 forward, two threads: 97 ms of CPU per call, 164 ms wall; with these products
+# on one thread 37 ms and 66 ms, im2col 35 and 54 in the same run).
+@oneBlasThread
 def kernelTransform(w, groups):
     """U (36, groups, O // groups, C // groups) = G g G^T for every (o, c).
 
@@ -519,9 +500,9 @@ def forward(x, w, bias, pad, groups, tileBytes=None, u=None, out=None):
     bufs = [(workspace.get(f"wino-v{k}", (36 * cg * step * tw,), x.dtype),
              workspace.get(f"wino-m{k}", (36 * og * step * tw,), x.dtype)) for k in range(workers)]
 
-    def work(k):
+    def work(k, r):
         vb, mb = bufs[k]
-        for q0, q1 in (chunk for r in range(k, parts, workers) for chunk in runs[r]):
+        for q0, q1 in runs[r]:
             p = (q1 - q0) * tw
             v, m = vb[:36 * cg * p].reshape(36, cg, p), mb[:36 * og * p].reshape(36, og, p)
             for gi in range(groups):
@@ -531,7 +512,7 @@ def forward(x, w, bias, pad, groups, tileBytes=None, u=None, out=None):
                 np.matmul(u[:, gi], v, out=m)
                 _outputTransform(m.reshape(36, og * p), 0, 0, og, y, biasv, th, tw, q0, q1, cst, o0, o0 + og)
 
-    runChunks(work, workers)
+    dealParts(work, parts, workers)
     return y
 
 
@@ -619,32 +600,31 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None, byChunks=False):
     # byChunks: each part's own dU (part 0 sums into holder's).
     sums = [holder[0]] + [np.empty(duShape, dtype=x.dtype) for _ in range(_GRAD_PARTS - 1)] if byChunks else None
 
-    def work(k):
+    def work(k, r):
         vb, mb, mtb, part = bufs[k]
-        for r in range(k, _GRAD_PARTS, workers):
-            du = sums[r] if byChunks else holder[0]
-            for ci, (q0, q1) in enumerate(runs[r]):
-                p = (q1 - q0) * tw
-                for gi, a0, a1 in units[r]:
-                    c0, o0, np_ = gi * cg, gi * og, 6 * (a1 - a0)
-                    v, mg = vb[:np_ * cg * p].reshape(np_, cg, p), mb[:np_ * og * p].reshape(np_, og, p)
-                    _inputTransform(xc, v.reshape(np_, cg * p), 0, 0, cg, pad[0], pad[1], th, tw, q0, q1, cst,
-                                    c0, c0 + cg, a0, a1)
-                    _gradTransform(dyc, mg.reshape(np_, og * p), 0, 0, og, th, tw, q0, q1, cst, o0, o0 + og, a0, a1)
-                    if copied:
-                        lhs, rhs = v, mtb[:np_ * og * p].reshape(np_, p, og)
-                        np.copyto(rhs, mg.transpose(0, 2, 1))
+        du = sums[r] if byChunks else holder[0]
+        for ci, (q0, q1) in enumerate(runs[r]):
+            p = (q1 - q0) * tw
+            for gi, a0, a1 in units[r]:
+                c0, o0, np_ = gi * cg, gi * og, 6 * (a1 - a0)
+                v, mg = vb[:np_ * cg * p].reshape(np_, cg, p), mb[:np_ * og * p].reshape(np_, og, p)
+                _inputTransform(xc, v.reshape(np_, cg * p), 0, 0, cg, pad[0], pad[1], th, tw, q0, q1, cst,
+                                c0, c0 + cg, a0, a1)
+                _gradTransform(dyc, mg.reshape(np_, og * p), 0, 0, og, th, tw, q0, q1, cst, o0, o0 + og, a0, a1)
+                if copied:
+                    lhs, rhs = v, mtb[:np_ * og * p].reshape(np_, p, og)
+                    np.copyto(rhs, mg.transpose(0, 2, 1))
+                else:
+                    lhs, rhs = mg, v.transpose(0, 2, 1)
+                for k0 in range(0, np_, block):
+                    entries = du[6 * a0 + k0:6 * a0 + k0 + block, gi]
+                    if ci == 0:
+                        np.matmul(lhs[k0:k0 + block], rhs[k0:k0 + block], out=entries)
                     else:
-                        lhs, rhs = mg, v.transpose(0, 2, 1)
-                    for k0 in range(0, np_, block):
-                        entries = du[6 * a0 + k0:6 * a0 + k0 + block, gi]
-                        if ci == 0:
-                            np.matmul(lhs[k0:k0 + block], rhs[k0:k0 + block], out=entries)
-                        else:
-                            np.matmul(lhs[k0:k0 + block], rhs[k0:k0 + block], out=part)
-                            entries += part
+                        np.matmul(lhs[k0:k0 + block], rhs[k0:k0 + block], out=part)
+                        entries += part
 
-    runChunks(work, workers)
+    dealParts(work, _GRAD_PARTS, workers)
     workspace.release()  # the transform buffers are dead; the kernel-space transform below needs its own
     if byChunks:
         for r in range(1, _GRAD_PARTS):  # in part order: deterministic
@@ -653,7 +633,7 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None, byChunks=False):
     return kernelGradient(holder, wShape, transposed=copied)
 
 
-@_oneBlasThread
+@oneBlasThread  # see kernelTransform
 def kernelGradient(holder, wShape, transposed=False):
     """dW (wShape: O, C/g, 3, 3) from the transformed-domain gradient dU (36, groups, O/g, C/g), or
     (36, groups, C/g, O/g) with ``transposed``.
