@@ -35,7 +35,7 @@ max |error| / max |result| was at most 3e-6 in float32 and 7e-15 in float64 (im2
 
 import numpy as np
 
-from PuzzleLib.Engines.cpu.conv_common import biasVector, chunkWorkers, runChunks, runs, shareItems, workspace
+from PuzzleLib.Engines.cpu.conv_common import biasVector, chunkWorkers, dealParts, runs, shareItems, workspace
 
 try:
     from numba import njit, uintp
@@ -425,20 +425,19 @@ def _gradU(x, dy, p, groups):
                  workspace.get(f"wino1d-m{k}", (POINTS * og * step,), x.dtype),
                  workspace.get(f"wino1d-t{k}", (POINTS, og, cg), x.dtype)) for k in range(workers)]
 
-        def work(k):
+        def work(k, r):
             vb, mb, tmp = bufs[k]
-            for r in range(k, _GRAD_PARTS, workers):
-                for q0, q1 in parts[r]:
-                    span = q1 - q0
-                    v = vb[:POINTS * cg * span].reshape(POINTS, cg, span)
-                    mg = mb[:POINTS * og * span].reshape(POINTS, og, span)
-                    for gi in range(groups):
-                        _inputTransform(xc, v, p, tiles, q0, q1, gi * cg, (gi + 1) * cg, cst)
-                        _gradTransform(dyc, mg, tiles, q0, q1, gi * og, (gi + 1) * og, cst)
-                        np.matmul(mg, v.transpose(0, 2, 1), out=tmp)
-                        du[r, :, gi] += tmp
+            for q0, q1 in parts[r]:
+                span = q1 - q0
+                v = vb[:POINTS * cg * span].reshape(POINTS, cg, span)
+                mg = mb[:POINTS * og * span].reshape(POINTS, og, span)
+                for gi in range(groups):
+                    _inputTransform(xc, v, p, tiles, q0, q1, gi * cg, (gi + 1) * cg, cst)
+                    _gradTransform(dyc, mg, tiles, q0, q1, gi * og, (gi + 1) * og, cst)
+                    np.matmul(mg, v.transpose(0, 2, 1), out=tmp)
+                    du[r, :, gi] += tmp
 
-        runChunks(work, workers)
+        dealParts(work, _GRAD_PARTS, workers)
     total = du[0]
     for r in range(1, _GRAD_PARTS):
         total += du[r]

@@ -156,20 +156,19 @@ def backwardParams(x, dy, wShape, pad, groups):
              workspace.get(f"wino3-m{k}", (36 * o * step * P,), x.dtype),
              workspace.get(f"wino3-du{k}", (36, groups, og, kd_ * cg), x.dtype)) for k in range(workers)]
 
-    def work(k):
+    def work(k, r):
         part = bufs[k][2]
-        for r in range(k, parts, workers):
-            for item, d0, d1 in shares[r]:
-                m, win = _transformRun(x, (item, d0, d1), bufs[k], kd_, o, groups, pad, tiles, cst)
-                flatM = m.reshape(36, -1)
-                for j in range(d1 - d0):
-                    conv_winograd._gradTransform(dy[item:item + 1, :, d0 + j], flatM, j * og * P, (d1 - d0) * og * P,
-                                                 og, *tiles, 0, tiles[0], cst, 0, o, 0, 6)
-                for j in range(d1 - d0):
-                    np.matmul(m[:, :, j], win[:, :, j].transpose(0, 1, 3, 2), out=part)
-                    sums[r] += part
+        for item, d0, d1 in shares[r]:
+            m, win = _transformRun(x, (item, d0, d1), bufs[k], kd_, o, groups, pad, tiles, cst)
+            flatM = m.reshape(36, -1)
+            for j in range(d1 - d0):
+                conv_winograd._gradTransform(dy[item:item + 1, :, d0 + j], flatM, j * og * P, (d1 - d0) * og * P, og,
+                                             *tiles, 0, tiles[0], cst, 0, o, 0, 6)
+            for j in range(d1 - d0):
+                np.matmul(m[:, :, j], win[:, :, j].transpose(0, 1, 3, 2), out=part)
+                sums[r] += part
 
-    conv_common.runChunks(work, workers)
+    conv_common.dealParts(work, parts, workers)
     for r in range(1, parts):
         sums[0] += sums[r]
     holder = [sums[0]]
