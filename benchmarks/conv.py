@@ -669,6 +669,7 @@ def meta(args, engines, np):
         "command": " ".join([Path(sys.executable).name] + sys.argv),
         "python": platform.python_version(), "machine": platform.machine(), "cpu": _cpuName(),
         "cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg(), "threads": args.threads,
+        "pid": os.getpid(),  # the parent's: no worker may be it
         "reps": args.reps, "warmup": args.warmup, "sample_s": args.sample_s, "optimize": args.optimize,
         "method": method, "method_text": METHODS[method], "workers": workers,
         # What numpy's BLAS is in the process that times ours (the ours worker, unless --inprocess).

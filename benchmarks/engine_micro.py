@@ -98,7 +98,8 @@ def pageOverhead(reps=20000):
           f"through the module (algorithm {pick})")
 
 
-# (M, K, N) of the products sgemm serves: case 3's im2col tile, case 5's per-item GEMM, case 4's F(2x2) block.
+# (M, K, N) of thin products: a 7x7 stem's im2col tile as BLAS gets it (147 taps and a bias row; case 3 itself
+# runs conv_implicit), case 5's per-item GEMM, case 4's F(2x2) block.
 SGEMM_SHAPES = ((64, 148, 3472), (256, 1152, 196), (504, 512, 128))
 
 

@@ -43,7 +43,7 @@ def test_tiny_run_writes_the_table(tmp_path):
     assert meta["method"] == "isolated" and "method: isolated" in stdout
     workers = meta["workers"]
     assert set(workers) == {"ours", *peers} and workers["ours"]["loaded_peers"] == []
-    assert len({w["pid"] for w in workers.values()} | {os.getpid()}) == len(workers) + 1
+    assert len({w["pid"] for w in workers.values()} | {meta["pid"]}) == len(workers) + 1
     assert any(b.get("user_api") == "blas" for b in workers["ours"]["blas"])
     assert (Path(meta["puzzlelib_path"]) / "Modules").is_dir()
     for p in peers:

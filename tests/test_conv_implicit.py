@@ -5,7 +5,7 @@ of 8, output rows not a multiple of 8, 16 or 32 pixels), the same bits on 1 or 2
 import numpy as np
 import pytest
 from conftest import resultsOnThreads, tracedPeak
-from reference import convBackwardParams, convForward
+from reference import convBackwardParams, convForward, outShape
 
 from PuzzleLib.Engines.cpu import conv, conv_common, conv_implicit
 
@@ -96,7 +96,7 @@ GRAD_SHAPES = [
 def _gradCase(shape, seed=0):
     n, c, o, groups, spatial, kernel, stride, pad, dilation = shape
     x, w, _ = _case(n, c, o, groups, spatial, kernel, seed)
-    out = conv.outputShape(spatial, kernel, stride, pad, dilation)
+    out = outShape(spatial, kernel, stride, pad, dilation)
     dy = np.random.default_rng(seed + 7).standard_normal((n, o) + out).astype(np.float32)
     return x, w, dy
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import resultsOnThreads
 from reference import convBackwardData, convBackwardParams, convForward
 
-from PuzzleLib.Engines.cpu import conv, conv_common, conv_winograd1d
+from PuzzleLib.Engines.cpu import conv, conv_winograd1d
 
 pytestmark = pytest.mark.skipif(not conv_winograd1d.available, reason="numba is not installed")
 
@@ -18,19 +18,19 @@ pytestmark = pytest.mark.skipif(not conv_winograd1d.available, reason="numba is 
 BOUND = {np.float32: 2e-5, np.float64: 1e-13}
 
 
-def _refs(x, w, b, dy, pad, groups, dilation=1):
+def _refs(x, w, b, dy, pad, groups):
     """The N-D references on one spatial axis, stride 1: output, input gradient, weight gradient."""
-    args = ((1,), (pad,), (dilation,), groups)
+    args = ((1,), (pad,), (1,), groups)
     return [convForward(x, w, b, *args), convBackwardData(dy, w, x.shape, *args),
             convBackwardParams(x, dy, w.shape, *args)[0]]
 
 
-def _data(n, c, size, o, pad, groups, dtype, seed=0, dilation=1):
+def _data(n, c, size, o, pad, groups, dtype, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, c, size)).astype(dtype)
     w = rng.standard_normal((o, c // groups, 3)).astype(dtype)
     b = rng.standard_normal(o).astype(dtype)
-    dy = rng.standard_normal((n, o, size + 2 * pad - 2 * dilation)).astype(dtype)
+    dy = rng.standard_normal((n, o, size + 2 * pad - 2)).astype(dtype)
     return x, w, b, dy
 
 
@@ -39,15 +39,15 @@ def _relErr(ours, ref):
     return np.abs(ours.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-300)
 
 
-def _directions(x, w, b, dy, pad, groups, dilation=1):
-    return [conv_winograd1d.forward(x, w, b, (pad,), groups, (dilation,)),
-            conv_winograd1d.backwardData(dy, w, x.shape, (pad,), groups, (dilation,)),
-            conv_winograd1d.backwardParams(x, dy, w.shape, (pad,), groups, (dilation,))]
+def _directions(x, w, b, dy, pad, groups):
+    return [conv_winograd1d.forward(x, w, b, (pad,), groups),
+            conv_winograd1d.backwardData(dy, w, x.shape, (pad,), groups),
+            conv_winograd1d.backwardParams(x, dy, w.shape, (pad,), groups)]
 
 
-def _check(n, c, size, o, pad, groups, dtype, bound=None, dilation=1):
-    x, w, b, dy = _data(n, c, size, o, pad, groups, dtype, dilation=dilation)
-    for ours, ref in zip(_directions(x, w, b, dy, pad, groups, dilation), _refs(x, w, b, dy, pad, groups, dilation)):
+def _check(n, c, size, o, pad, groups, dtype, bound=None):
+    x, w, b, dy = _data(n, c, size, o, pad, groups, dtype)
+    for ours, ref in zip(_directions(x, w, b, dy, pad, groups), _refs(x, w, b, dy, pad, groups)):
         assert ours.dtype == dtype
         assert _relErr(ours, ref) <= (bound or BOUND[dtype])
 
@@ -75,20 +75,6 @@ def test_directions(case, dtype):
     _check(*case, dtype)
 
 
-# (n, c, L, o, pad, groups, dilation): phases of unequal length, pads past the dilation (phases whose
-# windows start inside the input), a phase with a single output, groups.
-DILATED = [
-    (2, 6, 37, 4, 1, 1, 2), (1, 4, 5, 2, 0, 2, 2), (3, 4, 13, 6, 2, 2, 3), (2, 6, 8, 4, 3, 1, 4),
-    (2, 4, 30, 4, 5, 2, 3), (1, 2, 7, 2, 6, 1, 4), (2, 8, 100, 4, 0, 4, 2),
-]
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("case", DILATED)
-def test_dilated(case, dtype):
-    _check(*case[:6], dtype, dilation=case[6])
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_manyChunks(monkeypatch, dtype):
     """Chunks a few tiles long (forced by a tiny chunk bound): chunks start and end inside items and span
@@ -108,8 +94,8 @@ def test_errorBound(channels, dtype):
 def test_deterministicAndThreadIndependent(monkeypatch):
     x, w, b, dy = _data(4, 32, 700, 32, 1, 1, np.float32)
     assert len(conv_winograd1d._chunks(4 * 117, 32, 32, 4)) >= 2   # the threads really split the work
-    # Three runs on the engine's own thread count, then one on a single thread.
-    resultsOnThreads(monkeypatch, lambda: _directions(x, w, b, dy, 1, 1), threads=(conv_common.THREADS,) * 3 + (1,))
+    # Three runs on two threads, then one on a single thread.
+    resultsOnThreads(monkeypatch, lambda: _directions(x, w, b, dy, 1, 1), threads=(2, 2, 2, 1))
 
 
 def test_dispatchAndHeuristic():

@@ -916,7 +916,7 @@ def _makeBackwardDataRunner(dyShape, wShape, xShape, stride, pad, dilation, grou
             if not useNumba:
                 return _numpyBackwardData(dy, w, xShape, stride, pad, dilation, groups)
             dx = np.zeros(xShape, dtype=dtype)
-            _backwardData5(as5(np.ascontiguousarray(dy)), as5(np.ascontiguousarray(w)), as5(dx), *params)
+            _backwardData5(as5(contiguous(dy)), as5(contiguous(w)), as5(dx), *params)
             return dx
 
         return scatter

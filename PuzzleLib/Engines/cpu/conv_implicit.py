@@ -10,7 +10,7 @@ the bias added.
 
 Where it wins: short receptive fields on long output rows, as in a network's stem. Same process, interleaved,
 2 threads, float32, ms, im2col (tiled gather + sgemm) vs here: N8 3->64 224x224 k7 s2 p3 (case 3) 12.6 vs 10.3;
-3->32 224x224 k3 7.7 vs 9.3; 16->32 112x112 k3 s2 2.8 vs 2.5. It loses on deep fields over short rows, where
+3->32 224x224 k3 9.3 vs 7.7; 16->32 112x112 k3 s2 2.8 vs 2.5. It loses on deep fields over short rows, where
 im2col's gather is cheap next to its GEMMs and the tiles are thin: 64->128 56x56 k3 s2 (28-pixel rows, depth
 576) 6.0 vs 6.8; 128->256 28x28 k3 s2 (case 5) 6.0 vs 7.6.
 
@@ -215,8 +215,8 @@ def backwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=False)
     output rows (x de-interleaved by its stride, as the forward), by sgemm.dotTile: 6 taps by 4 maps, lane partial
     sums kept in memory between units and added up at the end. With ``withBias`` the last tile's last tap is a row
     of ones (sgemm.dotTileOnes), one of its padding taps where there is one (case 3: 147 = 24 x 6 + 3), so db comes
-    out of the same pass over dy (a separate threaded sum of case 3's 25 MiB dy took 0.8 ms). Needs output rows of
-    16 pixels or more and a multiple of 4 maps per group (``backwardParamsPreferred``)."""
+    out of the same pass over dy (a separate threaded sum of case 3's 25 MiB dy took 0.8 ms). Needs a multiple of
+    4 maps per group (whole map tiles); ``backwardParamsPreferred`` also asks for long rows, where it is faster."""
     n, c = x.shape[:2]
     o = dy.shape[1]
     kernel = tuple(wShape[2:])

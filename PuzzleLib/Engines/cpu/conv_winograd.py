@@ -559,25 +559,24 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None, byChunks=False):
     xc, dyc = np.ascontiguousarray(x), np.ascontiguousarray(dy)
     cst = transformConstants(x.dtype)
     total = n * th
-    units = _gradUnits(groups)
-    if byChunks:
-        units = [[(gi, 0, 6) for gi in range(groups)]] * _GRAD_PARTS
-    pos = max(6 * (a1 - a0) for part in units for _, a0, a1 in part)  # tile positions per unit
     limit = tileBytes or chunkBytes(max(x.nbytes, dy.nbytes))
-    step = _chunkRows(total, tw, cg * pos // 36, og * pos // 36, x.itemsize, limit // _GRAD_PARTS)
-    if tileBytes is None:
-        # The tiles are these GEMMs' inner dimension: fewer than a couple of dozen starve them (N1 56x56:
-        # one row of 14 tiles ran 2.6 ms, two rows 2.0 ms; benchmarks/conv.py case 9).
-        step = min(total, max(step, -(-_MIN_GRAD_TILES // tw)))
-    chunks = _chunkRanges(total, step, 1)[0]
-    byChunks = byChunks and len(chunks) >= _GRAD_PARTS
-    if not byChunks and units[0] is units[1]:  # too few chunks to split: back to the positions
-        units = _gradUnits(groups)
+
+    def plan(units):
+        """Tile positions per unit, and the chunks of tile rows their buffers allow."""
         pos = max(6 * (a1 - a0) for part in units for _, a0, a1 in part)
         step = _chunkRows(total, tw, cg * pos // 36, og * pos // 36, x.itemsize, limit // _GRAD_PARTS)
         if tileBytes is None:
+            # The tiles are these GEMMs' inner dimension: fewer than a couple of dozen starve them (N1 56x56:
+            # one row of 14 tiles ran 2.6 ms, two rows 2.0 ms; benchmarks/conv.py case 9).
             step = min(total, max(step, -(-_MIN_GRAD_TILES // tw)))
-        chunks = _chunkRanges(total, step, 1)[0]
+        return pos, step, _chunkRanges(total, step, 1)[0]
+
+    units = [[(gi, 0, 6) for gi in range(groups)]] * _GRAD_PARTS if byChunks else _gradUnits(groups)
+    pos, step, chunks = plan(units)
+    byChunks = byChunks and len(chunks) >= _GRAD_PARTS
+    if not byChunks and units[0] is units[1]:  # too few chunks to split: back to the positions
+        units = _gradUnits(groups)
+        pos, step, chunks = plan(units)
     # byChunks: the tile rows split evenly between the parts, each part's into chunks of at most step rows.
     runs = _chunkRanges(total, step, _GRAD_PARTS) if byChunks else [chunks] * _GRAD_PARTS
     workers = chunkWorkers(_GRAD_PARTS if chunks else 1)

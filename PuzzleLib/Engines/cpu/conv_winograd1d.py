@@ -9,11 +9,10 @@ per point serves a chunk of tiles across items (no loop over batch items).
 Backward-data of a stride-1 convolution is the forward convolution of the gradient with the flipped,
 transposed kernel and padding 2 - pad (negative padding crops), so the same code serves it.
 The weight gradient is the adjoint: dW = G^T [sum over tiles (A g) * (B^T d)], 8 GEMMs (O, tiles) @ (tiles, C).
-The three directions also take a dilation d: each output phase (every d-th output) is an undilated
-convolution of one input phase (_phases), copied out and back. conv's dispatch does not offer that
-(``applies`` is undilated only): on N8 64->64 L4096 (a loaded host, same-process interleaved, vs im2col) d=2
-ran forward 14.7 vs 30.1 ms and backward-data 9.2 vs 13.1 (minima) but backward-params 21.1 vs 19.3, and d=4
-tied or lost.
+Undilated only (``applies``): dilated 1-D convolutions run im2col. Running each output phase (every d-th
+output) as an undilated convolution of one input phase was measured on N8 64->64 L4096 (a loaded host,
+same-process interleaved, vs im2col): d=2 forward 14.7 vs 30.1 ms and backward-data 9.2 vs 13.1 (minima),
+but backward-params 21.1 vs 19.3, and d=4 tied or lost; it was not kept.
 
 The transforms are numba loops over tiles (cache on disk). The input transform first splits a channel's
 samples into their six phases modulo 6 (one interleaved load, vectorised), so that the transform itself
@@ -309,46 +308,19 @@ def _scalar(v):
     return v[0] if isinstance(v, (tuple, list)) else v
 
 
-def _phases(out, pad, dilation):
-    """Dilation d: output phase r (outputs r, r + d, ...) reads only input phase s = (r - pad) mod d, as an
-    undilated convolution of that phase with padding -base: [(r, s, base, outputs of the phase)]."""
-    found = []
-    for r in range(min(dilation, out)):
-        s = (r - pad) % dilation
-        found.append((r, s, (r - pad - s) // dilation, len(range(r, out, dilation))))
-    return found
-
-
-def forward(x, w, bias, pad, groups, dilation=(1,)):
-    """Forward 3-tap stride-1 convolution of x (N, C, L) with w (O, C // groups, 3); pad (p,) may be negative.
-
-    Dilation d > 1 runs one undilated convolution per phase (_phases): the phase's input samples copied out,
-    its outputs copied into every d-th output (one copy of the input and of the output in all).
-    """
+def forward(x, w, bias, pad, groups):
+    """Forward 3-tap stride-1 convolution of x (N, C, L) with w (O, C // groups, 3): output i reads input samples
+    i - p .. i - p + 2 (zero outside); pad (p,) may be negative (the output is then cropped)."""
     n, c, size = x.shape
     o = w.shape[0]
-    p, d = _scalar(pad), _scalar(dilation)
-    out = size + 2 * p - 2 * d
-    if d == 1 or n == 0 or out <= 0:
-        return _forward(x, w, bias, p, out, groups)
-    u = kernelTransform(w, groups)
-    y = np.empty((n, o, out), dtype=x.dtype)
-    for r, s, base, count in _phases(out, p, d):
-        y[:, :, r::d] = _forward(x[:, :, s::d], w, bias, -base, count, groups, u=u)
-    return y
-
-
-def _forward(x, w, bias, p, out, groups, u=None):
-    """Undilated: output i reads input samples i - p .. i - p + 2 (zero outside), i < out."""
-    n, c, size = x.shape
-    o = w.shape[0]
+    p = _scalar(pad)
+    out = size + 2 * p - 2
     y = np.empty((n, o, max(out, 0)), dtype=x.dtype)
     if n == 0 or out <= 0 or o == 0:
         return y
     tiles = -(-out // M_OUT)
     cg, og = c // groups, o // groups
-    if u is None:
-        u = kernelTransform(w, groups)
+    u = kernelTransform(w, groups)
     biasv = biasVector(bias, o, x.dtype)
     xc = np.ascontiguousarray(x)
     cst = _constants(x.dtype)
@@ -376,32 +348,22 @@ def _forward(x, w, bias, p, out, groups, u=None):
     return y
 
 
-def backwardData(dy, w, xShape, pad, groups, dilation=(1,)):
+def backwardData(dy, w, xShape, pad, groups):
     from PuzzleLib.Engines.cpu.conv_im2col import flippedKernel
 
-    p, d = _scalar(pad), _scalar(dilation)
-    dx = forward(dy, flippedKernel(w, groups), None, 2 * d - p, groups, d)
+    dx = forward(dy, flippedKernel(w, groups), None, 2 - _scalar(pad), groups)
     assert dx.shape == tuple(xShape)
     return dx
 
 
-def backwardParams(x, dy, wShape, pad, groups, dilation=(1,)):
+def backwardParams(x, dy, wShape, pad, groups):
     """Weight gradient (O, C // groups, 3): dW = G^T [sum over tiles (A g) * (B^T d)].
 
     8 GEMMs per chunk, (O/g, tiles) @ (tiles, C/g), summed chunk by chunk in a fixed order into one of two
-    partial sums (the first and second half of the chunks), added at the end. Dilation d > 1: the phases'
-    (_phases) transformed-domain gradients are added in phase order.
+    partial sums (the first and second half of the chunks), added at the end.
     """
-    n, c, size = x.shape
-    o, out = dy.shape[1], dy.shape[2]
-    p, d = _scalar(pad), _scalar(dilation)
-    cg = c // groups
-    if d == 1:
-        total = _gradU(x, dy, p, groups)
-    else:
-        total = np.zeros((POINTS, groups, o // groups, cg), dtype=x.dtype)
-        for r, s, base, _ in _phases(out, p, d):
-            total += _gradU(x[:, :, s::d], dy[:, :, r::d], -base, groups)
+    o, cg = dy.shape[1], x.shape[1] // groups
+    total = _gradU(x, dy, _scalar(pad), groups)
     # dW[o, c, j] = sum_k G[k, j] dU[k, o, c]
     dw = np.tensordot(G.T.astype(x.dtype), total.reshape(POINTS, o * cg), axes=([1], [0]))  # (3, O * Cg)
     return np.ascontiguousarray(dw.reshape(3, o, cg).transpose(1, 2, 0)).reshape(wShape)

@@ -403,7 +403,7 @@ def _transformAll(x, v, pad, th, tw, total):
     gives the same bits)."""
     workers = chunkWorkers(x.shape[1])
     shareItems(lambda k, r: _inputTransform(x, v, 0, pad[0], pad[1], th, tw, 0, total, r[0], r[1]),
-           _pieces(x.shape[1], workers), workers)
+               _pieces(x.shape[1], workers), workers)
 
 
 # -- the three directions ---------------------------------------------------------------------------------
@@ -479,7 +479,7 @@ def _convolve(x, w, bias, pad, groups, flip):
     u = workspace.get("w2-u", (POSITIONS, rows, og if flip else cg), x.dtype)
     workers = chunkWorkers(rows)
     shareItems(lambda k, r: _kernelTransform(wc, u, 0, r[0], r[1], 0, u.shape[2], cst, order),
-           _pieces(rows, workers), workers)
+               _pieces(rows, workers), workers)
     mats = [u[:, g * cg:(g + 1) * cg].transpose(0, 2, 1) if flip else u[:, g * og:(g + 1) * og]
             for g in range(groups)]
     step = max(q1 - q0 for q0, q1 in chunks) * tw

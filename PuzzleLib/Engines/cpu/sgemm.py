@@ -1,13 +1,13 @@
 """A register-tiled float32 GEMM, C = A @ B (+ C or + a bias per row), for the thin products of convolution.
 
-OpenBLAS's sgemm (SkylakeX kernel, one thread) ran these products at 78-104 GFLOP/s on this machine's cores
-(AMD EPYC, AVX-512, about 114 peak); the tile here at 101-116 (``python benchmarks/engine_micro.py --sgemm``:
-case 3's im2col tile (64 x 148) @ (148 x 3472), case 5's per item (256 x 1152) @ (1152 x 196), case 4's
-F(2x2) block (504 x 512) @ (512 x 128)). Numba cannot vectorise a tile whose accumulators stay in registers
-from Python source (its arrays live in memory, and every FMA then loads and stores its accumulator), so the
-tile is written as LLVM vector IR through numba's ``intrinsic``: MR x NR accumulators held across the whole
-inner dimension, one broadcast of A and NR/16 loads of B per step. That keeps it inside numba (compiled on
-first use, cached on disk), with no C extension to build.
+OpenBLAS's sgemm (SkylakeX kernel, one thread) ran these products at 98-103 GFLOP/s on this machine's cores (AMD
+EPYC, AVX-512), the tile here at 106-115, near a core's peak (two runs of ``python benchmarks/engine_micro.py
+--sgemm`` on 2026-11-26: a 7x7 stem's im2col product as BLAS gets it (64 x 148) @ (148 x 3472), case 5's per
+item (256 x 1152) @ (1152 x 196), case 4's F(2x2) block (504 x 512) @ (512 x 128)). Numba cannot vectorise a
+tile whose accumulators stay in registers from Python source (its arrays live in memory, and every FMA then
+loads and stores its accumulator), so the tile is written as LLVM vector IR through numba's ``intrinsic``: MR x
+NR accumulators held across the whole inner dimension, one broadcast of A and NR/16 loads of B per step. That
+keeps it inside numba (compiled on first use, cached on disk), with no C extension to build.
 
 Operands of ``gemm``:
 - A packed once per product (``packA``: panels of MR rows, k-major, the rows past M zero), or read in place
