@@ -136,7 +136,8 @@ def test_heuristicPicks():
     assert conv.chooseAlgorithm("backwardParams", (8, 64, 56, 56), (64, 64, 3, 3), (1, 1), (1, 1), (1, 1),
                                 1) == "winograd"
     assert conv.chooseAlgorithm("forward", (8, 512, 7, 7), (512, 512, 3, 3), (1, 1), (1, 1), (1, 1), 1) == "winograd"
-    assert conv.chooseAlgorithm("forward", (8, 128, 28, 28), (256, 128, 3, 3), (2, 2), (1, 1), (1, 1), 1) == "im2col"
+    assert conv.chooseAlgorithm("forward", (8, 128, 28, 28), (256, 128, 3, 3), (2, 2), (1, 1), (1, 1), 1) == "winograd"
+    assert conv.chooseAlgorithm("forward", (8, 256, 14, 14), (512, 256, 3, 3), (2, 2), (1, 1), (1, 1), 1) == "im2col"
 
 
 def test_badAlgorithm():

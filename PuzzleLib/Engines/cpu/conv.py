@@ -17,7 +17,8 @@ Algorithms (each direction: "forward", "backwardData", "backwardParams"):
   through it with the depth slices stacked as channels (conv_winograd3d). 1-D 3-tap kernels with unit
   stride and no dilation: F(6, 3) (conv_winograd1d). Small undilated 2-D maps
   (conv_winograd2x2.preferred) run F(2x2, 3x3) instead (conv_winograd2x2): less padding per tile, a
-  smaller kernel transform.
+  smaller kernel transform. 2-D 3x3 stride-2 undilated ones split the taps by parity (conv_winograd_s2: 25
+  products per 2x2 outputs instead of 36, exact +-1 transforms).
 - ``direct``: direct loops, meant for depthwise and small-group convolutions (conv_direct).
 
 ``algo=None`` picks one with a fast heuristic (``chooseAlgorithm``); ``timeAlgorithms`` measures the
@@ -44,6 +45,7 @@ from PuzzleLib.Engines.cpu import (
     conv_winograd1d,
     conv_winograd2x2,
     conv_winograd3d,
+    conv_winograd_s2,
     sgemm,
 )
 from PuzzleLib.Engines.cpu.conv_common import isPointwise, memo, outputShape, prod, workspace
@@ -104,6 +106,20 @@ def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
         # 2.13 vs 1.57 / 2.37 / 2.47; N32 L128 wins: 1.13 / 1.19 / 1.80 vs 1.59 / 2.54 / 2.07).
         out = outputShape(xShape[2:], kernel, stride, pad, dilation)[0]
         return "winograd" if cg >= 16 and o // groups >= 16 and out >= 96 and xShape[0] * out >= 4096 else "im2col"
+    if conv_winograd.available and conv_winograd_s2.applies(kernel, stride, dilation):
+        # Stride 2 (conv_winograd_s2). Same-process rotation (conv.timeAlgorithms, 7 rounds) against im2col, fwd /
+        # bwd-data / bwd-params: case 5 (N8 128->256 28x28) 0.92 / 0.92 / 0.89 of im2col's time, N8 64->128 56x56
+        # 0.88 / 0.97 / 0.92, N8 128->128 28x28 0.85 / 0.76 / 0.79, N8 256->256 28x28 0.72 / 0.79 / 0.92,
+        # N4 128->256 28x28 1.00 / 0.85 / 0.89. Loses on 7x7 outputs (N8 256->512 14x14 1.12 / 1.01 / 1.69:
+        # a quarter of the tiles' outputs wasted, thin GEMMs), on few tiles (N1 and N2 128->256 28x28: 1.14 to
+        # 1.65), with 16 channels (1.2 to 1.5), and on the weight gradient with 64 maps (N8 64->64 57x57 1.05-1.10).
+        outSpatial = outputShape(xShape[2:], kernel, stride, pad, dilation)
+        tiles = xShape[0] * prod(-(-s // 2) for s in outSpatial)
+        og = o // groups
+        if cg >= 64 and og >= (128 if direction == "backwardParams" else 64) and min(outSpatial) >= 14 \
+                and tiles >= 196:
+            return "winograd"
+        return "im2col"
     if _winogradApplies(wShape, stride, dilation):
         outSpatial = outputShape(xShape[2:], kernel, stride, pad, dilation)
         # Enough channels for the 36 GEMMs to run near peak, enough pixels for the tiles to pay off.
@@ -149,6 +165,8 @@ def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, group
     if algo == "winograd" and len(kernel) == 3:
         return conv_winograd3d.workspaceBytes(xShape, wShape, pad, groups, itemsize,
                                               grad=direction == "backwardParams") + weights
+    if algo == "winograd" and conv_winograd_s2.applies(kernel, stride, dilation):
+        return conv_winograd_s2.workspaceBytes(direction, xShape, wShape, pad, groups, itemsize)
     if algo == "winograd" and tuple(dilation) != (1,) * len(kernel):
         return conv_polyphase.workspaceBytes(direction, xShape, wShape, pad, dilation, groups, itemsize)
     if algo == "winograd" and conv_winograd2x2.preferred(xShape, wShape, pad):
@@ -216,7 +234,7 @@ def forward(x, w, bias, stride, pad, dilation, groups, algo=None):
         if algo == "winograd" and _winogradApplies(w.shape, stride, dilation):
             if conv_polyphase.applies(w.shape[2:], stride, dilation):
                 return conv_polyphase.forward(x, w, bias, pad, dilation, groups)
-            return _winograd(w.shape, x.shape, pad).forward(x, w, bias, pad, groups)
+            return _winograd(w.shape, x.shape, stride, pad).forward(x, w, bias, pad, groups)
     finally:
         conv_common.endCall()
     raise _badAlgo("forward", algo, x.shape, w.shape, stride, pad, dilation, groups)
@@ -250,7 +268,7 @@ def backwardData(dy, w, xShape, stride, pad, dilation, groups, algo=None):
         if algo == "winograd" and _winogradApplies(w.shape, stride, dilation):
             if conv_polyphase.applies(w.shape[2:], stride, dilation):
                 return conv_polyphase.backwardData(dy, w, xShape, pad, dilation, groups)
-            return _winograd(w.shape, xShape, pad).backwardData(dy, w, xShape, pad, groups)
+            return _winograd(w.shape, xShape, stride, pad).backwardData(dy, w, xShape, pad, groups)
     finally:
         conv_common.endCall()
     raise _badAlgo("backwardData", algo, xShape, w.shape, stride, pad, dilation, groups)
@@ -278,7 +296,7 @@ def backwardParams(x, dy, wShape, withBias, stride, pad, dilation, groups, algo=
             if conv_polyphase.applies(wShape[2:], stride, dilation):
                 dw = conv_polyphase.backwardParams(x, dy, wShape, pad, dilation, groups)
             else:
-                dw = _winograd(wShape, x.shape, pad).backwardParams(x, dy, wShape, pad, groups)
+                dw = _winograd(wShape, x.shape, stride, pad).backwardParams(x, dy, wShape, pad, groups)
         else:
             raise _badAlgo("backwardParams", algo, x.shape, wShape, stride, pad, dilation, groups)
     finally:
@@ -288,15 +306,18 @@ def backwardParams(x, dy, wShape, withBias, stride, pad, dilation, groups, algo=
 
 def _winogradApplies(wShape, stride, dilation):
     return conv_winograd.available and (conv_winograd.applies(wShape[2:], stride, dilation)
+                                        or conv_winograd_s2.applies(wShape[2:], stride, dilation)
                                         or conv_winograd1d.applies(wShape[2:], stride, dilation)
                                         or conv_winograd3d.applies(wShape[2:], stride, dilation)
                                         or conv_polyphase.applies(wShape[2:], stride, dilation))
 
 
-def _winograd(wShape, xShape, pad):
+def _winograd(wShape, xShape, stride, pad):
     """2-D 3x3 kernels: conv_winograd (F(4x4, 3x3)), or conv_winograd2x2 (F(2x2, 3x3)) on the maps it is
-    preferred for; 3-D (kD, 3, 3) kernels: conv_winograd3d (depth slices stacked); 1-D 3-tap kernels:
-    conv_winograd1d (F(6, 3))."""
+    preferred for, or with stride 2 conv_winograd_s2; 3-D (kD, 3, 3) kernels: conv_winograd3d (depth slices
+    stacked); 1-D 3-tap kernels: conv_winograd1d (F(6, 3))."""
+    if len(wShape) == 4 and tuple(stride) == (2, 2):
+        return conv_winograd_s2
     if len(wShape) == 4 and conv_winograd2x2.preferred(xShape, wShape, pad):
         return conv_winograd2x2
     return {5: conv_winograd3d, 3: conv_winograd1d}.get(len(wShape), conv_winograd)

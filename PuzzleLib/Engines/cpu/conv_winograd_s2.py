@@ -1,0 +1,616 @@
+"""3x3 stride-2 convolutions (2-D, undilated) by a Winograd-style split of the taps by parity, in all three
+directions: 25 multiplies per 2x2 block of outputs and input channel instead of 36.
+
+Along one axis, outputs 2t and 2t + 1 of a stride-2 3-tap convolution read the five inputs x0..x4 at
+4t - pad .. 4t - pad + 4: y0 = w0 x0 + w1 x1 + w2 x2, y1 = w0 x2 + w1 x3 + w2 x4. The even taps (w0, w2) over
+the even inputs (x0, x2, x4) are a 2-tap stride-1 convolution, done as F(2, 2) with the points 0, 1 and
+infinity: m0 = (x0 - x2) w0, m1 = x2 (w0 + w2), m2 = (x4 - x2) w2, y0 = m0 + m1, y1 = m1 + m2. The odd tap adds
+x1 w1 to y0 and x3 w1 to y1, and only m0 reaches y0 alone and m2 y1 alone: it is folded into them as second
+products, m0 = (x0 - x2) w0 + x1 w1, m2 = (x4 - x2) w2 + x3 w1. So five input components
+
+    0a = x0 - x2 (with w0), 0b = x1 (w1), 1 = x2 (w0 + w2), 2a = x4 - x2 (w2), 2b = x3 (w1)
+
+meet five kernel components at three points (0: 0a, 0b; 1: 1; 2: 2a, 2b): 5 products for 2 outputs instead
+of 6. In 2-D each of the 3 x 3 points (P, Q) is one GEMM over the products of its row and column components,
+K = 4, 2 or 1 components times the channels (25 in all, 36 for im2col), and output (i, j) of a block is the sum
+of the points' products that reach it (A^T = [[1, 1, 0], [0, 1, 1]] along each axis). Every coefficient is
++-1: the transforms only add and subtract, and the error stays near a direct convolution's: max |error| / max
+|result| against the float64 reference was at most 3.1e-6 in float32 and 3.2e-15 in float64 (16 to 512 input
+channels, every direction; im2col's forward 0.4e-6 to 1.5e-6 and 0.9e-15 to 4.5e-15 on the same data). The
+tests assert 1e-5 and 1e-13.
+
+Scratch memory stays under torch's on case 5 (N8 128->256 28x28 p1) in every direction: the points are taken
+a row (P) at a time, so only one row's transformed input (10 components at most) exists at once.
+- Forward: the tiles are cut into fixed parts (rows of tiles; two on case 5), each run by one thread on its
+  own: per row of points, its transformed input, then per block of maps and per point the transformed kernel
+  (from a tap-major copy of w made once per call) and one GEMM adding into two sums (the block's two output
+  columns), which are then added into the output rows the row of points reaches.
+- Backward-data and the weight gradient: the input channels are cut into fixed ranges, each run by one thread
+  on its own: per row of points, the gradient's transform of all maps (each range makes its own: cheap), and
+  per point dV = U^T dM (then the adjoint input transform added into the range's channels of dx), or
+  dU = dM V^T (then the adjoint kernel transform added into the range's columns of dw). Results do not depend
+  on the thread count: the parts are fixed by the shape, and every sum runs in one fixed order.
+"""
+
+import numpy as np
+
+from PuzzleLib.Engines.cpu import sgemm
+from PuzzleLib.Engines.cpu.conv_common import biasVector, chunkWorkers, leadingView, shareItems, workspace
+
+try:
+    from numba import njit, uintp
+except ImportError:  # pragma: no cover - numba is a dependency; without it the algorithm is unavailable
+    njit = None
+
+available = njit is not None
+
+# The five 1-D components (0a, 0b, 1, 2a, 2b): the input position each adds, the one it subtracts (-1: none),
+# and the kernel taps it sums.
+_PLUS = np.array([0, 1, 2, 4, 3])
+_MINUS = np.array([2, -1, -1, 2, -1])
+_TAP0 = np.array([0, 1, 0, 2, 1])
+_TAP1 = np.array([-1, -1, 2, -1, -1])
+# The components of each point (-1: none), and the outputs each point reaches.
+_COMPS = np.array([[0, 1], [2, -1], [3, 4]])
+_COUNT = (2, 1, 2)
+# Where point (P, Q)'s block starts in the transformed input of row P, in components per row component.
+_QOFF = np.array([0, 2, 3])
+# Floats of one block of tile rows in the input transform's row components (end to end).
+SPAN = 8192
+
+
+def applies(kernel, stride, dilation):
+    return (len(kernel) == 2 and tuple(kernel) == (3, 3) and tuple(stride) == (2, 2)
+            and tuple(dilation) == (1, 1))
+
+
+def _inputRow(x, V, P, ph, pw, th, tw, q0, q1, c0, c1, cbase, C):
+    """The transformed input of the points (P, 0), (P, 1), (P, 2), tile rows q in [q0, q1) (q = n * th + ty),
+    channels c in [c0, c1) of the C from cbase: point Q's block of V (from row kp * QOFF[Q] * C) holds component
+    (COMPS[P, ii], COMPS[Q, jj]) of channel c at row (ii * kq + jj) * C + c - cbase, of tile column tx of tile row q
+    at column (q - q0) * tw + tx.
+
+    Per block of channels: for each tile row, the row component (a difference of two input rows, padding
+    fused) goes end to end into R[ii] (4 tw columns per tile row; column 4 tw, read by the last tile, into E),
+    then one pass over all the block's tiles makes the five column components, tile p reading columns
+    4 p .. 4 p + 4 (interleaved loads), the last tile of each row redone from E.
+    """
+    h, w = x.shape[2], x.shape[3]
+    nq = q1 - q0
+    S = 4 * tw
+    kp = 1 if P == 1 else 2
+    cb = max(1, min(C, SPAN // max(nq * S, 1)))
+    R = np.empty((kp, cb * nq * S + 4), dtype=x.dtype)
+    E = np.empty((kp, cb * nq), dtype=x.dtype)
+    lo = min(S, max(0, pw))          # columns [lo, hi) of a row lie inside the map
+    hi = max(lo, min(S, pw + w))
+    eIn = 0 <= S - pw < w
+    src = x.reshape(-1)
+    channels = x.shape[1]
+    cs = c0
+    while cs < c1:
+        ce = min(c1, cs + cb)
+        for ii in range(kp):
+            i = _COMPS[P, ii]
+            ra, rb = _PLUS[i], _MINUS[i]
+            r, e = R[ii], E[ii]
+            for c in range(cs, ce):
+                for q in range(q0, q1):
+                    b, ty = q // th, q % th
+                    s = (c - cs) * nq + q - q0
+                    base = uintp(s * S)
+                    ya, yb = 4 * ty + ra - ph, 4 * ty + rb - ph
+                    va = 0 <= ya < h
+                    vb = rb >= 0 and 0 <= yb < h
+                    for k in range(lo):
+                        r[base + uintp(k)] = 0
+                    for k in range(hi, S):
+                        r[base + uintp(k)] = 0
+                    plane = (b * channels + c) * h
+                    sa = uintp((plane + max(ya, 0)) * w + lo - pw)  # flat indices (as _gradRow)
+                    sb = uintp((plane + max(yb, 0)) * w + lo - pw)
+                    d = base + uintp(lo)
+                    if va and vb:
+                        for k in range(hi - lo):
+                            u = uintp(k)
+                            r[d + u] = src[sa + u] - src[sb + u]
+                    elif va:
+                        for k in range(hi - lo):
+                            r[d + uintp(k)] = src[sa + uintp(k)]
+                    elif vb:
+                        for k in range(hi - lo):
+                            r[d + uintp(k)] = -src[sb + uintp(k)]
+                    else:
+                        for k in range(hi - lo):
+                            r[d + uintp(k)] = 0
+                    ev = x.dtype.type(0)
+                    if eIn and va:
+                        ev = x[b, c, ya, S - pw]
+                    if eIn and vb:
+                        ev = ev - x[b, c, yb, S - pw]
+                    e[s] = ev
+        count = (ce - cs) * nq
+        L = count * tw
+        n = ce - cs
+        for ii in range(kp):
+            r, e = R[ii], E[ii]
+            # The five column components' rows: 0a, 0b (point 0), 1 (point 1), 2a, 2b (point 2).
+            o0a = (2 * ii) * C + cs - cbase
+            o0b = (2 * ii + 1) * C + cs - cbase
+            o1 = (2 * kp + ii) * C + cs - cbase
+            o2a = (3 * kp + 2 * ii) * C + cs - cbase
+            o2b = (3 * kp + 2 * ii + 1) * C + cs - cbase
+            v0a, v0b = V[o0a:o0a + n].reshape(-1), V[o0b:o0b + n].reshape(-1)
+            v1 = V[o1:o1 + n].reshape(-1)
+            v2a, v2b = V[o2a:o2a + n].reshape(-1), V[o2b:o2b + n].reshape(-1)
+            for p in range(L):
+                u = uintp(4 * p)
+                a0, a1, a2 = r[u], r[u + uintp(1)], r[u + uintp(2)]
+                a3, a4 = r[u + uintp(3)], r[u + uintp(4)]
+                v0a[p] = a0 - a2
+                v0b[p] = a1
+                v1[p] = a2
+                v2a[p] = a4 - a2
+                v2b[p] = a3
+            for s in range(count):  # column 4 of each row's last tile is in E
+                p = s * tw + tw - 1
+                v2a[p] = e[s] - r[4 * p + 2]
+        cs = ce
+
+
+def _kernelPoint(wt, U, P, Q, m0, m1, c0, c1):
+    """U[m - m0, (ii * kq + jj) * C + c - c0] (C = c1 - c0) = sum of w[m, c, a, b] over the taps a of row component
+    COMPS[P, ii] and b of column component COMPS[Q, jj], for maps m in [m0, m1) and channels c in [c0, c1).
+
+    wt is w tap-major, (9, O, C) (``tapMajor``): the sums run along contiguous rows. (Read from w itself, at
+    stride 9, the nine points' transforms took 0.5 ms of case 5's forward on each thread; from wt, 0.1.)"""
+    kp = 1 if P == 1 else 2
+    kq = 1 if Q == 1 else 2
+    C = c1 - c0
+    for m in range(m0, m1):
+        um = uintp(m)
+        for ii in range(kp):
+            i = _COMPS[P, ii]
+            a0, a1 = _TAP0[i], _TAP1[i]
+            for jj in range(kq):
+                j = _COMPS[Q, jj]
+                b0, b1 = _TAP0[j], _TAP1[j]
+                out = U[m - m0, (ii * kq + jj) * C:(ii * kq + jj + 1) * C]
+                g = wt[3 * a0 + b0, um, c0:c1]
+                if a1 < 0 and b1 < 0:
+                    for c in range(C):
+                        out[c] = g[c]
+                elif a1 < 0:
+                    h = wt[3 * a0 + b1, um, c0:c1]
+                    for c in range(C):
+                        out[c] = g[c] + h[c]
+                elif b1 < 0:
+                    h = wt[3 * a1 + b0, um, c0:c1]
+                    for c in range(C):
+                        out[c] = g[c] + h[c]
+                else:
+                    h, k, e = wt[3 * a0 + b1, um, c0:c1], wt[3 * a1 + b0, um, c0:c1], wt[3 * a1 + b1, um, c0:c1]
+                    for c in range(C):
+                        out[c] = g[c] + h[c] + k[c] + e[c]
+
+
+def _tapMajor(w, out):
+    """out[k, m, c] = w[m, c, k // 3, k % 3]: w (O, C, 3, 3) tap-major. Per map, its kernels are read in order
+    and written to nine rows (numpy's transposed copy of case 5's kernel took 0.23 ms, this 0.12)."""
+    f = w.reshape(w.shape[0], -1)
+    C = w.shape[1]
+    for m in range(w.shape[0]):
+        um = uintp(m)
+        for c in range(C):
+            uc = uintp(c)
+            s = uintp(9 * c)
+            for k in range(9):
+                out[uintp(k), um, uc] = f[um, s + uintp(k)]
+
+
+def tapMajor(w, out):
+    """w (O, C, 3, 3) copied tap-major into out (9, O, C)."""
+    _tapMajor(w, out)
+    return out
+
+
+def _kernelPointAdjoint(dU, dw, P, Q, c0, c1):
+    """dw[m, c, a, b] += dU[m, (ii * kq + jj) * C + c - c0] for every tap a of row component COMPS[P, ii] and b of
+    column component COMPS[Q, jj] (the adjoint of _kernelPoint), all maps m, channels c in [c0, c1)."""
+    kp = 1 if P == 1 else 2
+    kq = 1 if Q == 1 else 2
+    C = c1 - c0
+    for m in range(dw.shape[0]):
+        um = uintp(m)
+        for ii in range(kp):
+            i = _COMPS[P, ii]
+            for jj in range(kq):
+                j = _COMPS[Q, jj]
+                src = dU[m, (ii * kq + jj) * C:(ii * kq + jj + 1) * C]
+                for ta in range(2):
+                    a = _TAP0[i] if ta == 0 else _TAP1[i]
+                    if a < 0:
+                        continue
+                    for tb in range(2):
+                        b = _TAP0[j] if tb == 0 else _TAP1[j]
+                        if b < 0:
+                            continue
+                        ua, ub = uintp(a), uintp(b)
+                        for c in range(C):
+                            dw[um, uintp(c0 + c), ua, ub] += src[c]
+
+
+def _inputRowAdjoint(dV, dx, P, ph, pw, th, tw, q0, q1, c0, c1, cbase, C):
+    """dx += the adjoint of _inputRow (dV laid out as its V) for tile rows [q0, q1) and channels [c0, c1).
+
+    Per block of channels: the five column components of each row component are added back into rows of
+    4 tw columns (R[ii], column 4 tw of each row into E: it is column 0 of the next tile), then each row is
+    added into the input rows the row component read (the second one subtracted), padding dropped."""
+    h, w = dx.shape[2], dx.shape[3]
+    nq = q1 - q0
+    S = 4 * tw
+    kp = 1 if P == 1 else 2
+    cb = max(1, min(c1 - c0, SPAN // max(nq * S, 1)))
+    R = np.empty((kp, cb * nq * S), dtype=dx.dtype)
+    E = np.empty((kp, cb * nq), dtype=dx.dtype)
+    lo = min(S, max(0, pw))
+    hi = max(lo, min(S, pw + w))
+    eIn = 0 <= S - pw < w
+    dst = dx.reshape(-1)
+    channels = dx.shape[1]
+    cs = c0
+    while cs < c1:
+        ce = min(c1, cs + cb)
+        n = ce - cs
+        count = n * nq
+        L = count * tw
+        for ii in range(kp):
+            r, e = R[ii], E[ii]
+            o0a = (2 * ii) * C + cs - cbase
+            o0b = (2 * ii + 1) * C + cs - cbase
+            o1 = (2 * kp + ii) * C + cs - cbase
+            o2a = (3 * kp + 2 * ii) * C + cs - cbase
+            o2b = (3 * kp + 2 * ii + 1) * C + cs - cbase
+            v0a, v0b = dV[o0a:o0a + n].reshape(-1), dV[o0b:o0b + n].reshape(-1)
+            v1 = dV[o1:o1 + n].reshape(-1)
+            v2a, v2b = dV[o2a:o2a + n].reshape(-1), dV[o2b:o2b + n].reshape(-1)
+            for p in range(L):
+                u = uintp(4 * p)
+                d0, d2 = v0a[p], v2a[p]
+                r[u] = d0
+                r[u + uintp(1)] = v0b[p]
+                r[u + uintp(2)] = v1[p] - d0 - d2
+                r[u + uintp(3)] = v2b[p]
+            for s in range(count):  # column 4 of a tile is column 0 of the next; the last tile's goes to E
+                base = s * tw
+                for tx in range(tw - 1):
+                    r[4 * (base + tx) + 4] += v2a[base + tx]
+                e[s] = v2a[base + tw - 1]
+        for ii in range(kp):
+            i = _COMPS[P, ii]
+            ra, rb = _PLUS[i], _MINUS[i]
+            r, e = R[ii], E[ii]
+            for c in range(cs, ce):
+                for q in range(q0, q1):
+                    b, ty = q // th, q % th
+                    s = (c - cs) * nq + q - q0
+                    base = uintp(s * S + lo)
+                    plane = (b * channels + c) * h
+                    ya = 4 * ty + ra - ph
+                    if 0 <= ya < h:
+                        t = uintp((plane + ya) * w + lo - pw)  # flat indices (as _gradRow)
+                        for k in range(hi - lo):
+                            dst[t + uintp(k)] += r[base + uintp(k)]
+                        if eIn:
+                            dx[b, c, ya, S - pw] += e[s]
+                    yb = 4 * ty + rb - ph
+                    if rb >= 0 and 0 <= yb < h:
+                        t = uintp((plane + yb) * w + lo - pw)
+                        for k in range(hi - lo):
+                            dst[t + uintp(k)] -= r[base + uintp(k)]
+                        if eIn:
+                            dx[b, c, yb, S - pw] -= e[s]
+        cs = ce
+
+
+def _gradRow(dy, G, P, th, tw, q0, q1, m0, m1):
+    """G[j, m - m0, (q - q0) * tw + tx] = sum over the output rows i the points of row P reach of dy[n, m, 2 ty + i,
+    2 tx + j] (zero past the map), for maps m in [m0, m1) and tile rows q = n * th + ty in [q0, q1): the adjoint
+    of the output sums, before the columns' (point Q = 0 takes G[0], Q = 2 takes G[1], Q = 1 their sum).
+
+    Flat indices throughout (no views per tile row: at 7 tiles a row their setup cost as much as the sums)."""
+    oh, ow = dy.shape[2], dy.shape[3]
+    full = ow // 2
+    odd = ow % 2
+    i0 = 0 if P < 2 else 1
+    i1 = 1 if P == 0 else 2
+    T = (q1 - q0) * tw
+    src = dy.reshape(-1)
+    g0, g1 = G[0].reshape(-1), G[1].reshape(-1)
+    zero = dy.dtype.type(0)
+    plane, item = oh * ow, dy.shape[1] * oh * ow
+    for m in range(m0, m1):
+        for q in range(q0, q1):
+            b, ty = q // th, q % th
+            d = uintp((m - m0) * T + (q - q0) * tw)
+            ra, rb = 2 * ty + i0, 2 * ty + i1 - 1
+            inA, inB = ra < oh, rb < oh and i1 - i0 == 2
+            sa = uintp(b * item + m * plane + ra * ow)
+            sb = uintp(b * item + m * plane + rb * ow)
+            if inA and inB:
+                for tx in range(full):
+                    u = uintp(2 * tx)
+                    g0[d + uintp(tx)] = src[sa + u] + src[sb + u]
+                    g1[d + uintp(tx)] = src[sa + u + uintp(1)] + src[sb + u + uintp(1)]
+                if odd:
+                    g0[d + uintp(full)] = src[sa + uintp(2 * full)] + src[sb + uintp(2 * full)]
+                    g1[d + uintp(full)] = zero
+            elif inA:
+                for tx in range(full):
+                    u = uintp(2 * tx)
+                    g0[d + uintp(tx)] = src[sa + u]
+                    g1[d + uintp(tx)] = src[sa + u + uintp(1)]
+                if odd:
+                    g0[d + uintp(full)] = src[sa + uintp(2 * full)]
+                    g1[d + uintp(full)] = zero
+            else:
+                for tx in range(tw):
+                    g0[d + uintp(tx)] = zero
+                    g1[d + uintp(tx)] = zero
+
+
+def _scatterRows(Z, y, bias, th, tw, q0, q1, o0, o1, i0, i1, init):
+    """For the output rows i in [i0, i1) of each block, y[n, o, 2 ty + i, 2 tx + j] = Z[j, o - o0, t] + bias[o]
+    (``init``) or += Z[j, o - o0, t], for maps o in [o0, o1) and tile rows q = n * th + ty in [q0, q1) (tile
+    t = (q - q0) * tw + tx), inside the map. Flat indices, as _gradRow."""
+    oh, ow = y.shape[2], y.shape[3]
+    full = ow // 2
+    odd = ow % 2
+    T = (q1 - q0) * tw
+    dst = y.reshape(-1)
+    z0, z1 = Z[0].reshape(-1), Z[1].reshape(-1)
+    plane, item = oh * ow, y.shape[1] * oh * ow
+    for o in range(o0, o1):
+        bv = bias[o]
+        for q in range(q0, q1):
+            b, ty = q // th, q % th
+            d = uintp((o - o0) * T + (q - q0) * tw)
+            for i in range(i0, i1):
+                row = 2 * ty + i
+                if row >= oh:
+                    break
+                t = uintp(b * item + o * plane + row * ow)
+                if init:
+                    for tx in range(full):
+                        u = t + uintp(2 * tx)
+                        dst[u] = z0[d + uintp(tx)] + bv
+                        dst[u + uintp(1)] = z1[d + uintp(tx)] + bv
+                    if odd:
+                        dst[t + uintp(2 * full)] = z0[d + uintp(full)] + bv
+                else:
+                    for tx in range(full):
+                        u = t + uintp(2 * tx)
+                        dst[u] += z0[d + uintp(tx)]
+                        dst[u + uintp(1)] += z1[d + uintp(tx)]
+                    if odd:
+                        dst[t + uintp(2 * full)] += z0[d + uintp(full)]
+
+
+if available:
+    _inputRow = njit(cache=True, nogil=True)(_inputRow)
+    _kernelPoint = njit(cache=True, nogil=True)(_kernelPoint)
+    _tapMajor = njit(cache=True, nogil=True)(_tapMajor)
+    _kernelPointAdjoint = njit(cache=True, nogil=True)(_kernelPointAdjoint)
+    _inputRowAdjoint = njit(cache=True, nogil=True)(_inputRowAdjoint)
+    _gradRow = njit(cache=True, nogil=True)(_gradRow)
+    _scatterRows = njit(cache=True, nogil=True)(_scatterRows)
+
+
+def _tiles(h, w, pad):
+    oh, ow = (h + 2 * pad[0] - 3) // 2 + 1, (w + 2 * pad[1] - 3) // 2 + 1
+    return oh, ow, -(-oh // 2), -(-ow // 2)
+
+
+# Bound of one part's transformed row of points (10 components of its tiles, or of its channels): the parts are
+# cut to keep it under this, and there are at least _MIN_PARTS of them so that two threads have work.
+PART_BYTES = 1 << 20
+_MIN_PARTS = 2
+# Maps per block in the forward: case 5's scratch under torch's (4 blocks of 64 maps: 3.8 MiB, tracemalloc;
+# 2 of 128: 4.3, torch's scratch 4.2); the GEMMs of 128 ran 2% faster.
+MAP_BLOCK = 64
+# Rows of points in the order they are summed: the middle row reaches both output rows (it sets them), the
+# others one each. Within a row, the middle point reaches both output columns (its product sets both sums),
+# the others one each (their GEMMs add into that column's sum).
+_ROWS = (1, 0, 2)
+
+
+def _tileParts(total, tw, cg, itemsize):
+    """Forward: ranges of tile rows [(q0, q1)] of about equal size, fixed by the shape."""
+    count = max(_MIN_PARTS, -(-total * 10 * cg * tw * itemsize // PART_BYTES))
+    count = max(1, min(total, count))
+    return [(total * i // count, total * (i + 1) // count) for i in range(count)]
+
+
+def _mapBlocks(og):
+    """Forward: a part's maps in blocks of at most MAP_BLOCK (one block's kernel and sums at a time)."""
+    count = -(-og // MAP_BLOCK)
+    return [(og * i // count, og * (i + 1) // count) for i in range(count)]
+
+
+def _channelParts(groups, cg, T, itemsize):
+    """Backward: [(group, c0, c1)], each group's channels in equal ranges whose transformed row (10 components,
+    all T tiles) stays under PART_BYTES, at least _MIN_PARTS ranges in all, fixed by the shape."""
+    count = max(-(-10 * cg * T * itemsize // PART_BYTES), -(-_MIN_PARTS // groups))
+    count = max(1, min(cg, count))
+    return [(g, cg * i // count, cg * (i + 1) // count) for g in range(groups) for i in range(count)]
+
+
+def _plan(direction, xShape, wShape, pad, groups, itemsize):
+    """The parts of a call and each worker's buffers' sizes (elements): (parts, workers, shared, own), and the
+    temporaries of the compiled kernels and of sgemm, per worker (elements)."""
+    n, c, h, w = xShape
+    o = wShape[0]
+    og, cg = o // groups, c // groups
+    _, _, th, tw = _tiles(h, w, pad)
+    if direction == "forward":
+        parts = _tileParts(n * th, tw, cg, itemsize)
+        rows = max(q1 - q0 for q0, q1 in parts)
+        tp = rows * tw
+        mb = max(m1 - m0 for m0, m1 in _mapBlocks(og))
+        own = (10 * cg * tp, 4 * mb * cg, 2 * mb * tp)  # V of a row of points, U of a point, the two sums
+        shared, depth = 9 * o * cg, 4 * cg
+    else:
+        T = n * th * tw
+        parts = _channelParts(groups, cg, T, itemsize)
+        cb = max(c1 - c0 for _, c0, c1 in parts)
+        rows = n * th
+        own = (2 * og * T, 10 * cb * T, 4 * og * cb)  # dM of a row of points, V (or dV), U (or dU) of a point
+        shared, depth = (9 * o * cg, og) if direction == "backwardData" else (0, 0)
+    # The input transforms' rows (R, E) and sgemm's edge tiles.
+    temporaries = 2 * (max(SPAN, rows * 4 * tw) + 4 + rows * max(1, SPAN // (rows * 4 * tw)))
+    temporaries += depth * (sgemm.MR + sgemm.NR) + sgemm.MR * sgemm.NR if sgemm.applies(np.dtype(f"f{itemsize}")) else 0
+    return parts, chunkWorkers(len(parts)), shared, own + (temporaries,)
+
+
+def workspaceBytes(direction, xShape, wShape, pad, groups, itemsize=4):
+    """Bytes of one call's scratch: the tap-major kernel, each worker's buffers and its kernels' temporaries."""
+    _, workers, shared, own = _plan(direction, xShape, wShape, pad, groups, itemsize)
+    return (shared + workers * sum(own)) * itemsize
+
+
+def forward(x, w, bias, pad, groups):
+    n, c, h, wd = x.shape
+    o = w.shape[0]
+    og, cg = o // groups, c // groups
+    oh, ow, th, tw = _tiles(h, wd, pad)
+    y = np.empty((n, o, oh, ow), dtype=x.dtype)
+    if y.size == 0:
+        return y
+    xc, wc = np.ascontiguousarray(x), np.ascontiguousarray(w)
+    biasv = biasVector(bias, o, x.dtype)
+    dt = x.dtype
+    parts, workers, shared, own = _plan("forward", x.shape, w.shape, pad, groups, x.itemsize)
+    blocks = _mapBlocks(og)
+    wt = tapMajor(wc, workspace.get("s2-wt", (9, o, cg), dt))
+    bufs = [[workspace.get(f"s2-{tag}{k}", (size,), dt) for tag, size in zip("vuz", own[:3])] for k in range(workers)]
+    fast = sgemm.applies(dt)
+
+    def part(k, item):
+        (vb, ub, zb), (q0, q1) = bufs[k], item
+        T = (q1 - q0) * tw
+        scratch = sgemm.Scratch() if fast else None
+        for g in range(groups):
+            for P in _ROWS:
+                kp = _COUNT[P]
+                V = leadingView(vb, (kp * 5 * cg, T))
+                _inputRow(xc, V, P, pad[0], pad[1], th, tw, q0, q1, g * cg, (g + 1) * cg, g * cg, cg)
+                for m0, m1 in blocks:
+                    Z = leadingView(zb, (2, m1 - m0, T))
+                    for Q, target, accumulate in ((1, 1, False), (0, 0, True), (2, 1, True)):
+                        kk = kp * _COUNT[Q]
+                        U = leadingView(ub, (m1 - m0, kk * cg))
+                        _kernelPoint(wt, U, P, Q, g * og + m0, g * og + m1, 0, cg)
+                        start = kp * _QOFF[Q] * cg
+                        _gemm(U, V[start:start + kk * cg], Z[target], accumulate, fast, scratch)
+                        if Q == 1:
+                            Z[0][...] = Z[1]
+                    _scatterRows(Z, y, biasv, th, tw, q0, q1, g * og + m0, g * og + m1, 0 if P < 2 else 1,
+                                 1 if P == 0 else 2, P == 1)
+
+    shareItems(part, parts, workers)
+    return y
+
+
+def backwardData(dy, w, xShape, pad, groups):
+    """The gradient of the input (xShape): per range of input channels and row of points, the gradient's
+    transform of all maps, dV = U^T dM for the three points, the adjoint input transform added into dx."""
+    n, c, h, wd = xShape
+    o = w.shape[0]
+    og, cg = o // groups, c // groups
+    _, _, th, tw = _tiles(h, wd, pad)
+    dx = np.zeros(xShape, dtype=dy.dtype)
+    if dx.size == 0 or dy.size == 0:
+        return dx
+    dyc, wc = np.ascontiguousarray(dy), np.ascontiguousarray(w)
+    total = n * th
+    T = total * tw
+    dt = dy.dtype
+    parts, workers, shared, own = _plan("backwardData", xShape, w.shape, pad, groups, dy.itemsize)
+    wt = tapMajor(wc, workspace.get("s2-wt", (9, o, cg), dt))
+    bufs = [[workspace.get(f"s2-{tag}{k}", (size,), dt) for tag, size in zip("gvu", own[:3])] for k in range(workers)]
+    fast = sgemm.applies(dt)
+
+    def part(k, item):
+        (gb, vb, ub), (g, c0, c1) = bufs[k], item
+        nc = c1 - c0
+        G = leadingView(gb, (2, og, T))
+        scratch = sgemm.Scratch() if fast else None
+        for P in _ROWS:
+            kp = _COUNT[P]
+            _gradRow(dyc, G, P, th, tw, 0, total, g * og, (g + 1) * og)
+            dV = leadingView(vb, (kp * 5 * nc, T))
+            for Q in (0, 2, 1):
+                if Q == 1:  # the middle point's gradient is the sum of the other two's (G[0] is no longer needed)
+                    G[0] += G[1]
+                kk = kp * _COUNT[Q]
+                U = leadingView(ub, (og, kk * nc))
+                _kernelPoint(wt, U, P, Q, g * og, (g + 1) * og, c0, c1)
+                start = kp * _QOFF[Q] * nc
+                _gemm(U.T, G[1] if Q == 2 else G[0], dV[start:start + kk * nc], False, fast, scratch)
+            _inputRowAdjoint(dV, dx, P, pad[0], pad[1], th, tw, 0, total, g * cg + c0, g * cg + c1, g * cg + c0, nc)
+
+    shareItems(part, parts, workers)
+    return dx
+
+
+def backwardParams(x, dy, wShape, pad, groups):
+    """The weight gradient (wShape): per range of input channels and row of points, its transformed input, the
+    gradient's transform of all maps, dU = dM V^T for the three points, the adjoint kernel transform added
+    into the range's columns of dw."""
+    n, c, h, wd = x.shape
+    o = wShape[0]
+    og, cg = o // groups, c // groups
+    _, _, th, tw = _tiles(h, wd, pad)
+    dw = np.zeros(wShape, dtype=x.dtype)
+    if x.size == 0 or dy.size == 0:
+        return dw
+    xc, dyc = np.ascontiguousarray(x), np.ascontiguousarray(dy)
+    total = n * th
+    T = total * tw
+    dt = x.dtype
+    parts, workers, shared, own = _plan("backwardParams", x.shape, wShape, pad, groups, x.itemsize)
+    bufs = [[workspace.get(f"s2-{tag}{k}", (size,), dt) for tag, size in zip("gvu", own[:3])] for k in range(workers)]
+
+    def part(k, item):
+        (gb, vb, ub), (g, c0, c1) = bufs[k], item
+        nc = c1 - c0
+        G = leadingView(gb, (2, og, T))
+        rows = dw[g * og:(g + 1) * og]
+        for P in _ROWS:
+            kp = _COUNT[P]
+            V = leadingView(vb, (kp * 5 * nc, T))
+            _inputRow(xc, V, P, pad[0], pad[1], th, tw, 0, total, g * cg + c0, g * cg + c1, g * cg + c0, nc)
+            _gradRow(dyc, G, P, th, tw, 0, total, g * og, (g + 1) * og)
+            for Q in (0, 2, 1):
+                if Q == 1:
+                    G[0] += G[1]
+                kk = kp * _COUNT[Q]
+                dU = leadingView(ub, (og, kk * nc))
+                start = kp * _QOFF[Q] * nc
+                # BLAS: both operands run along the tiles, which the tile kernel (sgemm) cannot read as B.
+                np.matmul(G[1] if Q == 2 else G[0], V[start:start + kk * nc].T, out=dU)
+                _kernelPointAdjoint(dU, rows, P, Q, c0, c1)
+
+    shareItems(part, parts, workers)
+    return dw
+
+
+def _gemm(a, b, out, accumulate, fast, scratch):
+    """out (+)= a @ b on this thread: the float32 tile kernel where it applies, else BLAS (float64: the
+    gradient checks; its temporary for the sum is not worth a buffer)."""
+    if fast:
+        sgemm.gemm(a, b, out, accumulate=accumulate, scratch=scratch)
+    elif accumulate:
+        out += np.matmul(a, b)
+    else:
+        np.matmul(a, b, out=out)
