@@ -107,21 +107,18 @@ def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
         out = outputShape(xShape[2:], kernel, stride, pad, dilation)[0]
         return "winograd" if cg >= 16 and o // groups >= 16 and out >= 96 and xShape[0] * out >= 4096 else "im2col"
     if conv_winograd.available and conv_winograd_s2.applies(kernel, stride, dilation):
-        # Stride 2 (conv_winograd_s2), against im2col, fwd / bwd-data / bwd-params (time ratios, same process):
-        # - warm, rotating (conv.timeAlgorithms, 7 rounds): case 5 (N8 128->256 28x28) 0.92 / 0.92 / 0.89,
-        #   N8 64->128 56x56 0.88 / 0.97 / 0.92, N8 128->128 28x28 0.85 / 0.76 / 0.79, N8 256->256 28x28
-        #   0.72 / 0.79 / 0.92;
-        # - with a 64 MiB array read between calls (caches cold, as in a network's step): case 5 1.00 / 0.92 /
-        #   0.87, N8 64->64 57x57 p0 0.80 / 0.94 / 1.04, N8 64->128 56x56 0.84 / 1.01 / 1.02, N8 128->128 0.84 /
-        #   0.71 / 0.76, N4 128->256 28x28 1.15 / 1.02 / 0.91.
-        # Loses on 7x7 outputs (N8 256->512 14x14, warm 1.12 / 1.01 / 1.69: a quarter of the tiles' outputs wasted,
-        # thin GEMMs), on few tiles (N1 and N2 128->256 28x28: 1.14 to 1.65), with 16 channels (1.2 to 1.5), and on
-        # the weight gradient with 64 maps (N8 64->64 57x57, warm 1.05-1.10).
+        # Stride 2 (conv_winograd_s2), against im2col, fwd / bwd-data / bwd-params, time ratios in one process with
+        # a 64 MiB array read between calls (caches cold, as in a network's step): case 5 (N8 128->256 28x28) 0.91 /
+        # 0.81 / 0.76, N8 64->64 57x57 p0 0.73 / 0.87 / 0.91, N8 64->128 56x56 0.83 / 0.93 / 0.90, N8 96->192
+        # 28x28 0.96 / 0.81 / 0.74, N4 128->256 28x28 1.03 / 0.88 / 0.79, N2 1.25 / 1.10 / 0.95. Warm
+        # (conv.timeAlgorithms) before the weight gradient went through sgemm: N8 128->128 28x28 0.85 / 0.76 / 0.79,
+        # N8 256->256 28x28 0.72 / 0.79 / 0.92. Loses on 7x7 outputs (N8 256->512 14x14, warm 1.12 / 1.01 / 1.69:
+        # a quarter of the tiles' outputs wasted, thin GEMMs), on few tiles (N1 128->256 28x28: 1.36 to 1.65), and
+        # with 16 channels (1.2 to 1.5).
         outSpatial = outputShape(xShape[2:], kernel, stride, pad, dilation)
         tiles = xShape[0] * prod(-(-s // 2) for s in outSpatial)
-        og = o // groups
-        if cg >= 64 and og >= (128 if direction == "backwardParams" else 64) and min(outSpatial) >= 14 \
-                and tiles >= 392:
+        if cg >= 64 and o // groups >= 64 and min(outSpatial) >= 14 \
+                and tiles >= (392 if direction == "forward" else 196):
             return "winograd"
         return "im2col"
     if _winogradApplies(wShape, stride, dilation):
