@@ -4,8 +4,8 @@ thread). Results must be bit-identical on one thread and on two."""
 
 import numpy as np
 import pytest
-from conftest import engineCall, resultsOnThreads, setTiles, tracedPeak
-from reference import convBackwardData, outShape
+from conftest import convData, engineCall, resultsOnThreads, setTiles, tracedPeak
+from reference import convBackwardData
 
 from PuzzleLib.Engines.cpu import conv_col2im, conv_common, conv_im2col
 
@@ -23,11 +23,9 @@ TOL64 = dict(rtol=1e-12, atol=1e-12)
 
 
 def _data(case, dtype=np.float64, seed=0):
-    n, c, spatial, o, kernel, stride, pad, dilation, groups = case
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal((o, c // groups) + kernel).astype(dtype)
-    dy = rng.standard_normal((n, o) + outShape(spatial, kernel, stride, pad, dilation)).astype(dtype)
-    return dy, w, (n, c) + spatial, stride, pad, dilation, groups
+    """conftest.convData's dy and w, with x's shape and the parameters: backwardData's arguments."""
+    x, w, _, dy, (stride, pad, dilation, groups) = convData(case, dtype, seed)
+    return dy, w, x.shape, stride, pad, dilation, groups
 
 
 def _run(*args):

@@ -4,7 +4,7 @@ wrapped columns never leak, results bit-identical run to run and for one or two 
 
 import numpy as np
 import pytest
-from conftest import resultsOnThreads
+from conftest import convData, resultsOnThreads
 from reference import convBackwardData, convBackwardParams, convForward
 
 from PuzzleLib.Engines.cpu import conv, conv_common, conv_direct
@@ -30,13 +30,9 @@ STRIDE = {2: (1, 1), 3: (1, 1, 1)}
 
 
 def _data(case, dtype, seed=0):
+    """conftest.convData for a case of CASES' layout (stride 1: dy is the size of x)."""
     n, c, spatial, o, kernel, pad, dilation, groups = case
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, c) + spatial).astype(dtype)
-    w = rng.standard_normal((o, c // groups) + kernel).astype(dtype)
-    b = rng.standard_normal(o).astype(dtype)
-    dy = rng.standard_normal((n, o) + spatial).astype(dtype)
-    return x, w, b, dy, (STRIDE[len(spatial)], pad, dilation, groups)
+    return convData((n, c, spatial, o, kernel, STRIDE[len(spatial)], pad, dilation, groups), dtype, seed)
 
 
 def _close(got, ref, dtype):

@@ -4,7 +4,7 @@ of 8, output rows not a multiple of 8, 16 or 32 pixels), the same bits on 1 or 2
 
 import numpy as np
 import pytest
-from conftest import resultsOnThreads, tracedPeak
+from conftest import convData, resultsOnThreads, tracedPeak
 from reference import convBackwardParams, convForward, outShape
 
 from PuzzleLib.Engines.cpu import conv, conv_common, conv_implicit
@@ -26,10 +26,9 @@ SHAPES = [
 
 
 def _case(n, c, o, groups, spatial, kernel, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, c) + spatial).astype(np.float32)
-    w = rng.standard_normal((o, c // groups) + kernel).astype(np.float32)
-    bias = rng.standard_normal(o).astype(np.float32)
+    """conftest.convData's float32 x, w and bias (its dy, drawn last, is left out: any geometry will do)."""
+    unit = (1,) * len(spatial)
+    x, w, bias, _, _ = convData((n, c, spatial, o, kernel, unit, (0,) * len(spatial), unit, groups), np.float32, seed)
     return x, w, bias
 
 

@@ -7,8 +7,8 @@ thread and on two.
 
 import numpy as np
 import pytest
-from conftest import engineCall, resultsOnThreads, setTiles, tracedPeak
-from reference import convBackwardData, outShape
+from conftest import convData, engineCall, resultsOnThreads, setTiles, tracedPeak
+from reference import convBackwardData
 
 from PuzzleLib.Engines.cpu import conv, conv_col2im, conv_common, conv_phases
 
@@ -31,11 +31,11 @@ TOL64 = dict(rtol=1e-12, atol=1e-12)
 
 
 def _data(case, dtype=np.float64, seed=0):
+    """conftest.convData's dy and w for a case of CASES' layout (undilated), with x's shape and the
+    parameters: backwardData's arguments."""
     n, c, spatial, o, kernel, stride, pad, groups = case
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal((o, c // groups) + kernel).astype(dtype)
-    dy = rng.standard_normal((n, o) + outShape(spatial, kernel, stride, pad, (1,) * len(kernel))).astype(dtype)
-    return dy, w, (n, c) + spatial, stride, pad, groups
+    x, w, _, dy, _ = convData((n, c, spatial, o, kernel, stride, pad, (1,) * len(kernel), groups), dtype, seed)
+    return dy, w, x.shape, stride, pad, groups
 
 
 def _run(dy, w, xShape, stride, pad, groups):

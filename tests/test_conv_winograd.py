@@ -100,18 +100,19 @@ WINOGRAD2 = [
 ]
 
 
-def _check2(case, dtype, tol, withBias=True):
+def _check2(case, dtype, tol, withBias=True, module=conv_winograd2x2, seed=7):
+    """``module`` (F(2x2) unless told) in every direction against the references, within ``tol`` of the
+    largest result."""
     n, c, spatial, o, pad, groups = case
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, c) + spatial).astype(dtype)
     w = rng.standard_normal((o, c // groups, 3, 3)).astype(dtype)
     b = rng.standard_normal(o).astype(dtype) if withBias else None
     ref = convForward(x, w, b, (1, 1), pad, (1, 1), groups)
     dy = rng.standard_normal(ref.shape).astype(dtype)
     with engineCall(1 << 20):
-        got = [conv_winograd2x2.forward(x, w, b, pad, groups),
-               conv_winograd2x2.backwardData(dy, w, x.shape, pad, groups),
-               conv_winograd2x2.backwardParams(x, dy, w.shape, pad, groups)]
+        got = [module.forward(x, w, b, pad, groups), module.backwardData(dy, w, x.shape, pad, groups),
+               module.backwardParams(x, dy, w.shape, pad, groups)]
     refs = [ref, convBackwardData(dy, w, x.shape, (1, 1), pad, (1, 1), groups),
             convBackwardParams(x, dy, w.shape, (1, 1), pad, (1, 1), groups)[0]]
     for a, r in zip(got, refs):
@@ -195,17 +196,4 @@ def test_heuristicPicksWinograd2x2OnSmallMapsWithManyChannelsAndTiles():
 def test_winograd4x4StillMatchesOnSmallMaps(case, dtype):
     # algo="winograd" now runs F(2x2) on these maps; F(4x4) itself (conv_polyphase runs it on small phases)
     # keeps its own bound there: 5e-5 (float32), 1e-12 (float64).
-    n, c, spatial, o, pad, groups = case
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal((n, c) + spatial).astype(dtype)
-    w = rng.standard_normal((o, c // groups, 3, 3)).astype(dtype)
-    ref = convForward(x, w, None, (1, 1), pad, (1, 1), groups)
-    dy = rng.standard_normal(ref.shape).astype(dtype)
-    tol = 5e-5 if dtype == np.float32 else 1e-12
-    with engineCall(1 << 20):
-        got = [conv_winograd.forward(x, w, None, pad, groups), conv_winograd.backwardData(dy, w, x.shape, pad, groups),
-               conv_winograd.backwardParams(x, dy, w.shape, pad, groups)]
-    refs = [ref, convBackwardData(dy, w, x.shape, (1, 1), pad, (1, 1), groups),
-            convBackwardParams(x, dy, w.shape, (1, 1), pad, (1, 1), groups)[0]]
-    for a, r in zip(got, refs):
-        assert np.abs(a - r).max() <= tol * np.abs(r).max()
+    _check2(case, dtype, 5e-5 if dtype == np.float32 else 1e-12, withBias=False, module=conv_winograd, seed=5)

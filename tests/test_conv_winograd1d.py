@@ -7,7 +7,7 @@ float64; results must be bit-identical run to run and on one or two threads.
 
 import numpy as np
 import pytest
-from conftest import resultsOnThreads
+from conftest import convData, resultsOnThreads
 from reference import convBackwardData, convBackwardParams, convForward
 
 from PuzzleLib.Engines.cpu import conv, conv_winograd1d
@@ -26,12 +26,8 @@ def _refs(x, w, b, dy, pad, groups):
 
 
 def _data(n, c, size, o, pad, groups, dtype, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, c, size)).astype(dtype)
-    w = rng.standard_normal((o, c // groups, 3)).astype(dtype)
-    b = rng.standard_normal(o).astype(dtype)
-    dy = rng.standard_normal((n, o, size + 2 * pad - 2)).astype(dtype)
-    return x, w, b, dy
+    """conftest.convData's x, w, b and dy for a 3-tap stride-1 convolution of length ``size``."""
+    return convData((n, c, (size,), o, (3,), (1,), (pad,), (1,), groups), dtype, seed)[:4]
 
 
 def _relErr(ours, ref):

@@ -5,6 +5,7 @@ dimension, Winograd F(2x2)) against the float64 reference, with the kernel and w
 
 import numpy as np
 import pytest
+from conftest import convData
 from reference import convBackwardData, convForward
 
 from PuzzleLib.Engines.cpu import conv, conv_winograd2x2, sgemm
@@ -93,10 +94,8 @@ def test_batchedLoopGivesGemmsBits(packed, shared):
 
 
 def _conv32(n, c, o, groups, h, w, kernel, seed=3):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
-    wt = rng.standard_normal((o, c // groups) + kernel).astype(np.float32)
-    bias = rng.standard_normal(o).astype(np.float32)
+    """conftest.convData's float32 x, w and bias (its dy, drawn last, is left out: any geometry will do)."""
+    x, wt, bias, _, _ = convData((n, c, (h, w), o, kernel, (1, 1), (0, 0), (1, 1), groups), np.float32, seed)
     return x, wt, bias
 
 
