@@ -163,8 +163,6 @@ class LocalEngine:
             # The module needs the directions in this order (forward stores the input backward uses).
             info["first_call_ms"] = {d: timeCall(calls[d], 1) * 1e3 for d in DIRECTIONS}
             info["algos"] = _peers.algosOf(conv)
-            # Which copy of the package was timed (PYTHONPATH can put another one before the repository's).
-            info["puzzlelib_path"] = os.path.dirname(sys.modules["PuzzleLib"].__file__)
         elif self.name == "torch":
             calls, self.results, _ = _peers.setupTorch(self.module, c, arrays)
         else:
@@ -177,6 +175,12 @@ class LocalEngine:
     def best(self, direction, warmup):
         """Warm-up: the fastest of ``warmup`` single calls, in seconds."""
         return min(timeCall(self.calls[direction], 1) for _ in range(warmup))
+
+    @staticmethod
+    def puzzlelibPath():
+        """Which copy of the package was timed (PYTHONPATH can put another one before the repository's);
+        ours only, once it has set up a case."""
+        return os.path.dirname(sys.modules["PuzzleLib"].__file__)
 
     def sample(self, direction, inner):
         return timeCall(self.calls[direction], inner)
@@ -235,6 +239,9 @@ class WorkerEngine:
 
     def best(self, direction, warmup):
         return self._ask(cmd="best", direction=direction, warmup=warmup)
+
+    def puzzlelibPath(self):
+        return self._ask(cmd="puzzlelibPath")
 
     def sample(self, direction, inner):
         return self._ask(cmd="sample", direction=direction, inner=inner)
@@ -334,7 +341,6 @@ def benchmarkCase(c, engines, args, np):
         info = engine.setup(c["id"])
         if name == "ours":
             rec["first_call_ms"], rec["optimize"], rec["algos"] = info["first_call_ms"], info["optimize"], info["algos"]
-            rec["puzzlelib_path"] = info["puzzlelib_path"]
         keys += [(name, d) for d in info["directions"]]
 
     # Warm-up, and how many calls one timed sample needs to last about args.sample_s (tiny cases loop).
@@ -661,8 +667,7 @@ def workerInfo(engines):
             for name, e in engines.items() if isinstance(e, WorkerEngine)}
 
 
-def meta(args, engines, np):
-    workers = workerInfo(engines)
+def meta(args, engines, peers, np):
     method = "inprocess" if args.inprocess else "isolated"
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -671,13 +676,14 @@ def meta(args, engines, np):
         "cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg(), "threads": args.threads,
         "pid": os.getpid(),  # the parent's: no worker may be it
         "reps": args.reps, "warmup": args.warmup, "sample_s": args.sample_s, "optimize": args.optimize,
-        "method": method, "method_text": METHODS[method], "workers": workers,
+        "method": method, "method_text": METHODS[method],
+        "workers": None,  # run() fills it in at the end: what each worker had imported by then
         # What numpy's BLAS is in the process that times ours (the ours worker, unless --inprocess).
-        "numpy": np.__version__, "blas": workers["ours"]["blas"] if "ours" in workers else blasInfo(),
+        "numpy": np.__version__, "blas": blasInfo() if args.inprocess else engines["ours"].hello["blas"],
         "removed_env": os.environ.get("PUZZLELIB_BENCH_REMOVED", ""),
         "git": _gitState(),
         "peers": {e: _peers.version(e) for e in ("torch", "onnxruntime", "onnx")},
-        "peers_used": sorted(e for e in engines if e != "ours"),
+        "peers_used": sorted(peers),
         "units": "ms per call (median over reps); GFLOP/s = flops / time; speed = peer time / our time",
         "memory_method": "peak extra RSS during one warm call, in a separate process (VmHWM reset via "
                          "/proc/self/clear_refs, glibc MALLOC_MMAP_THRESHOLD_ fixed), minus RSS just before it; "
@@ -758,8 +764,8 @@ def main(argv=None):
 
 
 def run(args, engines, np):
-    info = meta(args, engines, np)
     peers = [e for e in engines if e != "ours"]
+    info = meta(args, engines, peers, np)
     numpyBlas = [b for b in info["blas"] if b.get("user_api") == "blas" and "numpy" in b.get("filepath", "")]
     print("BLAS used by numpy: " + ("; ".join(
         f"{b.get('internal_api')} {b.get('version')}, kernel {b.get('architecture')}, {b.get('num_threads')} threads"
@@ -774,12 +780,11 @@ def run(args, engines, np):
           "--no-memory, in this run); peak MiB: extra RSS during one warm call, output included (separate process),\n"
           "plus, for ours, the workspace the engine keeps between calls (tracemalloc)")
 
-    memory = {} if args.no_memory else runProbes(args.caseIds, sorted(peers), args)
+    memory = {} if args.no_memory else runProbes(args.caseIds, info["peers_used"], args)
     results = []
     for cid in args.caseIds:
         c = CASE_IDS[cid]
         rec = benchmarkCase(c, engines, args, np)
-        info["puzzlelib_path"] = rec.pop("puzzlelib_path")
         rec["memory"] = memory.get(cid, {})
         rec["goals"] = goals(c, rec)
         rec["gflop"] = flops(c) / 1e9
@@ -790,7 +795,9 @@ def run(args, engines, np):
         results.append({"case": {k: v for k, v in c.items() if k != "default"}, **rec})
         sys.stdout.flush()
     printGoals(results)
-    info["workers"] = workerInfo(engines)  # again: what each worker had imported by the end
+    if results:  # ours has imported the package by now
+        info["puzzlelib_path"] = engines["ours"].puzzlelibPath()
+    info["workers"] = workerInfo(engines)  # what each worker had imported by the end
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"meta": info, "results": results}, indent=1))

@@ -75,30 +75,20 @@ def _assertArrayEqual(a, b, what):
         np.testing.assert_array_equal(a, b, err_msg=what)
 
 
-@contextlib.contextmanager
-def blasThreadsAt(count):
-    """OpenBLAS set to ``count`` threads for the block, the original count restored after: a test that the
-    engine puts the count back can then fail even where BLAS already runs one thread."""
+def assertRestoresBlasThreads(run):
+    """run() leaves OpenBLAS's thread count as it found it: 2 going in, so that a count left at 1 shows even
+    where BLAS already runs one thread; the original count is put back afterwards."""
     from PuzzleLib.Engines.cpu import conv_common
 
     setN, getN = conv_common.blasThreads
     original = getN()
-    setN(count)
+    setN(2)
     try:
-        yield
-    finally:
-        setN(original)
-
-
-def assertRestoresBlasThreads(run):
-    """run() leaves OpenBLAS's thread count as it found it (2 going in, so that a count left at 1 shows)."""
-    from PuzzleLib.Engines.cpu import conv_common
-
-    getN = conv_common.blasThreads[1]
-    with blasThreadsAt(2):
         before = getN()
         run()
         assert getN() == before
+    finally:
+        setN(original)
 
 
 @contextlib.contextmanager

@@ -47,8 +47,7 @@ def backwardData(dy, w, xShape, stride, pad, dilation, groups):
     workers = conv_common.chunkWorkers(n)
     # Contiguous runs of items, one per thread (all bands of an item on one thread: they add into the same rows).
     items = sorted({n0 for n0, _, _, _ in units})
-    firsts = [items[len(items) * k // workers] for k in range(workers)] + [n]
-    runs = [[u for u in units if firsts[k] <= u[0] < firsts[k + 1]] for k in range(workers)]
+    runs = [[u for u in units if u[0] in run] for run in conv_common.runs(items, workers)]
     size = max((n1 - n0) * (r1 - r0) for n0, n1, r0, r1 in units) * rowLen * ck
     buffers = [workspace.get(f"col2im-items{k}", (size,), dy.dtype) for k in range(workers)]  # not thread-safe
 
