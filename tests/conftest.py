@@ -118,6 +118,18 @@ def convData(case, dtype=np.float64, seed=0):
     return x, w, b, dy, (stride, pad, dilation, groups)
 
 
+def directionCalls(x, w, dy, args, algo):
+    """The engine's three directions for x, w and dy with ``args`` (stride, pad, dilation, groups), no bias, one
+    algorithm: {direction: call}, each call returning its array."""
+    from PuzzleLib.Engines.cpu import conv
+
+    return {
+        "forward": lambda: conv.forward(x, w, None, *args, algo=algo),
+        "backwardData": lambda: conv.backwardData(dy, w, x.shape, *args, algo=algo),
+        "backwardParams": lambda: conv.backwardParams(x, dy, w.shape, False, *args, algo=algo)[0],
+    }
+
+
 def tracedPeak(run):
     """run() once (compiled kernels, memoised plans), then again with tracemalloc on: the second call's result
     and the most bytes it held at once (numpy's buffers included) beyond what was allocated before it."""

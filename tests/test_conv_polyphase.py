@@ -4,7 +4,7 @@ or one phase at a time). Results against the float64 reference are tested in tes
 
 import numpy as np
 import pytest
-from conftest import tracedPeak
+from conftest import directionCalls, tracedPeak
 
 from PuzzleLib.Engines.cpu import conv, conv_polyphase, conv_winograd
 
@@ -31,12 +31,7 @@ def test_workspaceEstimateBoundsPeak(xShape, wShape, pad, dilation):
     args = ((1, 1), pad, dilation, 1)
     dy = rng.standard_normal((xShape[0], wShape[0]) + conv.outputShape(xShape[2:], (3, 3), *args[:3])) \
         .astype(np.float32)
-    calls = {
-        "forward": lambda: conv.forward(x, w, None, *args, algo="winograd"),
-        "backwardData": lambda: conv.backwardData(dy, w, x.shape, *args, algo="winograd"),
-        "backwardParams": lambda: conv.backwardParams(x, dy, w.shape, False, *args, algo="winograd")[0],
-    }
-    for direction, call in calls.items():
+    for direction, call in directionCalls(x, w, dy, args, "winograd").items():
         estimate = conv.workspaceBytes(direction, "winograd", xShape, wShape, *args)
         assert estimate == conv_polyphase.workspaceBytes(direction, xShape, wShape, pad, dilation, 1)
         peak = _scratchPeak(call)

@@ -5,7 +5,7 @@ the heuristic's picks."""
 
 import numpy as np
 import pytest
-from conftest import convData, resultsOnThreads, tracedPeak
+from conftest import convData, directionCalls, resultsOnThreads, tracedPeak
 from reference import convBackwardData, convBackwardParams, convForward
 
 from PuzzleLib.Engines.cpu import conv, conv_winograd, conv_winograd_s2
@@ -83,12 +83,7 @@ def test_workspaceEstimateBoundsPeak(xShape, wShape, pad):
     args = ((2, 2), pad, (1, 1), 1)
     dy = rng.standard_normal((xShape[0], wShape[0]) + conv.outputShape(xShape[2:], (3, 3), *args[:3])) \
         .astype(np.float32)
-    calls = {
-        "forward": lambda: conv.forward(x, w, None, *args, algo="winograd"),
-        "backwardData": lambda: conv.backwardData(dy, w, x.shape, *args, algo="winograd"),
-        "backwardParams": lambda: conv.backwardParams(x, dy, w.shape, False, *args, algo="winograd")[0],
-    }
-    for direction, call in calls.items():
+    for direction, call in directionCalls(x, w, dy, args, "winograd").items():
         estimate = conv.workspaceBytes(direction, "winograd", xShape, wShape, *args)
         assert estimate == conv_winograd_s2.workspaceBytes(direction, xShape, wShape, pad, 1)
         result, peak = tracedPeak(call)

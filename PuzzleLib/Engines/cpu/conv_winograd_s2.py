@@ -64,6 +64,17 @@ def applies(kernel, stride, dilation):
             and tuple(dilation) == (1, 1))
 
 
+def _componentRows(V, ii, kp, C, c, n):
+    """The rows of V (a row of points' transformed input, laid out as _inputRow's) that hold the five column
+    components 0a, 0b (point 0), 1 (point 1), 2a, 2b (point 2) of row component ii, for the n channels from
+    channel c (of C), each flattened: one long run per component."""
+    o0 = (2 * ii) * C + c
+    o1 = (2 * kp + ii) * C + c
+    o2 = (3 * kp + 2 * ii) * C + c
+    return (V[o0:o0 + n].reshape(-1), V[o0 + C:o0 + C + n].reshape(-1), V[o1:o1 + n].reshape(-1),
+            V[o2:o2 + n].reshape(-1), V[o2 + C:o2 + C + n].reshape(-1))
+
+
 def _inputRow(x, V, P, ph, pw, th, tw, q0, q1, c0, c1, cbase, C):
     """The transformed input of the points (P, 0), (P, 1), (P, 2), tile rows q in [q0, q1) (q = n * th + ty),
     channels c in [c0, c1) of the C from cbase: point Q's block of V (from row kp * QOFF[Q] * C) holds component
@@ -134,15 +145,7 @@ def _inputRow(x, V, P, ph, pw, th, tw, q0, q1, c0, c1, cbase, C):
         n = ce - cs
         for ii in range(kp):
             r, e = R[ii], E[ii]
-            # The five column components' rows: 0a, 0b (point 0), 1 (point 1), 2a, 2b (point 2).
-            o0a = (2 * ii) * C + cs - cbase
-            o0b = (2 * ii + 1) * C + cs - cbase
-            o1 = (2 * kp + ii) * C + cs - cbase
-            o2a = (3 * kp + 2 * ii) * C + cs - cbase
-            o2b = (3 * kp + 2 * ii + 1) * C + cs - cbase
-            v0a, v0b = V[o0a:o0a + n].reshape(-1), V[o0b:o0b + n].reshape(-1)
-            v1 = V[o1:o1 + n].reshape(-1)
-            v2a, v2b = V[o2a:o2a + n].reshape(-1), V[o2b:o2b + n].reshape(-1)
+            v0a, v0b, v1, v2a, v2b = _componentRows(V, ii, kp, C, cs - cbase, n)
             for p in range(L):
                 u = uintp(4 * p)
                 a0, a1, a2 = r[u], r[u + uintp(1)], r[u + uintp(2)]
@@ -272,14 +275,7 @@ def _inputRowAdjoint(dV, dx, P, ph, pw, th, tw, q0, q1, c0, c1, cbase, C):
         L = count * tw
         for ii in range(kp):
             r, e = R[ii], E[ii]
-            o0a = (2 * ii) * C + cs - cbase
-            o0b = (2 * ii + 1) * C + cs - cbase
-            o1 = (2 * kp + ii) * C + cs - cbase
-            o2a = (3 * kp + 2 * ii) * C + cs - cbase
-            o2b = (3 * kp + 2 * ii + 1) * C + cs - cbase
-            v0a, v0b = dV[o0a:o0a + n].reshape(-1), dV[o0b:o0b + n].reshape(-1)
-            v1 = dV[o1:o1 + n].reshape(-1)
-            v2a, v2b = dV[o2a:o2a + n].reshape(-1), dV[o2b:o2b + n].reshape(-1)
+            v0a, v0b, v1, v2a, v2b = _componentRows(dV, ii, kp, C, cs - cbase, n)
             for p in range(L):
                 u = uintp(4 * p)
                 d0, d2 = v0a[p], v2a[p]
@@ -439,6 +435,7 @@ def _scatterRows(Z, y, bias, th, tw, q0, q1, o0, o1, i0, i1, init):
 
 
 if available:
+    _componentRows = njit(cache=True, nogil=True, inline="always")(_componentRows)
     _inputRow = njit(cache=True, nogil=True)(_inputRow)
     _kernelPoint = njit(cache=True, nogil=True)(_kernelPoint)
     _tapMajor = njit(cache=True, nogil=True)(_tapMajor)
@@ -564,24 +561,29 @@ def forward(x, w, bias, pad, groups):
     return y
 
 
+def _backwardPlan(direction, xShape, wShape, pad, groups, dtype):
+    """What both backward directions start from: the group sizes, the tile grid (th, tw, tile rows, tiles), the
+    ranges of channels, the workers and their buffers (gradient transform, transformed row, kernel or its
+    gradient), and whether the products go through sgemm."""
+    n, c, h, w = xShape
+    og, cg = wShape[0] // groups, c // groups
+    _, _, th, tw = _tiles(h, w, pad)
+    parts, workers, _, own = _plan(direction, xShape, wShape, pad, groups, np.dtype(dtype).itemsize)
+    bufs = [[workspace.get(f"s2-{tag}{k}", (size,), dtype) for tag, size in zip("gvu", own[:3])]
+            for k in range(workers)]
+    return og, cg, th, tw, n * th, n * th * tw, parts, workers, bufs, sgemm.applies(np.dtype(dtype))
+
+
 def backwardData(dy, w, xShape, pad, groups):
     """The gradient of the input (xShape): per range of input channels and row of points, the gradient's
     transform of all maps, dV = U^T dM for the three points, the adjoint input transform added into dx."""
-    n, c, h, wd = xShape
-    o = w.shape[0]
-    og, cg = o // groups, c // groups
-    _, _, th, tw = _tiles(h, wd, pad)
     dx = np.zeros(xShape, dtype=dy.dtype)
     if dx.size == 0 or dy.size == 0:
         return dx
     dyc, wc = np.ascontiguousarray(dy), np.ascontiguousarray(w)
-    total = n * th
-    T = total * tw
-    dt = dy.dtype
-    parts, workers, shared, own = _plan("backwardData", xShape, w.shape, pad, groups, dy.itemsize)
-    wt = tapMajor(wc, workspace.get("s2-wt", (9, o, cg), dt))
-    bufs = [[workspace.get(f"s2-{tag}{k}", (size,), dt) for tag, size in zip("gvu", own[:3])] for k in range(workers)]
-    fast = sgemm.applies(dt)
+    og, cg, th, tw, total, T, parts, workers, bufs, fast = _backwardPlan("backwardData", xShape, w.shape, pad,
+                                                                          groups, dy.dtype)
+    wt = tapMajor(wc, workspace.get("s2-wt", (9, og * groups, cg), dy.dtype))
 
     def part(k, item):
         (gb, vb, ub), (g, c0, c1) = bufs[k], item
@@ -613,21 +615,12 @@ def backwardParams(x, dy, wShape, pad, groups):
     a B operand the tile kernel reads (sgemm, ~113 GFLOP/s on case 5's (256 x 392) @ (392 x 256) against single-
     threaded OpenBLAS's ~95 on dM V^T; the whole weight gradient ran 0.87-0.89 of its time, same process,
     caches warm or cold)."""
-    n, c, h, wd = x.shape
-    o = wShape[0]
-    og, cg = o // groups, c // groups
-    _, _, th, tw = _tiles(h, wd, pad)
     dw = np.zeros(wShape, dtype=x.dtype)
     if x.size == 0 or dy.size == 0:
         return dw
     xc, dyc = np.ascontiguousarray(x), np.ascontiguousarray(dy)
-    total = n * th
-    T = total * tw
-    dt = x.dtype
-    parts, workers, shared, own = _plan("backwardParams", x.shape, wShape, pad, groups, x.itemsize)
-    bufs = [[workspace.get(f"s2-{tag}{k}", (size,), dt) for tag, size in zip("gvu", own[:3])] for k in range(workers)]
-
-    fast = sgemm.applies(dt)
+    og, cg, th, tw, total, T, parts, workers, bufs, fast = _backwardPlan("backwardParams", x.shape, wShape, pad,
+                                                                          groups, x.dtype)
 
     def part(k, item):
         (gb, vb, ub), (g, c0, c1) = bufs[k], item
