@@ -118,6 +118,15 @@ def convData(case, dtype=np.float64, seed=0):
     return x, w, b, dy, (stride, pad, dilation, groups)
 
 
+def convInputs32(n, c, o, groups, spatial, kernel, seed=0):
+    """convData's float32 x, w and bias for an undilated stride-1 convolution without padding (its dy, drawn
+    last, is left out: any geometry will do)."""
+    unit = (1,) * len(spatial)
+    x, w, bias, _, _ = convData((n, c, spatial, o, kernel, unit, (0,) * len(spatial), unit, groups), np.float32,
+                                seed)
+    return x, w, bias
+
+
 def directionCalls(x, w, dy, args, algo):
     """The engine's three directions for x, w and dy with ``args`` (stride, pad, dilation, groups), no bias, one
     algorithm: {direction: call}, each call returning its array."""

@@ -4,7 +4,7 @@ of 8, output rows not a multiple of 8, 16 or 32 pixels), the same bits on 1 or 2
 
 import numpy as np
 import pytest
-from conftest import convData, resultsOnThreads, tracedPeak
+from conftest import convInputs32, resultsOnThreads, tracedPeak
 from reference import convBackwardParams, convForward, outShape
 
 from PuzzleLib.Engines.cpu import conv, conv_common, conv_implicit
@@ -25,18 +25,11 @@ SHAPES = [
 ]
 
 
-def _case(n, c, o, groups, spatial, kernel, seed=0):
-    """conftest.convData's float32 x, w and bias (its dy, drawn last, is left out: any geometry will do)."""
-    unit = (1,) * len(spatial)
-    x, w, bias, _, _ = convData((n, c, spatial, o, kernel, unit, (0,) * len(spatial), unit, groups), np.float32, seed)
-    return x, w, bias
-
-
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("withBias", [True, False])
 def test_forwardMatchesFloat64Reference(shape, withBias):
     n, c, o, groups, spatial, kernel, stride, pad, dilation = shape
-    x, w, bias = _case(n, c, o, groups, spatial, kernel)
+    x, w, bias = convInputs32(n, c, o, groups, spatial, kernel)
     bias = bias if withBias else None
     y = conv_implicit.forward(x, w, bias, stride, pad, dilation, groups)
     ref = convForward(x, w, bias, stride, pad, dilation, groups)
@@ -48,7 +41,7 @@ def test_forwardMatchesFloat64Reference(shape, withBias):
 @pytest.mark.parametrize("shape", SHAPES[:2] + SHAPES[7:])
 def test_sameBitsOnOneOrTwoThreads(shape, monkeypatch):
     n, c, o, groups, spatial, kernel, stride, pad, dilation = shape
-    x, w, bias = _case(n, c, o, groups, spatial, kernel, seed=1)
+    x, w, bias = convInputs32(n, c, o, groups, spatial, kernel, seed=1)
     monkeypatch.setattr(conv_common, "PARALLEL_WORK", 1)
     resultsOnThreads(monkeypatch, lambda: conv_implicit.forward(x, w, bias, stride, pad, dilation, groups),
                      threads=(1, 2))
@@ -56,7 +49,7 @@ def test_sameBitsOnOneOrTwoThreads(shape, monkeypatch):
 
 @pytest.mark.skipif(not conv_implicit.sgemm.available, reason="dispatched on AVX-512 hosts only")
 def test_dispatchedFromIm2colForwardInFloat32Only():
-    x, w, bias = _case(2, 3, 10, 1, (23, 70), (7, 7))  # rows of 35 pixels, depth 147
+    x, w, bias = convInputs32(2, 3, 10, 1, (23, 70), (7, 7))  # rows of 35 pixels, depth 147
     args = ((2, 2), (3, 3), (1, 1), 1)
     assert conv_implicit.preferred(x.shape, w.shape, *args, np.float32)
     assert not conv_implicit.preferred(x.shape, w.shape, *args, np.float64)
@@ -76,7 +69,7 @@ def test_workspaceEstimateCoversThePhasedCopy():
     assert need == (phased + 2 * 147 * 8) * 4
     assert conv.workspaceBytes("forward", "im2col", xShape, wShape, (2, 2), (3, 3), (1, 1), 1) == need
     # And it covers what a call allocates beyond its result (numpy's allocations, traced).
-    x, w, bias = _case(*xShape[:2], wShape[0], 1, xShape[2:], wShape[2:])
+    x, w, bias = convInputs32(*xShape[:2], wShape[0], 1, xShape[2:], wShape[2:])
     y, peak = tracedPeak(lambda: conv.forward(x, w, bias, (2, 2), (3, 3), (1, 1), 1, algo="im2col"))
     assert peak - y.nbytes <= need + (16 << 10)  # tables, per-thread scratch tiles
 
@@ -94,7 +87,7 @@ GRAD_SHAPES = [
 
 def _gradCase(shape, seed=0):
     n, c, o, groups, spatial, kernel, stride, pad, dilation = shape
-    x, w, _ = _case(n, c, o, groups, spatial, kernel, seed)
+    x, w, _ = convInputs32(n, c, o, groups, spatial, kernel, seed)
     out = outShape(spatial, kernel, stride, pad, dilation)
     dy = np.random.default_rng(seed + 7).standard_normal((n, o) + out).astype(np.float32)
     return x, w, dy
@@ -119,7 +112,6 @@ def test_weightGradientSameBitsOnOneOrTwoThreads(shape, monkeypatch):
     x, w, dy = _gradCase(shape, seed=2)
     _, _, _, groups, _, _, stride, pad, dilation = shape
     monkeypatch.setattr(conv_common, "PARALLEL_WORK", 1)
-    monkeypatch.setattr(conv_implicit, "UNIT_BYTES", 512 << 10)
 
     def run():
         return conv_implicit.backwardParams(x, dy, w.shape, stride, pad, dilation, groups, withBias=True)

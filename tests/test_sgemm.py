@@ -5,7 +5,7 @@ dimension, Winograd F(2x2)) against the float64 reference, with the kernel and w
 
 import numpy as np
 import pytest
-from conftest import convData
+from conftest import convInputs32
 from reference import convBackwardData, convForward
 
 from PuzzleLib.Engines.cpu import conv, conv_winograd2x2, sgemm
@@ -93,18 +93,12 @@ def test_batchedLoopGivesGemmsBits(packed, shared):
         assert np.array_equal(c[..., :3], start[..., :3]) and np.array_equal(c[..., 45:], start[..., 45:])
 
 
-def _conv32(n, c, o, groups, h, w, kernel, seed=3):
-    """conftest.convData's float32 x, w and bias (its dy, drawn last, is left out: any geometry will do)."""
-    x, wt, bias, _, _ = convData((n, c, (h, w), o, kernel, (1, 1), (0, 0), (1, 1), groups), np.float32, seed)
-    return x, wt, bias
-
-
 @pytest.mark.parametrize("useKernel", [True, False])
 @pytest.mark.parametrize("groups, stride, pad", [(1, (2, 2), (3, 3)), (2, (1, 1), (1, 2))])
 def test_im2colForwardShortInnerDimension(useKernel, groups, stride, pad, monkeypatch):
     """Inner dimension 3 * 7 * 7 = 147 (as case 3's stem): the kernel's path, bias started in the sums."""
     monkeypatch.setattr(sgemm, "available", useKernel)  # the tiles run on any host, AVX-512 or not
-    x, w, bias = _conv32(2, 6, 12, groups, 23, 30, (7, 7))
+    x, w, bias = convInputs32(2, 6, 12, groups, (23, 30), (7, 7), seed=3)
     y = conv.forward(x, w, bias, stride, pad, (1, 1), groups, algo="im2col")
     ref = convForward(x, w, bias, stride, pad, (1, 1), groups)
     assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
@@ -115,7 +109,7 @@ def test_winograd2x2ThroughTheKernel(useKernel, monkeypatch):
     """F(2x2, 3x3) forward and backward-data (the kernel matrices read transposed in place) within the
     stated float32 bound, 1e-5 of the largest result."""
     monkeypatch.setattr(sgemm, "available", useKernel)
-    x, w, bias = _conv32(2, 20, 36, 1, 7, 9, (3, 3), seed=4)
+    x, w, bias = convInputs32(2, 20, 36, 1, (7, 9), (3, 3), seed=4)
     dy = np.random.default_rng(5).standard_normal((2, 36, 7, 9)).astype(np.float32)
     y = conv_winograd2x2.forward(x, w, bias, (1, 1), 1)
     ref = convForward(x, w, bias, (1, 1), (1, 1), (1, 1), 1)

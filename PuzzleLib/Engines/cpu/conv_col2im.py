@@ -83,4 +83,4 @@ def workspaceBytes(xShape, wShape, stride, pad, dilation, itemsize):
     rowLen, rows = out[-1], prod(out[:-1])
     rowBytes = c * prod(wShape[2:]) * rowLen * itemsize
     units = _units(n, rows, rowBytes, conv_common.tileBytesFor(prod(xShape) * itemsize))
-    return min(conv_common.THREADS, n) * max((n1 - n0) * (r1 - r0) for n0, n1, r0, r1 in units) * rowBytes
+    return conv_common.chunkWorkers(n) * max((n1 - n0) * (r1 - r0) for n0, n1, r0, r1 in units) * rowBytes

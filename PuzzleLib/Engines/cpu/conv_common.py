@@ -206,11 +206,6 @@ def params3(stride, pad, dilation):
     return lead3(stride), lead3(pad, 0), lead3(dilation)
 
 
-def contiguous(a):
-    """``a`` itself when C-contiguous, else a contiguous copy: the compiled kernels index flat views."""
-    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
-
-
 def transposedPad(kernel, pad, dilation):
     """Padding of the stride-1 transposed convolution (may be negative: the gradient is then cropped)."""
     return tuple(d * (k - 1) - p for k, p, d in zip(kernel, pad, dilation))

@@ -17,7 +17,6 @@ import numpy as np
 from PuzzleLib.Engines.cpu import conv_common
 from PuzzleLib.Engines.cpu.conv_common import (
     as5,
-    contiguous,
     lead3,
     memo,
     outputShape,
@@ -857,7 +856,7 @@ def _makeForwardRunner(xShape, wShape, stride, pad, dilation, groups, dtype):
             bias = zeroBias
         elif bias.dtype != dtype or not bias.flags.c_contiguous:
             bias = np.ascontiguousarray(bias, dtype=dtype)
-        launch(contiguous(x), contiguous(w).reshape(w5), bias, y)
+        launch(np.ascontiguousarray(x), np.ascontiguousarray(w).reshape(w5), bias, y)
         return y
 
     return run
@@ -897,10 +896,6 @@ def _gatherLauncher(src5, w5, dst5, st, pd, dl, same, flip, work):
     return launch
 
 
-def backwardData(dy, w, xShape, stride, pad, dilation, groups):
-    return backwardDataRunner(dy.shape, w.shape, tuple(xShape), stride, pad, dilation, groups, dy.dtype)(dy, w)
-
-
 def backwardDataRunner(dyShape, wShape, xShape, stride, pad, dilation, groups, dtype):
     """``run(dy, w) -> dx`` for exactly these shapes and dtype, memoised (as forwardRunner)."""
     return memo(_runnersT, (dyShape, wShape, xShape, stride, pad, dilation, groups, dtype),
@@ -916,7 +911,7 @@ def _makeBackwardDataRunner(dyShape, wShape, xShape, stride, pad, dilation, grou
             if not useNumba:
                 return _numpyBackwardData(dy, w, xShape, stride, pad, dilation, groups)
             dx = np.zeros(xShape, dtype=dtype)
-            _backwardData5(as5(contiguous(dy)), as5(contiguous(w)), as5(dx), *params)
+            _backwardData5(as5(np.ascontiguousarray(dy)), as5(np.ascontiguousarray(w)), as5(dx), *params)
             return dx
 
         return scatter
@@ -930,7 +925,7 @@ def _makeBackwardDataRunner(dyShape, wShape, xShape, stride, pad, dilation, grou
         if not useNumba:
             return _numpyBackwardData(dy, w, xShape, stride, pad, dilation, groups)
         dx = np.empty(xShape, dtype=dtype)
-        launch(contiguous(dy), contiguous(w).reshape(w5), zeroBias, dx)
+        launch(np.ascontiguousarray(dy), np.ascontiguousarray(w).reshape(w5), zeroBias, dx)
         return dx
 
     return gather
@@ -940,7 +935,7 @@ def backwardParams(x, dy, wShape, stride, pad, dilation, groups):
     if not useNumba:
         return _numpyBackwardParams(x, dy, wShape, stride, pad, dilation, groups)
     dw = np.empty(wShape, dtype=x.dtype)
-    x5, dy5, dw5 = as5(contiguous(x)), as5(contiguous(dy)), as5(dw)
+    x5, dy5, dw5 = as5(np.ascontiguousarray(x)), as5(np.ascontiguousarray(dy)), as5(dw)
     st, pd, dl = params3(stride, pad, dilation)
     work = dy.size * prod(wShape[1:])
     if (wShape[-1] == 3 and st == (1, 1, 1) and dw5.shape[2:] == (1, 3, 3) and dy5.shape[2:] == x5.shape[2:]

@@ -17,7 +17,6 @@ import numpy as np
 from PuzzleLib.Engines.cpu import conv_common, sgemm
 from PuzzleLib.Engines.cpu.conv_common import (
     as5,
-    contiguous,
     lead3,
     outputShape,
     parallel,
@@ -160,8 +159,8 @@ def _rowBytes(ck, outSpatial, itemsize):
 
 
 # -- forward -----------------------------------------------------------------------------------------
-def im2colForward(x, w, bias, stride, pad, dilation, groups, tileBytes=None):
-    if tileBytes is None and _fastApplies(x):
+def im2colForward(x, w, bias, stride, pad, dilation, groups):
+    if _fastApplies(x):
         return _fastForward(x, w, bias, stride, pad, dilation, groups)
     n, c = x.shape[:2]
     o = w.shape[0]
@@ -174,7 +173,7 @@ def im2colForward(x, w, bias, stride, pad, dilation, groups, tileBytes=None):
     rowLen = prod(outSpatial[1:])
     wg = w.reshape(groups, o // groups, ck // groups)
     yg = y.reshape(n, groups, o // groups, -1)
-    for n0, n1, r0, r1 in rowTiles(n, outSpatial[0], _rowBytes(ck, outSpatial, x.itemsize), tileBytes):
+    for n0, n1, r0, r1 in rowTiles(n, outSpatial[0], _rowBytes(ck, outSpatial, x.itemsize)):
         tileShape = (n1 - n0, c) + tuple(kernel) + (r1 - r0,) + tuple(outSpatial[1:])
         cols = workspace.get("im2col", tileShape, x.dtype)
         _gather(cols, x[n0:n1], kernel, stride, pad, dilation, outSpatial, r0, r1)
@@ -198,21 +197,21 @@ def flippedKernel(w, groups):
     return np.ascontiguousarray(wt[(slice(None), slice(None)) + (slice(None, None, -1),) * len(kernel)])
 
 
-def im2colBackwardData(dy, w, xShape, stride, pad, dilation, groups, tileBytes=None):
+def im2colBackwardData(dy, w, xShape, stride, pad, dilation, groups):
     kernel = w.shape[2:]
     # The gather needs a flipped copy of the kernel; when that outweighs the result (deep, small maps:
     # 512->512 on 7x7 copies 9 MiB for a 0.8 MiB dx), GEMM + col2im is as fast and needs only its tile.
     if all(s == 1 for s in stride) and w.nbytes <= dy.itemsize * prod(xShape):
         dx = im2colForward(dy, flippedKernel(w, groups), None, stride, transposedPad(kernel, pad, dilation),
-                           dilation, groups, tileBytes)
+                           dilation, groups)
         assert dx.shape == tuple(xShape)
         return dx
-    if tileBytes is None and _fastApplies(dy):
+    if _fastApplies(dy):
         return _fastBackwardData(dy, w, xShape, stride, pad, dilation, groups)
-    return _col2imBackwardData(dy, w, xShape, stride, pad, dilation, groups, tileBytes)
+    return _col2imBackwardData(dy, w, xShape, stride, pad, dilation, groups)
 
 
-def _col2imBackwardData(dy, w, xShape, stride, pad, dilation, groups, tileBytes):
+def _col2imBackwardData(dy, w, xShape, stride, pad, dilation, groups):
     n, o = dy.shape[:2]
     c = xShape[1]
     kernel = w.shape[2:]
@@ -222,7 +221,7 @@ def _col2imBackwardData(dy, w, xShape, stride, pad, dilation, groups, tileBytes)
     rowLen = prod(outSpatial[1:])
     wgT = w.reshape(groups, o // groups, ck // groups).transpose(0, 2, 1)
     dyg = dy.reshape(n, groups, o // groups, -1)
-    for n0, n1, r0, r1 in rowTiles(n, outSpatial[0], _rowBytes(ck, outSpatial, dy.itemsize), tileBytes):
+    for n0, n1, r0, r1 in rowTiles(n, outSpatial[0], _rowBytes(ck, outSpatial, dy.itemsize)):
         tileShape = (n1 - n0, c) + tuple(kernel) + (r1 - r0,) + tuple(outSpatial[1:])
         dcols = workspace.get("col2im", tileShape, dy.dtype)
         np.matmul(wgT, dyg[n0:n1, :, :, r0 * rowLen:r1 * rowLen],
@@ -239,9 +238,8 @@ def im2colBackwardParamsAndBias(x, dy, wShape, withBias, stride, pad, dilation, 
     return im2colBackwardParams(x, dy, wShape, stride, pad, dilation, groups), biasGrad(dy) if withBias else None
 
 
-def im2colBackwardParams(x, dy, wShape, stride, pad, dilation, groups, tileBytes=None):
-    if tileBytes is None and _fastApplies(x):
-        return _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups)[0]
+def im2colBackwardParams(x, dy, wShape, stride, pad, dilation, groups):
+    """The weight gradient by column tiles and BLAS (inputs _fastApplies takes go to _fastBackwardParams)."""
     n, c = x.shape[:2]
     o = dy.shape[1]
     kernel = tuple(wShape[2:])
@@ -250,7 +248,7 @@ def im2colBackwardParams(x, dy, wShape, stride, pad, dilation, groups, tileBytes
     rowLen = prod(outSpatial[1:])
     dw = np.zeros((groups, o // groups, ck // groups), dtype=x.dtype)
     bytesPerRow = _rowBytes(ck + o, outSpatial, x.itemsize)
-    for n0, n1, r0, r1 in rowTiles(n, outSpatial[0], bytesPerRow, tileBytes):
+    for n0, n1, r0, r1 in rowTiles(n, outSpatial[0], bytesPerRow):
         nb, rows = n1 - n0, r1 - r0
         # Batch-folded layout (C, *kernel, items, rows...): one GEMM per tile with inner size items * pixels.
         cols = workspace.get("im2col-dw", (c,) + kernel + (nb, rows) + tuple(outSpatial[1:]), x.dtype)
@@ -268,7 +266,7 @@ def biasGrad(dy):
     one contiguous row), then the items added in order. Maps are split between threads (case 3's 25 MiB dy:
     1.0 -> 0.55 ms); each map's sum is the same on any number of threads."""
     n, o = dy.shape[:2]
-    rows = contiguous(dy).reshape(n, o, prod(dy.shape[2:]))
+    rows = np.ascontiguousarray(dy).reshape(n, o, prod(dy.shape[2:]))
     db = np.empty(o, dtype=dy.dtype)
 
     def part(o0, o1):
@@ -402,7 +400,7 @@ def _plan5(x, kernel, stride, pad, dilation):
     """The part of _fastPlan and _fastPlanT that is the same: x viewed 5-D (no copy when contiguous), the last
     axis's (kernel, stride, padding, dilation) for the per-tap tables, the output's three spatial sizes, and
     the tables' common tail (stride, padding, dilation, kernel and output sizes of three axes, as arrays)."""
-    x5 = as5(contiguous(x))
+    x5 = as5(np.ascontiguousarray(x))
     k5 = lead3(kernel)
     st, pd, dl = params3(stride, pad, dilation)
     o5 = outputShape(x5.shape[2:], k5, st, pd, dl)
@@ -457,7 +455,7 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
         return y
     ck = c * prod(kernel)
     xs, tables, o5 = _fastPlan(x, kernel, stride, pad, dilation, False)
-    wg = contiguous(w).reshape(groups, o // groups, ck // groups)
+    wg = np.ascontiguousarray(w).reshape(groups, o // groups, ck // groups)
     # One group and a short, already ragged inner dimension: the bias folded into the GEMM as one more inner row
     # (ones in the columns, the bias next to the weights) instead of added to each tile's output afterwards
     # (case 3, inner 147: the adds cost 1.4 ms of one thread, 7% of the GEMMs, the extra row nothing
@@ -489,7 +487,7 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
     if xs is None and not local:
         xs, _, _ = _fastPlan(x, kernel, stride, pad, dilation)
     if local:
-        x5 = as5(contiguous(x))
+        x5 = as5(np.ascontiguousarray(x))
         phasesShape = _phasesShape(x5, stride[-1])
         phases = [workspace.get(f"im2col-phases{k}", (max(n1 - n0 for n0, n1, _, _ in tiles),) + phasesShape[1:],
                                 x.dtype) for k in range(workers)]
@@ -634,7 +632,7 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=F
         count = -(-count // _SPLIT) * _SPLIT
         rows = -(-kg // count)
     blocks = [(g, k0, min(kg, k0 + rows)) for g in range(groups) for k0 in range(0, kg, rows)]
-    dyFlat = contiguous(dy).reshape(n, o, pixels)
+    dyFlat = np.ascontiguousarray(dy).reshape(n, o, pixels)
     # Each chunk's whole column matrix in one block, one item per chunk: that is the forward's tile layout,
     # and a strided last axis is then cheaper de-interleaved once (contiguous row copies, as the forward's
     # gather: case 3 gather 9.7 -> 2.5 ms of one thread) than read in place, if x is no larger than dy.
@@ -927,8 +925,8 @@ def col2imOperands(dy, w, xShape, stride, pad, dilation, groups):
     ckg = xShape[1] * prod(w.shape[2:]) // groups
     x5, tables, o5 = _fastPlanT(dx, tuple(w.shape[2:]), stride, pad, dilation)
     assert tuple(o5[-dy.ndim + 2:]) == tuple(dy.shape[2:])
-    wgT = contiguous(w).reshape(groups, o // groups, ckg).transpose(0, 2, 1)
-    dyg = contiguous(dy).reshape(n, groups, o // groups, -1)
+    wgT = np.ascontiguousarray(w).reshape(groups, o // groups, ckg).transpose(0, 2, 1)
+    dyg = np.ascontiguousarray(dy).reshape(n, groups, o // groups, -1)
     return dx, (x5, tables, o5, wgT, dyg)
 
 

@@ -209,8 +209,9 @@ def _pitch(dims):
 
 
 def workspaceBytes(xShape, dyShape, wShape, stride, pad, itemsize):
-    """The phase kernels (the weights' size), the call's tile bound (two threads' columns and products) and
-    two padded items of dy."""
+    """The phase kernels (the weights' size), and per thread a tile (half the call's tile bound: columns and
+    products) and a padded item of dy; the threads at most one per item and phase."""
     _, _, dims = _layout(lead3(xShape[2:]), lead3(dyShape[2:]), lead3(wShape[2:]), lead3(stride), lead3(pad, 0))
     padded = dyShape[1] * _pitch(dims) * itemsize
-    return prod(wShape) * itemsize + conv_common.tileBytesFor(prod(xShape) * itemsize) + 2 * padded
+    workers = conv_common.chunkWorkers(xShape[0] * prod(stride))
+    return prod(wShape) * itemsize + workers * (conv_common.tileBytesFor(prod(xShape) * itemsize) // 2 + padded)

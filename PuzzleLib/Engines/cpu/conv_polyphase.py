@@ -162,15 +162,16 @@ def backwardData(dy, w, xShape, pad, dilation, groups, stackBytes=None):
     phases = [(r, c) for r, c in _phases((h, wd), pad, dilation) if r[4] > r[3] and c[4] > c[3]]
     if n == 0 or not phases:
         return dx
-    if _equal(phases):
-        _backwardDataStacked(dy, w, dx, phases, dilation, groups,
-                             _stackLimit(dx.nbytes) if stackBytes is None else stackBytes)
-        return dx
-    # Phases of unequal sizes, one call each: conv_winograd's backward-data (the forward of the flipped kernel,
-    # padded by 2), with the kernel flipped and transformed once for all phases.
+    # conv_winograd's backward-data (the forward of the flipped kernel, padded by 2), the kernel flipped and
+    # transformed once for all phases.
     tile = conv_winograd.chunkBytes(dx.nbytes)
     wf = flippedKernel(w, groups)
     u = conv_winograd.kernelTransform(wf, groups)
+    if _equal(phases):
+        _backwardDataStacked(dy, wf, u, tile, dx, phases, dilation, groups,
+                             _stackLimit(dx.nbytes) if stackBytes is None else stackBytes)
+        return dx
+    # Phases of unequal sizes: one call each.
     for r, c in phases:
         dyp = dy[:, :, r[0]::dilation[0], c[0]::dilation[1]]
         dxp = conv_winograd.forward(dyp, wf, None, (2, 2), groups, tileBytes=tile, u=u)
@@ -187,18 +188,16 @@ def _scatter(dx, dxp, r, c, dilation):
        cfirst:cfirst + dilation[1] * (k1 - k0 - 1) + 1:dilation[1]] = dxp[:, :, j0:j1, k0:k1]
 
 
-def _backwardDataStacked(dy, w, dx, phases, dilation, groups, limit):
+def _backwardDataStacked(dy, wf, u, tile, dx, phases, dilation, groups, limit):
     """All phases of a chunk of batch items stacked along the batch axis (phase-major): one Winograd call
     per chunk instead of one thin call per phase (case 8: four phase calls cost more than one undilated
-    convolution, one stacked call about the same)."""
+    convolution, one stacked call about the same). wf, u: the flipped kernel and its transform; tile: the
+    Winograd calls' chunk bound."""
     n, ch = dx.shape[:2]
     o = dy.shape[1]
     (_, olh, length, *_), (_, olw, width, *_) = phases[0]
     p = len(phases)
     step = _batchStep(n, p, p * (o * olh * olw + ch * length * width) * dy.itemsize, limit)
-    tile = conv_winograd.chunkBytes(dx.nbytes)
-    wf = flippedKernel(w, groups)
-    u = conv_winograd.kernelTransform(wf, groups)  # once for all chunks
     dyFlat = np.empty(p * step * o * olh * olw, dtype=dy.dtype)
     dxFlat = np.empty(p * step * ch * length * width, dtype=dy.dtype)
     for b0 in range(0, n, step):

@@ -571,10 +571,11 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None, byChunks=False):
             step = min(total, max(step, -(-_MIN_GRAD_TILES // tw)))
         return pos, step, _chunkRanges(total, step, 1)[0]
 
+    requested = byChunks
     units = [[(gi, 0, 6) for gi in range(groups)]] * _GRAD_PARTS if byChunks else _gradUnits(groups)
     pos, step, chunks = plan(units)
     byChunks = byChunks and len(chunks) >= _GRAD_PARTS
-    if not byChunks and units[0] is units[1]:  # too few chunks to split: back to the positions
+    if requested and not byChunks:  # too few chunks to split: back to the positions
         units = _gradUnits(groups)
         pos, step, chunks = plan(units)
     # byChunks: the tile rows split evenly between the parts, each part's into chunks of at most step rows.

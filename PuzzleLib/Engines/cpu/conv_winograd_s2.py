@@ -35,7 +35,7 @@ a row (P) at a time, so only one row's transformed input (10 components at most)
 import numpy as np
 
 from PuzzleLib.Engines.cpu import sgemm
-from PuzzleLib.Engines.cpu.conv_common import biasVector, chunkWorkers, leadingView, shareItems, workspace
+from PuzzleLib.Engines.cpu.conv_common import biasVector, chunkWorkers, leadingView, outputShape, shareItems, workspace
 
 try:
     from numba import njit, uintp
@@ -165,8 +165,9 @@ def _kernelPoint(wt, U, P, Q, m0, m1, c0, c1):
     """U[m - m0, (ii * kq + jj) * C + c - c0] (C = c1 - c0) = sum of w[m, c, a, b] over the taps a of row component
     COMPS[P, ii] and b of column component COMPS[Q, jj], for maps m in [m0, m1) and channels c in [c0, c1).
 
-    wt is w tap-major, (9, O, C) (``tapMajor``): the sums run along contiguous rows. (Read from w itself, nine
-    floats apart, the nine points' transforms of a part of case 5's forward took 0.53 ms; from wt, 0.15.)"""
+    wt is w tap-major, (9, O, C) (``_tapMajor``): the sums run along contiguous rows. (Read from w itself, nine
+    floats apart, the nine points' transforms of a part of case 5's forward took 0.53 ms; from wt, 0.15: each
+    timed alone, caches warm.)"""
     kp = 1 if P == 1 else 2
     kq = 1 if Q == 1 else 2
     C = c1 - c0
@@ -199,7 +200,8 @@ def _kernelPoint(wt, U, P, Q, m0, m1, c0, c1):
 
 def _tapMajor(w, out):
     """out[k, m, c] = w[m, c, k // 3, k % 3]: w (O, C, 3, 3) tap-major. Per map, its kernels are read in order
-    and written to nine rows (numpy's transposed copy of case 5's kernel took 0.23 ms, this 0.12)."""
+    and written to nine rows. Case 5's kernel, single calls: 0.12 ms against numpy's transposed copy's 0.23 with
+    caches warm, but 0.32 against 0.24 with a 64 MiB array read before each call (one script, not kept)."""
     f = w.reshape(w.shape[0], -1)
     C = w.shape[1]
     for m in range(w.shape[0]):
@@ -209,12 +211,6 @@ def _tapMajor(w, out):
             s = uintp(9 * c)
             for k in range(9):
                 out[uintp(k), um, uc] = f[um, s + uintp(k)]
-
-
-def tapMajor(w, out):
-    """w (O, C, 3, 3) copied tap-major into out (9, O, C)."""
-    _tapMajor(w, out)
-    return out
 
 
 def _kernelPointAdjoint(dUT, dw, P, Q, c0, c1):
@@ -320,7 +316,8 @@ def _gradRow(dy, G, P, th, tw, q0, q1, m0, m1):
     2 tx + j] (zero past the map), for maps m in [m0, m1) and tile rows q = n * th + ty in [q0, q1): the adjoint
     of the output sums, before the columns' (point Q = 0 takes G[0], Q = 2 takes G[1], Q = 1 their sum).
 
-    Flat indices throughout (no views per tile row: at 7 tiles a row their setup cost as much as the sums)."""
+    Flat indices throughout, no view per tile row: with 7 tiles a row the views' setup was half the time (the
+    three rows of points of a part of case 5's backward-data, timed alone: 0.97 ms with views, 0.50 without)."""
     oh, ow = dy.shape[2], dy.shape[3]
     full = ow // 2
     odd = ow % 2
@@ -447,7 +444,8 @@ if available:
 
 
 def _tiles(h, w, pad):
-    oh, ow = (h + 2 * pad[0] - 3) // 2 + 1, (w + 2 * pad[1] - 3) // 2 + 1
+    """The output map (oh, ow) and its grid of 2x2 blocks (th, tw)."""
+    oh, ow = outputShape((h, w), (3, 3), (2, 2), pad, (1, 1))
     return oh, ow, -(-oh // 2), -(-ow // 2)
 
 
@@ -486,8 +484,8 @@ def _channelParts(groups, cg, T, itemsize):
 
 
 def _plan(direction, xShape, wShape, pad, groups, itemsize):
-    """The parts of a call and each worker's buffers' sizes (elements): (parts, workers, shared, own), and the
-    temporaries of the compiled kernels and of sgemm, per worker (elements)."""
+    """The parts of a call, its workers, the size of the buffer they share and of each worker's own three buffers,
+    and of each worker's temporaries in the compiled kernels and sgemm (sizes in elements)."""
     n, c, h, w = xShape
     o = wShape[0]
     og, cg = o // groups, c // groups
@@ -508,17 +506,20 @@ def _plan(direction, xShape, wShape, pad, groups, itemsize):
         shared, depth = (9 * o * cg, og) if direction == "backwardData" else (0, T)
     # The input transforms' rows (R, E) and sgemm's edge tiles.
     temporaries = 2 * (max(SPAN, rows * 4 * tw) + 4 + rows * max(1, SPAN // (rows * 4 * tw)))
-    temporaries += depth * (sgemm.MR + sgemm.NR) + sgemm.MR * sgemm.NR if sgemm.applies(np.dtype(f"f{itemsize}")) else 0
-    return parts, chunkWorkers(len(parts)), shared, own + (temporaries,)
+    if sgemm.applies(np.dtype(f"f{itemsize}")):
+        temporaries += depth * (sgemm.MR + sgemm.NR) + sgemm.MR * sgemm.NR
+    return parts, chunkWorkers(len(parts)), shared, own, temporaries
 
 
 def workspaceBytes(direction, xShape, wShape, pad, groups, itemsize=4):
     """Bytes of one call's scratch: the tap-major kernel, each worker's buffers and its kernels' temporaries."""
-    _, workers, shared, own = _plan(direction, xShape, wShape, pad, groups, itemsize)
-    return (shared + workers * sum(own)) * itemsize
+    _, workers, shared, own, temporaries = _plan(direction, xShape, wShape, pad, groups, itemsize)
+    return (shared + workers * (sum(own) + temporaries)) * itemsize
 
 
 def forward(x, w, bias, pad, groups):
+    """The output (N, O, oh, ow): per part of tile rows and row of points, its transformed input, then per block
+    of maps the three points' GEMMs into two sums, added into the output rows the row of points reaches."""
     n, c, h, wd = x.shape
     o = w.shape[0]
     og, cg = o // groups, c // groups
@@ -529,10 +530,11 @@ def forward(x, w, bias, pad, groups):
     xc, wc = np.ascontiguousarray(x), np.ascontiguousarray(w)
     biasv = biasVector(bias, o, x.dtype)
     dt = x.dtype
-    parts, workers, shared, own = _plan("forward", x.shape, w.shape, pad, groups, x.itemsize)
+    parts, workers, _, own, _ = _plan("forward", x.shape, w.shape, pad, groups, x.itemsize)
     blocks = _mapBlocks(og)
-    wt = tapMajor(wc, workspace.get("s2-wt", (9, o, cg), dt))
-    bufs = [[workspace.get(f"s2-{tag}{k}", (size,), dt) for tag, size in zip("vuz", own[:3])] for k in range(workers)]
+    wt = workspace.get("s2-wt", (9, o, cg), dt)
+    _tapMajor(wc, wt)
+    bufs = [[workspace.get(f"s2-{tag}{k}", (size,), dt) for tag, size in zip("vuz", own)] for k in range(workers)]
     fast = sgemm.applies(dt)
 
     def part(k, item):
@@ -568,8 +570,8 @@ def _backwardPlan(direction, xShape, wShape, pad, groups, dtype):
     n, c, h, w = xShape
     og, cg = wShape[0] // groups, c // groups
     _, _, th, tw = _tiles(h, w, pad)
-    parts, workers, _, own = _plan(direction, xShape, wShape, pad, groups, np.dtype(dtype).itemsize)
-    bufs = [[workspace.get(f"s2-{tag}{k}", (size,), dtype) for tag, size in zip("gvu", own[:3])]
+    parts, workers, _, own, _ = _plan(direction, xShape, wShape, pad, groups, np.dtype(dtype).itemsize)
+    bufs = [[workspace.get(f"s2-{tag}{k}", (size,), dtype) for tag, size in zip("gvu", own)]
             for k in range(workers)]
     return og, cg, th, tw, n * th, n * th * tw, parts, workers, bufs, sgemm.applies(np.dtype(dtype))
 
@@ -583,7 +585,8 @@ def backwardData(dy, w, xShape, pad, groups):
     dyc, wc = np.ascontiguousarray(dy), np.ascontiguousarray(w)
     og, cg, th, tw, total, T, parts, workers, bufs, fast = _backwardPlan("backwardData", xShape, w.shape, pad,
                                                                           groups, dy.dtype)
-    wt = tapMajor(wc, workspace.get("s2-wt", (9, og * groups, cg), dy.dtype))
+    wt = workspace.get("s2-wt", (9, og * groups, cg), dy.dtype)
+    _tapMajor(wc, wt)
 
     def part(k, item):
         (gb, vb, ub), (g, c0, c1) = bufs[k], item

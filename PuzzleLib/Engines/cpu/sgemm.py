@@ -42,7 +42,8 @@ except ImportError:  # pragma: no cover - numba is a dependency; without it ever
 
 # Tile: MR rows of A by NR columns of B, i.e. 16 accumulators of 16 floats (AVX-512's 32 registers hold them
 # with the B row and the broadcast). Measured against 12 x 32, 6 x 64 and 4 x 64 on the three shapes above
-# (packed A, B in place): 8 x 32 ran 101-113 GFLOP/s, the others 83-116 with at least one shape worse.
+# (packed A, B in place), in the runs that chose the tile (an earlier session; the module docstring gives today's):
+# 8 x 32 ran 101-113 GFLOP/s, the others 83-116 with at least one shape worse.
 MR = 8
 _LANES = 16
 _VECTORS = 2
