@@ -57,6 +57,20 @@ def test_sameBitsOnAnyThreadCount(direction, monkeypatch):
     resultsOnThreads(monkeypatch, calls[direction], threads=(1, 2, 2, 3))
 
 
+@pytest.mark.parametrize("direction", conv.DIRECTIONS)
+def test_manyBlocksSameBitsOnAnyThreadCount(direction, monkeypatch):
+    # Four blocks of maps in each of two groups, eight parts: the threads make the tap-major kernel's chunks as
+    # they first need them (the forward), or each part its own channels of it (backward-data).
+    monkeypatch.setattr(conv_winograd_s2, "PART_BYTES", 1)
+    monkeypatch.setattr(conv_winograd_s2, "MAP_BLOCK", 8)
+    case = (2, 6, (15, 14), 64, (3, 3), (2, 2), (1, 1), (1, 1), 2)
+    x, w, b, dy, args, calls = _calls(case, np.float32)
+    assert len(conv_winograd_s2._mapBlocks(32)) == 4
+    first = resultsOnThreads(monkeypatch, calls[direction], threads=(1, 2, 2, 3))
+    if direction == "forward":
+        _assertWithin(first, convForward(x, w, b, *args), np.float32)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_manyPartsAndBlocks(dtype, monkeypatch):
     # Parts of one tile row (forward) or one channel (backward), maps in blocks of 8: still within the bound.

@@ -23,14 +23,17 @@ Scratch memory stays under torch's on case 5 (N8 128->256 28x28 p1) in every dir
 a row (P) at a time, so only one row's transformed input (10 components at most) exists at once.
 - Forward: the tiles are cut into fixed parts (rows of tiles; two on case 5), each run by one thread on its
   own: per row of points, its transformed input, then per block of maps and per point the transformed kernel
-  (from a tap-major copy of w made once per call) and one GEMM adding into two sums (the block's two output
-  columns), which are then added into the output rows the row of points reaches.
+  (from a tap-major copy of w, made a block of maps at a time by the thread that first needs it) and one GEMM
+  adding into two sums (the block's two output columns), which are then added into the output rows the row of
+  points reaches. The GEMMs' rows are padded to whole tiles of sgemm (``_padded``).
 - Backward-data and the weight gradient: the input channels are cut into fixed ranges, each run by one thread
   on its own: per row of points, the gradient's transform of all maps (each range makes its own: cheap), and
   per point dV = U^T dM (then the adjoint input transform added into the range's channels of dx), or
   dU^T = V dM^T (then the adjoint kernel transform added into the range's columns of dw). Results do not depend
   on the thread count: the parts are fixed by the shape, and every sum runs in one fixed order.
 """
+
+import threading
 
 import numpy as np
 
@@ -71,8 +74,7 @@ def _componentRows(V, ii, kp, C, c, n):
     o0 = (2 * ii) * C + c
     o1 = (2 * kp + ii) * C + c
     o2 = (3 * kp + 2 * ii) * C + c
-    return (V[o0:o0 + n].reshape(-1), V[o0 + C:o0 + C + n].reshape(-1), V[o1:o1 + n].reshape(-1),
-            V[o2:o2 + n].reshape(-1), V[o2 + C:o2 + C + n].reshape(-1))
+    return V[o0:o0 + n], V[o0 + C:o0 + C + n], V[o1:o1 + n], V[o2:o2 + n], V[o2 + C:o2 + C + n]
 
 
 def _inputRow(x, V, P, ph, pw, th, tw, q0, q1, c0, c1, cbase, C):
@@ -88,6 +90,7 @@ def _inputRow(x, V, P, ph, pw, th, tw, q0, q1, c0, c1, cbase, C):
     """
     h, w = x.shape[2], x.shape[3]
     nq = q1 - q0
+    T, pitch = nq * tw, V.shape[1]
     S = 4 * tw
     kp = 1 if P == 1 else 2
     cb = max(1, min(C, SPAN // max(nq * S, 1)))
@@ -140,24 +143,26 @@ def _inputRow(x, V, P, ph, pw, th, tw, q0, q1, c0, c1, cbase, C):
                     if eIn and vb:
                         ev = ev - x[b, c, yb, S - pw]
                     e[s] = ev
-        count = (ce - cs) * nq
-        L = count * tw
         n = ce - cs
         for ii in range(kp):
             r, e = R[ii], E[ii]
             v0a, v0b, v1, v2a, v2b = _componentRows(V, ii, kp, C, cs - cbase, n)
-            for p in range(L):
-                u = uintp(4 * p)
-                a0, a1, a2 = r[u], r[u + uintp(1)], r[u + uintp(2)]
-                a3, a4 = r[u + uintp(3)], r[u + uintp(4)]
-                v0a[p] = a0 - a2
-                v0b[p] = a1
-                v1[p] = a2
-                v2a[p] = a4 - a2
-                v2b[p] = a3
-            for s in range(count):  # column 4 of each row's last tile is in E
-                p = s * tw + tw - 1
-                v2a[p] = e[s] - r[4 * p + 2]
+            for ch in range(n):
+                first = ch * T
+                for t in range(T):
+                    u = uintp(4 * (first + t))
+                    a0, a1, a2 = r[u], r[u + uintp(1)], r[u + uintp(2)]
+                    a3, a4 = r[u + uintp(3)], r[u + uintp(4)]
+                    v0a[ch, t] = a0 - a2
+                    v0b[ch, t] = a1
+                    v1[ch, t] = a2
+                    v2a[ch, t] = a4 - a2
+                    v2b[ch, t] = a3
+                for tq in range(nq):  # column 4 of each row's last tile is in E
+                    t = tq * tw + tw - 1
+                    v2a[ch, t] = e[ch * nq + tq] - r[4 * (first + t) + 2]
+                for t in range(T, pitch):  # the GEMMs' padding columns
+                    v0a[ch, t] = v0b[ch, t] = v1[ch, t] = v2a[ch, t] = v2b[ch, t] = 0
         cs = ce
 
 
@@ -198,15 +203,15 @@ def _kernelPoint(wt, U, P, Q, m0, m1, c0, c1):
                         out[c] = g[c] + h[c] + k[c] + e[c]
 
 
-def _tapMajor(w, out):
-    """out[k, m, c] = w[m, c, k // 3, k % 3]: w (O, C, 3, 3) tap-major. Per map, its kernels are read in order
-    and written to nine rows. Case 5's kernel, single calls: 0.12 ms against numpy's transposed copy's 0.23 with
-    caches warm, but 0.32 against 0.24 with a 64 MiB array read before each call (one script, not kept)."""
+def _tapMajor(w, out, m0, m1, c0, c1):
+    """out[k, m, c] = w[m, c, k // 3, k % 3] for maps [m0, m1) and channels [c0, c1): w (O, C, 3, 3) tap-major.
+    Per map, its kernels are read in order and written to nine rows. Case 5's whole kernel, single calls: 0.12 ms
+    against numpy's transposed copy's 0.23 with caches warm, but 0.32 against 0.24 with a 64 MiB array read before
+    each call (one script, not kept). The callers share it between their threads (``_TapMajorChunks``)."""
     f = w.reshape(w.shape[0], -1)
-    C = w.shape[1]
-    for m in range(w.shape[0]):
+    for m in range(m0, m1):
         um = uintp(m)
-        for c in range(C):
+        for c in range(c0, c1):
             uc = uintp(c)
             s = uintp(9 * c)
             for k in range(9):
@@ -267,23 +272,24 @@ def _inputRowAdjoint(dV, dx, P, ph, pw, th, tw, q0, q1, c0, c1, cbase, C):
     while cs < c1:
         ce = min(c1, cs + cb)
         n = ce - cs
-        count = n * nq
-        L = count * tw
+        T = nq * tw
         for ii in range(kp):
             r, e = R[ii], E[ii]
             v0a, v0b, v1, v2a, v2b = _componentRows(dV, ii, kp, C, cs - cbase, n)
-            for p in range(L):
-                u = uintp(4 * p)
-                d0, d2 = v0a[p], v2a[p]
-                r[u] = d0
-                r[u + uintp(1)] = v0b[p]
-                r[u + uintp(2)] = v1[p] - d0 - d2
-                r[u + uintp(3)] = v2b[p]
-            for s in range(count):  # column 4 of a tile is column 0 of the next; the last tile's goes to E
-                base = s * tw
-                for tx in range(tw - 1):
-                    r[4 * (base + tx) + 4] += v2a[base + tx]
-                e[s] = v2a[base + tw - 1]
+            for ch in range(n):
+                first = ch * T
+                for t in range(T):
+                    u = uintp(4 * (first + t))
+                    d0, d2 = v0a[ch, t], v2a[ch, t]
+                    r[u] = d0
+                    r[u + uintp(1)] = v0b[ch, t]
+                    r[u + uintp(2)] = v1[ch, t] - d0 - d2
+                    r[u + uintp(3)] = v2b[ch, t]
+                for tq in range(nq):  # column 4 of a tile is column 0 of the next; the last tile's goes to E
+                    t0 = tq * tw
+                    for tx in range(tw - 1):
+                        r[4 * (first + t0 + tx) + 4] += v2a[ch, t0 + tx]
+                    e[ch * nq + tq] = v2a[ch, t0 + tw - 1]
         for ii in range(kp):
             i = _COMPS[P, ii]
             ra, rb = _PLUS[i], _MINUS[i]
@@ -401,7 +407,7 @@ def _scatterRows(Z, y, bias, th, tw, q0, q1, o0, o1, i0, i1, init):
     oh, ow = y.shape[2], y.shape[3]
     full = ow // 2
     odd = ow % 2
-    T = (q1 - q0) * tw
+    T = Z.shape[2]  # the sums' pitch (tiles, padded)
     dst = y.reshape(-1)
     z0, z1 = Z[0].reshape(-1), Z[1].reshape(-1)
     plane, item = oh * ow, y.shape[1] * oh * ow
@@ -431,6 +437,48 @@ def _scatterRows(Z, y, bias, th, tw, q0, q1, o0, o1, i0, i1, init):
                         dst[t + uintp(2 * full)] += z0[d + uintp(full)]
 
 
+def _rowProducts(wt, ub, V, zb, y, bias, P, th, tw, q0, q1, mg, cg, blocks, zeros, edgeA, edgeB, edgeC):
+    """The forward's work on one row of points P after its transformed input V (tile rows [q0, q1), group maps
+    from mg, cg channels): per block of maps [m0, m1) (``blocks``, group-relative), the three points' kernel
+    transforms and sgemm products into the two sums, added into the output rows P reaches (_scatterRows).
+
+    One compiled call per row of points instead of ~30 from Python (each a few microseconds under the GIL,
+    which the two threads share: case 5's forward spent ~0.3 ms of one thread's 8.3 outside its kernels)."""
+    kp = _COUNT[P]
+    T = V.shape[1]
+    for b in range(blocks.shape[0]):
+        m0, m1 = blocks[b, 0], blocks[b, 1]
+        Z = zb[:2 * (m1 - m0) * T].reshape((2, m1 - m0, T))
+        for Q in (1, 0, 2):  # the middle point sets both sums, the others add into the one they reach
+            kk = kp * _COUNT[Q]
+            U = ub[:(m1 - m0) * kk * cg].reshape((m1 - m0, kk * cg))
+            _kernelPoint(wt, U, P, Q, mg + m0, mg + m1, 0, cg)
+            start = kp * _QOFF[Q] * cg
+            sgemm._columns(U, False, V[start:start + kk * cg], Z[1 if Q == 2 else 0], zeros, Q != 1, 0, T,
+                           edgeA, edgeB, edgeC)
+            if Q == 1:
+                Z[1][...] = Z[0]
+        _scatterRows(Z, y, bias, th, tw, q0, q1, mg + m0, mg + m1, 0 if P < 2 else 1, 1 if P == 0 else 2, P == 1)
+
+
+def _rowProductsBlas(wt, ub, V, zb, y, bias, P, th, tw, q0, q1, mg, cg, blocks, zeros, edgeA, edgeB, edgeC):
+    """_rowProducts with the products through BLAS (float64, or no sgemm on this host): the same steps, the
+    compiled kernels called from Python."""
+    kp = _COUNT[P]
+    T = V.shape[1]
+    for m0, m1 in blocks:
+        Z = leadingView(zb, (2, m1 - m0, T))
+        for Q in (1, 0, 2):
+            kk = kp * _COUNT[Q]
+            U = leadingView(ub, (m1 - m0, kk * cg))
+            _kernelPoint(wt, U, P, Q, mg + m0, mg + m1, 0, cg)
+            start = kp * _QOFF[Q] * cg
+            _gemm(U, V[start:start + kk * cg], Z[1 if Q == 2 else 0], Q != 1, False, None)
+            if Q == 1:
+                Z[1][...] = Z[0]
+        _scatterRows(Z, y, bias, th, tw, q0, q1, mg + m0, mg + m1, 0 if P < 2 else 1, 1 if P == 0 else 2, P == 1)
+
+
 if available:
     _componentRows = njit(cache=True, nogil=True, inline="always")(_componentRows)
     _inputRow = njit(cache=True, nogil=True)(_inputRow)
@@ -441,6 +489,7 @@ if available:
     _gradRow = njit(cache=True, nogil=True)(_gradRow)
     _gradRowT = njit(cache=True, nogil=True)(_gradRowT)
     _scatterRows = njit(cache=True, nogil=True)(_scatterRows)
+    _rowProducts = njit(cache=True, nogil=True)(_rowProducts)
 
 
 def _tiles(h, w, pad):
@@ -460,6 +509,13 @@ MAP_BLOCK = 64
 # others one each. Within a row, the middle point reaches both output columns (its product sets both sums),
 # the others one each (their GEMMs add into that column's sum).
 _ROWS = (1, 0, 2)
+
+
+def _padded(tiles, itemsize):
+    """The forward's row pitch for ``tiles`` tiles: with sgemm, a whole number of its narrowest tile (8 columns),
+    whose last columns then run in place, not through its edge copies (case 5's (64 x 512) @ (512 x 196): 125 us,
+    padded to 200: 116). BLAS gets the rows unpadded (OpenBLAS rounds a column's last bits by the width)."""
+    return -(-tiles // 8) * 8 if sgemm.applies(np.dtype(f"f{itemsize}")) else tiles
 
 
 def _tileParts(total, tw, cg, itemsize):
@@ -493,7 +549,7 @@ def _plan(direction, xShape, wShape, pad, groups, itemsize):
     if direction == "forward":
         parts = _tileParts(n * th, tw, cg, itemsize)
         rows = max(q1 - q0 for q0, q1 in parts)
-        tp = rows * tw
+        tp = _padded(rows * tw, itemsize)
         mb = max(m1 - m0 for m0, m1 in _mapBlocks(og))
         own = (10 * cg * tp, 4 * mb * cg, 2 * mb * tp)  # V of a row of points, U of a point, the two sums
         shared, depth = 9 * o * cg, 4 * cg
@@ -531,36 +587,66 @@ def forward(x, w, bias, pad, groups):
     biasv = biasVector(bias, o, x.dtype)
     dt = x.dtype
     parts, workers, _, own, _ = _plan("forward", x.shape, w.shape, pad, groups, x.itemsize)
-    blocks = _mapBlocks(og)
+    blocks = np.array(_mapBlocks(og), dtype=np.int64).reshape(-1, 2)
+    nb = len(blocks)
     wt = workspace.get("s2-wt", (9, o, cg), dt)
-    _tapMajor(wc, wt)
+    chunks = _TapMajorChunks(wc, wt, [(g * og + m0, g * og + m1) for g in range(groups) for m0, m1 in blocks])
     bufs = [[workspace.get(f"s2-{tag}{k}", (size,), dt) for tag, size in zip("vuz", own)] for k in range(workers)]
     fast = sgemm.applies(dt)
+    rowProducts = _rowProducts if fast else _rowProductsBlas
+    zeros = sgemm.biasRows(None, MAP_BLOCK) if fast else None
 
     def part(k, item):
         (vb, ub, zb), (q0, q1) = bufs[k], item
-        T = (q1 - q0) * tw
-        scratch = sgemm.Scratch() if fast else None
+        T = _padded((q1 - q0) * tw, x.itemsize)
+        edges = sgemm.Scratch().forDepth(4 * cg) if fast else (None,) * 3
+        first = k * nb // workers  # each worker starts on other maps, so that it makes their chunk itself
         for g in range(groups):
             for P in _ROWS:
-                kp = _COUNT[P]
-                V = leadingView(vb, (kp * 5 * cg, T))
+                V = leadingView(vb, (_COUNT[P] * 5 * cg, T))
                 _inputRow(xc, V, P, pad[0], pad[1], th, tw, q0, q1, g * cg, (g + 1) * cg, g * cg, cg)
-                for m0, m1 in blocks:
-                    Z = leadingView(zb, (2, m1 - m0, T))
-                    for Q, target, accumulate in ((1, 1, False), (0, 0, True), (2, 1, True)):
-                        kk = kp * _COUNT[Q]
-                        U = leadingView(ub, (m1 - m0, kk * cg))
-                        _kernelPoint(wt, U, P, Q, g * og + m0, g * og + m1, 0, cg)
-                        start = kp * _QOFF[Q] * cg
-                        _gemm(U, V[start:start + kk * cg], Z[target], accumulate, fast, scratch)
-                        if Q == 1:
-                            Z[0][...] = Z[1]
-                    _scatterRows(Z, y, biasv, th, tw, q0, q1, g * og + m0, g * og + m1, 0 if P < 2 else 1,
-                                 1 if P == 0 else 2, P == 1)
+                if chunks.made(g * nb, (g + 1) * nb):
+                    rowProducts(wt, ub, V, zb, y, biasv, P, th, tw, q0, q1, g * og, cg, blocks, zeros, *edges)
+                    continue
+                for b in [*range(first, nb), *range(first)]:  # disjoint maps: the order changes no bits
+                    chunks.need(g * nb + b)
+                    rowProducts(wt, ub, V, zb, y, biasv, P, th, tw, q0, q1, g * og, cg, blocks[b:b + 1], zeros,
+                                *edges)
 
     shareItems(part, parts, workers)
     return y
+
+
+class _TapMajorChunks:
+    """The forward's tap-major kernel, made a chunk of maps at a time by the threads that need it: the first
+    thread to need a chunk makes it, the others wait for it. The workers start on different chunks, so that
+    the copy runs on both threads, beside the input transform, instead of alone before them (case 5: 0.2-0.3 ms
+    of 4.4, serial)."""
+
+    def __init__(self, w, wt, ranges):
+        self.w, self.wt, self.ranges = w, wt, ranges
+        self.ready = [threading.Event() for _ in ranges]
+        self.claimed = [False] * len(ranges)
+        self.lock = threading.Lock()
+
+    def made(self, i0, i1):
+        """Whether chunks [i0, i1) are all made."""
+        return all(event.is_set() for event in self.ready[i0:i1])
+
+    def need(self, i):
+        """Chunk i made (by this thread, or by the one that claimed it first)."""
+        if self.ready[i].is_set():
+            return
+        with self.lock:
+            mine, self.claimed[i] = not self.claimed[i], True
+        if not mine:
+            self.ready[i].wait()
+            return
+        try:
+            m0, m1 = self.ranges[i]
+            _tapMajor(self.w, self.wt, m0, m1, 0, self.w.shape[1])
+        finally:  # a failure surfaces from this thread; the others must not wait for ever
+            self.ready[i].set()
 
 
 def _backwardPlan(direction, xShape, wShape, pad, groups, dtype):
@@ -586,11 +672,11 @@ def backwardData(dy, w, xShape, pad, groups):
     og, cg, th, tw, total, T, parts, workers, bufs, fast = _backwardPlan("backwardData", xShape, w.shape, pad,
                                                                           groups, dy.dtype)
     wt = workspace.get("s2-wt", (9, og * groups, cg), dy.dtype)
-    _tapMajor(wc, wt)
 
     def part(k, item):
         (gb, vb, ub), (g, c0, c1) = bufs[k], item
         nc = c1 - c0
+        _tapMajor(wc, wt, g * og, (g + 1) * og, c0, c1)  # the part's own channels: no wait on other threads
         G = leadingView(gb, (2, og, T))
         scratch = sgemm.Scratch() if fast else None
         for P in _ROWS:

@@ -26,9 +26,10 @@ gradient's reduction over pixels): 16-lane partial sums per output, added up by 
 
 Float32 on AVX-512 hosts only (``applies``): float64 (the gradient checks) stays on BLAS.
 
-For whoever edits this file: conv_implicit's compiled kernels embed these intrinsics, and numba's on-disk cache
-checks only the source file of the cached function. After changing an emitter or a tile constant here, touch
-conv_implicit.py (or clear the ``__pycache__`` *.nbi / *.nbc files), or its cached kernels keep the old tiles.
+For whoever edits this file: conv_implicit's and conv_winograd_s2's compiled kernels embed these intrinsics (and
+``_columns``), and numba's on-disk cache checks only the source file of the cached function. After changing an
+emitter, ``_columns`` or a tile constant here, touch those two files (or clear the ``__pycache__`` *.nbi / *.nbc
+files), or their cached kernels keep the old code.
 """
 
 import numpy as np
