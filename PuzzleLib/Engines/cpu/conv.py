@@ -5,7 +5,9 @@ Shapes: x (N, C, *spatial), w (O, C // groups, *kernel), bias (O,) or None.
 
 Algorithms (each direction: "forward", "backwardData", "backwardParams"):
 
-- ``gemm``: 1x1 kernel, unit stride, no padding: a (grouped, batched) GEMM on the input itself.
+- ``gemm``: 1x1 kernel, unit stride, no padding: a (grouped, batched) GEMM on the input itself. Float32 weight
+  gradients over many pixels go through sgemm with the smaller operand transposed a block at a time
+  (conv_pointwise.preferred).
 - ``im2col``: any convolution: tiled column buffer (bounded, reused) + batched GEMM (conv_im2col).
   Float32 forward and weight gradient of short receptive fields over long output rows: implicit GEMMs reading
   the input in place, no column buffer (conv_implicit: preferred, backwardParamsPreferred).
@@ -40,6 +42,7 @@ from PuzzleLib.Engines.cpu import (
     conv_im2col,
     conv_implicit,
     conv_phases,
+    conv_pointwise,
     conv_polyphase,
     conv_winograd,
     conv_winograd1d,
@@ -152,6 +155,8 @@ def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, group
     kernel = wShape[2:]
     outSpatial = outputShape(xShape[2:], kernel, stride, pad, dilation)
     weights = o * cg * prod(kernel) * itemsize
+    if algo == "gemm" and direction == "backwardParams" and conv_pointwise.preferred(xShape, wShape, groups, dtype):
+        return conv_pointwise.workspaceBytes(xShape, wShape, groups, itemsize)
     if algo == "gemm":
         return o * cg * itemsize * max(1, n) if direction == "backwardParams" else 0
     if algo == "direct":
@@ -287,7 +292,10 @@ def backwardParams(x, dy, wShape, withBias, stride, pad, dilation, groups, algo=
     conv_common.beginCall(max(x.size, dy.size) * x.itemsize)
     try:
         if algo == "gemm" and isPointwise(wShape[2:], stride, pad):
-            dw = conv_im2col.gemmBackwardParams(x, dy, wShape, groups)
+            if conv_pointwise.preferred(x.shape, wShape, groups, x.dtype):
+                dw = conv_pointwise.backwardParams(x, dy, wShape, groups)
+            else:
+                dw = conv_im2col.gemmBackwardParams(x, dy, wShape, groups)
         elif algo == "im2col" and conv_implicit.backwardParamsPreferred(x.shape, wShape, stride, pad, dilation,
                                                                          groups, x.dtype):
             return conv_implicit.backwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias)
