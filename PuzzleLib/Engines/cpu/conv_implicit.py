@@ -172,9 +172,7 @@ def _rowUnits(x, itemSize, groupBase, taps, rows, panels, bias, y, yItem, yGroup
         target = item * yItem + yGroup + row * rowLen
         j = 0
         while j < rowLen:
-            left = rowLen - j
-            width = 32 if left >= 32 else 16 if left >= 16 else 8
-            used = min(width, left)
+            width, used = sgemm.tileWidth(rowLen - j)
             for p in range(count):
                 panel = pp + 4 * p * depth * mr
                 if p < full and used == width:
@@ -189,7 +187,8 @@ def _rowUnits(x, itemSize, groupBase, taps, rows, panels, bias, y, yItem, yGroup
 
 
 def _rowTile(width, depth, panel, b, taps, c, ldc, bias):
-    if width == 32:
+    """The tile of ``width`` columns (sgemm.tileWidth), B's rows through the tap offsets."""
+    if width == sgemm.NR:
         sgemm.tileRows(depth, panel, 1, sgemm.MR, b, taps, c, ldc, bias, 0)
     elif width == 16:
         sgemm.tileRows16(depth, panel, 1, sgemm.MR, b, taps, c, ldc, bias, 0)

@@ -340,9 +340,7 @@ def _columns(a, packed, b, c, bias, accumulate, j0, j1, edgeA, edgeB, edgeC):
         pRest = edgeA.ctypes.data
     j = j0
     while j < j1:
-        left = j1 - j
-        width = NR if left >= NR else 16 if left >= 16 else 8  # the tile that runs these columns
-        count = min(width, left)
+        width, count = tileWidth(j1 - j)
         source, sourcePitch = pb + 4 * j, ldb
         if count < width:  # the last few columns, copied into scratch (its other columns are never read back)
             for k in range(depth):
@@ -361,6 +359,13 @@ def _columns(a, packed, b, c, bias, accumulate, j0, j1, edgeA, edgeB, edgeC):
             _edge(c, edgeC, full * MR, rest, j, width, count, depth, pRest, 1, MR, source, sourcePitch, pbias,
                   accumulate)
         j += count
+
+
+def tileWidth(left):
+    """(width, count): the tile (NR, 16 or 8 columns) that runs the next of ``left`` columns of a row, and how many
+    of them it covers (fewer than its width at a row's end: those go through scratch)."""
+    width = NR if left >= NR else 16 if left >= 16 else 8
+    return width, min(width, left)
 
 
 def _anyTile(width, depth, a, rsa, csa, b, ldb, c, ldc, bias, accumulate):
@@ -388,6 +393,7 @@ def _edge(c, edgeC, r0, rows, j, width, count, depth, panel, rsa, csa, source, p
 
 if njit is not None:
     _packA = njit(cache=True, nogil=True)(_packA)
+    tileWidth = njit(cache=True, nogil=True, inline="always")(tileWidth)
     _anyTile = njit(cache=True, nogil=True, inline="always")(_anyTile)
     _edge = njit(cache=True, nogil=True)(_edge)
     _columns = njit(cache=True, nogil=True)(_columns)
