@@ -1,14 +1,16 @@
 """The weight gradient of a 1x1 convolution (unit stride, no padding) through sgemm, float32.
 
 dw[g] = sum over items n of dy[n, g] (og x P) @ x[n, g]^T (P x cg): a product whose inner dimension, the pixels,
-runs along the rows of both operands. It is made here as its transpose, dw^T (cg x og) = x[n, g] @ dy[n, g]^T, so
-that x is sgemm's A, read in place (any strides), and only dy, the smaller operand on case 2 (N8 256->64 56x56),
-is transposed, a block of pixels at a time, into a buffer that B's rows are read from.
+runs along the rows of both operands, where sgemm wants B's columns at unit stride. The larger operand is read in
+place as sgemm's A (any strides) and the smaller is transposed into B, a block of pixels at a time: with more
+channels than maps (case 2, N8 256->64 56x56) the product made is dw^T = x[n, g] @ dy[n, g]^T, with more maps
+than channels dw = dy[n, g] @ x[n, g]^T.
 
-The pixels of every item are cut into units (item, block of pixels) whose x block stays in L2 while every tile
-of maps goes over it; the units are dealt into _PARTS fixed ranges, each summed by one thread into its own
-partial dw^T, and the partials are added in order at the end. Each element of a partial is one chain of FMAs
-over its units' pixels in order, so the result depends on the shape alone, not on the thread count.
+The pixels of every item are cut into units (item, block of pixels) whose block of A stays in L2 while every
+tile goes over it; the units are dealt into _PARTS fixed ranges, each summed by one thread into its own partial,
+and the partials are added in order at the end. Within a part, each item's product is one chain of FMAs per
+element over the item's pixels in order, added into the partial item by item: the result depends on the shape
+alone, not on the thread count.
 
 Against numpy's batched matmul (OpenBLAS), same process, 2 threads: case 2's weight gradient 6.09 -> 4.68 ms; the
 other shapes measured are in ``preferred``. The error stays near BLAS's: max |error| / max |result| against the
@@ -25,8 +27,8 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency; without it the BLAS path serves
     njit = None
 
-# Bytes of one unit's block of x (cg channels by a block of pixels): it stays in L2 (1 MiB a core here) while the
-# tiles of maps go over it.
+# Bytes of one unit's block of A (its channels by a block of pixels): it stays in L2 (1 MiB a core here) while the
+# tiles go over it.
 UNIT_BYTES = 512 << 10
 # Fixed parts the units are cut into, each summed by one thread into its own partial (any thread count).
 _PARTS = 2
