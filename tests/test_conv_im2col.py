@@ -8,7 +8,7 @@ summed over chunks in place or in fixed partials. Results must also be bit-ident
 
 import numpy as np
 import pytest
-from conftest import assertRestoresBlasThreads, convData, resultsOnThreads, setTiles, tracedPeak
+from conftest import assertRestoresBlasThreads, convData, directionCalls, resultsOnThreads, setTiles, tracedPeak
 from reference import convBackwardData, convBackwardParams, convForward
 
 from PuzzleLib.Engines.cpu import conv, conv_common, conv_im2col
@@ -169,3 +169,31 @@ def test_biasGradientFromTheWeightGradientPartials(dtype, monkeypatch):
     tol = TOL64 if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dw, rdw, **tol)
     np.testing.assert_allclose(db, rdb.reshape(-1), **tol)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("xShape,wShape,stride,pad,groups", [
+    ((8, 64, 28, 28), (64, 64, 3, 3), (2, 2), (1, 1), 1),   # whole-item tiles de-interleaved per thread; partials
+    ((4, 3, 48, 48), (16, 3, 7, 7), (2, 2), (3, 3), 1),     # the stem, small: x de-interleaved once for dw
+    ((1, 64, 56, 56), (64, 64, 3, 3), (2, 2), (1, 1), 1),   # bands of rows: x de-interleaved once; one item col2im
+    ((4, 32, 20, 20), (32, 32, 3, 3), (1, 1), (1, 1), 1),   # stride 1: backward-data with the flipped kernel
+    ((4, 32, 28, 28), (32, 8, 3, 3), (2, 2), (1, 1), 4),    # groups: dy transposed once for dw
+    ((2, 8, 6, 10, 10), (8, 8, 3, 3, 3), (1, 1, 1), (1, 1, 1), 1),  # 3-D
+    ((3, 16, 200), (16, 16, 3), (2,), (1,), 1),             # 1-D: conv_implicit's forward and weight gradient
+])
+def test_workspaceEstimateBoundsPeak(xShape, wShape, stride, pad, groups, threads, monkeypatch):
+    # The estimate counts every per-thread buffer (column tiles, de-interleaved items, partial products, sgemm's
+    # edge tiles) and the call-wide ones: the call's peak stays within it, and it does not overstate the peak.
+    monkeypatch.setattr(conv_common, "THREADS", threads)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(xShape).astype(np.float32)
+    w = rng.standard_normal(wShape).astype(np.float32)
+    args = (stride, pad, (1,) * len(stride), groups)
+    dy = rng.standard_normal((xShape[0], wShape[0]) + conv.outputShape(xShape[2:], wShape[2:], *args[:3])) \
+        .astype(np.float32)
+    for direction, call in directionCalls(x, w, dy, args, "im2col").items():
+        estimate = conv.workspaceBytes(direction, "im2col", xShape, wShape, *args)
+        result, peak = tracedPeak(call)
+        peak -= result.nbytes
+        assert peak <= estimate + (64 << 10), direction
+        assert estimate <= 2 * peak + (256 << 10), direction

@@ -49,7 +49,6 @@ from PuzzleLib.Engines.cpu import (
     conv_winograd2x2,
     conv_winograd3d,
     conv_winograd_s2,
-    sgemm,
 )
 from PuzzleLib.Engines.cpu.conv_common import isPointwise, memo, outputShape, prod, workspace
 
@@ -197,20 +196,11 @@ def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, group
         return conv_phases.workspaceBytes(xShape, (n, o) + outSpatial, wShape, stride, pad, itemsize)
     if direction == "backwardData" and conv_col2im.preferred(xShape, wShape, stride, pad, dilation):
         return conv_col2im.workspaceBytes(xShape, wShape, stride, pad, dilation, itemsize)
-    # im2col: one tile of columns, bounded per call (conv_common.tileBytesFor the call's result).
-    ck = c * prod(kernel)
+    # im2col: its tiles bounded as the call's (conv_common.tileBytesFor the call's result), its own buffers.
     result = {"forward": n * o * prod(outSpatial), "backwardData": prod(xShape),
               "backwardParams": max(prod(xShape), n * o * prod(outSpatial))}[direction] * itemsize  # as the calls
-    total = n * prod(outSpatial) * ck * itemsize
-    perRow = ck * prod(outSpatial[1:]) * itemsize
-    tile = min(total, max(conv_common.tileBytesFor(result), perRow))
-    if direction == "backwardData" and all(s == 1 for s in stride) and weights <= prod(xShape) * itemsize:
-        tile += weights  # the flipped kernel (larger kernels go through col2im instead)
-    if direction == "backwardParams":
-        tile += n * o * prod(outSpatial) * itemsize  # dy transposed to (O, N * pixels), at most one copy
-    if direction == "forward" and conv_im2col.kernelForward(dtype, ck // groups):
-        tile += sgemm.packedSize((groups, o // groups, ck // groups)) * itemsize  # the weights packed for sgemm
-    return tile
+    return conv_im2col.workspaceBytes(direction, xShape, wShape, stride, pad, dilation, groups, dtype,
+                                      conv_common.tileBytesFor(result))
 
 
 # -- the three directions -----------------------------------------------------------------------------

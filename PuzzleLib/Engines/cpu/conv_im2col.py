@@ -23,6 +23,7 @@ from PuzzleLib.Engines.cpu.conv_common import (
     params3,
     prod,
     rowTiles,
+    shape5,
     tapRange,
     tileBytes,
     transposedPad,
@@ -160,7 +161,7 @@ def _rowBytes(ck, outSpatial, itemsize):
 
 # -- forward -----------------------------------------------------------------------------------------
 def im2colForward(x, w, bias, stride, pad, dilation, groups):
-    if _fastApplies(x):
+    if _fastApplies(x.ndim):
         return _fastForward(x, w, bias, stride, pad, dilation, groups)
     n, c = x.shape[:2]
     o = w.shape[0]
@@ -201,14 +202,20 @@ def im2colBackwardData(dy, w, xShape, stride, pad, dilation, groups):
     kernel = w.shape[2:]
     # The gather needs a flipped copy of the kernel; when that outweighs the result (deep, small maps:
     # 512->512 on 7x7 copies 9 MiB for a 0.8 MiB dx), GEMM + col2im is as fast and needs only its tile.
-    if all(s == 1 for s in stride) and w.nbytes <= dy.itemsize * prod(xShape):
+    if _flipsKernel(stride, w.nbytes, dy.itemsize * prod(xShape)):
         dx = im2colForward(dy, flippedKernel(w, groups), None, stride, transposedPad(kernel, pad, dilation),
                            dilation, groups)
         assert dx.shape == tuple(xShape)
         return dx
-    if _fastApplies(dy):
+    if _fastApplies(dy.ndim):
         return _fastBackwardData(dy, w, xShape, stride, pad, dilation, groups)
     return _col2imBackwardData(dy, w, xShape, stride, pad, dilation, groups)
+
+
+def _flipsKernel(stride, wBytes, dxBytes):
+    """Whether backward-data runs as the forward convolution of dy with the flipped kernel (see
+    im2colBackwardData)."""
+    return all(s == 1 for s in stride) and wBytes <= dxBytes
 
 
 def _col2imBackwardData(dy, w, xShape, stride, pad, dilation, groups):
@@ -233,7 +240,7 @@ def _col2imBackwardData(dy, w, xShape, stride, pad, dilation, groups):
 # -- backward params ---------------------------------------------------------------------------------
 def im2colBackwardParamsAndBias(x, dy, wShape, withBias, stride, pad, dilation, groups):
     """(dw, db or None): the bias gradient taken from the weight gradient's GEMMs where they can carry it."""
-    if _fastApplies(x):
+    if _fastApplies(x.ndim):
         return _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias)
     return im2colBackwardParams(x, dy, wShape, stride, pad, dilation, groups), biasGrad(dy) if withBias else None
 
@@ -369,8 +376,8 @@ if useNumba:
     _deinterleave5 = njit(cache=True, nogil=True)(_deinterleave5)
 
 
-def _fastApplies(x):
-    return useNumba and 3 <= x.ndim <= 5
+def _fastApplies(ndim):
+    return useNumba and 3 <= ndim <= 5
 
 
 def _fastPlan(x, kernel, stride, pad, dilation, deinterleave=True):
@@ -383,7 +390,7 @@ def _fastPlan(x, kernel, stride, pad, dilation, deinterleave=True):
     if s == 1:
         xs = x5.reshape(x5.shape[:4] + (1, x5.shape[4]))
     elif deinterleave:
-        xs = workspace.get("im2col-phases", _phasesShape(x5, s), x.dtype)
+        xs = workspace.get("im2col-phases", _phasesShape(x5.shape, s), x.dtype)
         parallel(lambda c0, c1: _deinterleave5(x5, xs, s, 0, c0, c1, 0), x5.shape[1], x5.size)
     else:
         xs = None
@@ -407,8 +414,9 @@ def _plan5(x, kernel, stride, pad, dilation):
     return x5, (k5[2], st[2], pd[2], dl[2]), o5, (np.array(st), np.array(pd), np.array(dl), np.array(k5), np.array(o5))
 
 
-def _phasesShape(x5, s):
-    return x5.shape[:4] + (s, -(-x5.shape[4] // s))
+def _phasesShape(shape5, s):
+    """(N, C, D, H, S, Wq) of an input of 5-D shape ``shape5`` de-interleaved by the stride S of its last axis."""
+    return shape5[:4] + (s, -(-shape5[4] // s))
 
 
 def _fastGather(xs, tables, cols, n0, r0, r1, ck=None, split=True):
@@ -462,7 +470,7 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
     # measurable). A multiple of 8 made ragged costs more than the adds (one thread: inner 1152 -> 1153 +1.8%
     # on case 5's GEMMs, adds 0.5%; 192 -> 193 on 128 x 784 products +22%, adds 4%).
     fast = kernelForward(x.dtype, ck // groups)
-    folded = not fast and bias is not None and groups == 1 and ck < _FOLD_BIAS_INNER and ck % 8 != 0
+    folded = _foldsBias(fast, bias is not None, groups, ck)
     ckA = ck + folded
     if fast:  # the bias starts the kernel's sums
         panels = sgemm.packGroups(wg, workspace.get("im2col-packed", (sgemm.packedSize(wg.shape),), x.dtype))
@@ -473,24 +481,16 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
         wg[0, :, ck] = bias
     yg = y.reshape(n, groups, o // groups, -1)
     rowLen = o5[2]
-    own = _ownGemms(w)
-    tiles = rowTiles(n, o5[0] * o5[1], ck * rowLen * x.itemsize, _threadTileBytes(ck * prod(o5) * x.itemsize)
-                     if own else None)
-    workers = conv_common.chunkWorkers(len(tiles)) if own else 1
+    tiles, workers, local = _forwardTiles(n, ck, o5, stride, w.nbytes, x.itemsize, tileBytes())
     shares = conv_common.runs(tiles, workers)
-    size = max((n1 - n0) * ckA * (r1 - r0) * rowLen for n0, n1, r0, r1 in tiles)
+    size = _largestTile(tiles) * ckA * rowLen
     buffers = [workspace.get(f"im2col-fast{k}", (size,), x.dtype) for k in range(workers)]  # not thread-safe
-    # A strided last axis is de-interleaved tile by tile into a buffer per thread where the tiles are whole items
-    # (case 5: 0.4 MiB a thread instead of a copy of x, 3.2 MiB), else once for the call (tiles within items
-    # would de-interleave their item's rows again).
-    local = xs is None and tiles[0][3] - tiles[0][2] == o5[0] * o5[1]
-    if xs is None and not local:
+    if xs is None and not local:  # a strided last axis de-interleaved once for the call, else per tile
         xs, _, _ = _fastPlan(x, kernel, stride, pad, dilation)
     if local:
         x5 = as5(np.ascontiguousarray(x))
-        phasesShape = _phasesShape(x5, stride[-1])
-        phases = [workspace.get(f"im2col-phases{k}", (max(n1 - n0 for n0, n1, _, _ in tiles),) + phasesShape[1:],
-                                x.dtype) for k in range(workers)]
+        phases = [workspace.get(f"im2col-phases{k}", _localPhasesShape(x5.shape, stride[-1], tiles), x.dtype)
+                  for k in range(workers)]
 
     def work(k):
         for n0, n1, r0, r1 in shares[k]:
@@ -521,6 +521,37 @@ def _fastForward(x, w, bias, stride, pad, dilation, groups):
     else:
         conv_common.runChunks(work, workers)
     return y
+
+
+def _foldsBias(fast, withBias, groups, ck):
+    """Whether the forward folds its bias into the GEMMs as one more inner row (see _fastForward)."""
+    return not fast and withBias and groups == 1 and ck < _FOLD_BIAS_INNER and ck % 8 != 0
+
+
+def _forwardTiles(n, ck, o5, stride, wBytes, itemsize, bound):
+    """(tiles, workers, local) of _fastForward under the call's tile bound ``bound``: its tiles of output rows,
+    the threads that run them, and whether a strided last axis is de-interleaved tile by tile (``local``).
+
+    Where the tiles are whole items, a buffer per thread takes each tile's items (case 5: 0.4 MiB a thread
+    instead of a copy of x, 3.2 MiB); else x is de-interleaved once for the call (tiles within items would
+    de-interleave their item's rows again).
+    """
+    own = _ownGemms(wBytes)
+    limit = _threadTileBytes(ck * prod(o5) * itemsize, bound) if own else bound
+    tiles = rowTiles(n, o5[0] * o5[1], ck * o5[2] * itemsize, limit)
+    workers = conv_common.chunkWorkers(len(tiles)) if own else 1
+    local = stride[-1] != 1 and tiles[0][3] - tiles[0][2] == o5[0] * o5[1]
+    return tiles, workers, local
+
+
+def _largestTile(tiles):
+    """Output rows (items times rows) of the largest of ``tiles``: the size of the buffers they reuse."""
+    return max((n1 - n0) * (r1 - r0) for n0, n1, r0, r1 in tiles)
+
+
+def _localPhasesShape(shape5, s, tiles):
+    """A thread's buffer for its tiles' items de-interleaved (the forward's ``local`` case)."""
+    return (max(n1 - n0 for n0, n1, _, _ in tiles),) + _phasesShape(shape5, s)[1:]
 
 
 def _packedProduct(panels, bias, b, c, shared, scratch):
@@ -560,15 +591,16 @@ def _deinterleaveTile(x5, xs, s, n0, c0, c1, split):
     _splitRows(lambda a, b: _deinterleave5(x5, xs, s, n0, a, b, c0), c0, c1, xs.size, split)
 
 
-def _ownGemms(w):
-    """Whether each thread runs whole tiles (gather and GEMM) on its own, with BLAS single-threaded."""
-    return w.size * w.itemsize <= _OWN_GEMM_BYTES
+def _ownGemms(nbytes):
+    """Whether each thread runs whole tiles (gather and GEMM) on its own, with BLAS single-threaded, for a weight
+    (or weight gradient) of ``nbytes``."""
+    return nbytes <= _OWN_GEMM_BYTES
 
 
-def _threadTileBytes(itemBytes):
-    """One thread's column tile bound: 1 / _SPLIT of the call's, raised to one item's columns if those fit it."""
-    limit = tileBytes()
-    return max(1, limit // _SPLIT, itemBytes if itemBytes <= limit else 0)
+def _threadTileBytes(itemBytes, bound):
+    """One thread's column tile bound: 1 / _SPLIT of the call's (``bound``), raised to one item's columns if those
+    fit it."""
+    return max(1, bound // _SPLIT, itemBytes if itemBytes <= bound else 0)
 
 
 # Weight (or weight-gradient) bytes up to which threads run their own GEMMs (see _fastForward); larger weights
@@ -617,65 +649,35 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=F
     if n * pixels == 0 or kg == 0:
         dw.fill(0)
         return dw.reshape(wShape), biasGrad(dy) if withBias else None
-    own = _ownGemms(dw)
-    limit = max(1, tileBytes() // _SPLIT) if own else tileBytes()
-    rowsWanted = min(kg, _DW_ROWS)
-    if n * pixels * rowsWanted * x.itemsize <= limit:
-        chunks = [(0, n, 0, o5[0] * o5[1])]  # the whole batch in one inner dimension
-    else:
-        chunks = rowTiles(n, o5[0] * o5[1], rowsWanted * o5[2] * x.itemsize, limit)
-    inner = max((n1 - n0) * (r1 - r0) for n0, n1, r0, r1 in chunks) * o5[2]
-    rows = max(1, min(kg, limit // max(inner * x.itemsize, 1)))
-    strided = groups == 1 and o5[2] > 1 and stride[-1] > 1
-    count = -(-kg // rows)
-    if own and count > 1:  # a multiple of _SPLIT blocks, so that two threads get equal shares (any thread count)
-        count = -(-count // _SPLIT) * _SPLIT
-        rows = -(-kg // count)
-    blocks = [(g, k0, min(kg, k0 + rows)) for g in range(groups) for k0 in range(0, kg, rows)]
+    chunks, blocks, rows, inner, phased, localPhases, channels, plane, parts, workers, ones = _dwPlan(
+        x.shape, wShape, o5, stride, groups, x.itemsize, withBias, tileBytes())
     dyFlat = np.ascontiguousarray(dy).reshape(n, o, pixels)
-    # Each chunk's whole column matrix in one block, one item per chunk: that is the forward's tile layout,
-    # and a strided last axis is then cheaper de-interleaved once (contiguous row copies, as the forward's
-    # gather: case 3 gather 9.7 -> 2.5 ms of one thread) than read in place, if x is no larger than dy.
-    phased = (strided and rows == kg and x.nbytes <= dy.nbytes and all(n1 - n0 == 1 for n0, n1, _, _ in chunks))
-    # Chunks of whole items otherwise, on threads of their own: each unit takes its items in turn, de-interleaves
-    # the item's channels of its block into a small buffer of its thread's and gathers from it as the forward does
-    # (one compiled call, _gatherItems5; case 5: gather 0.38 -> 0.27 ms an item, one thread), where that buffer
-    # fits the bound next to the block's columns.
-    plane = _phasesShape(x5, stride[-1])[2:]
-    channels = max(-(-k1 // taps) - k0 // taps for _, k0, k1 in blocks)
-    localPhases = (not phased and strided and all(r1 - r0 == o5[0] * o5[1] for _, _, r0, r1 in chunks)
-                   and (rows * inner + channels * prod(plane)) * x.itemsize <= limit)
     if phased or localPhases:
         xs, tables5, _ = _fastPlan(x, kernel, stride, pad, dilation, phased)
     folded = any(n1 - n0 > 1 for n0, n1, _, _ in chunks)
     # Scratch (taken here: the workspace is not thread-safe): per thread a column block, dy's transposed
     # chunk where chunks span items, a partial product; the _SPLIT partial sums where chunks are summed.
-    if len(chunks) > 1 and own and dw.nbytes <= _PARTIAL_BYTES:
+    if parts:
         # Each thread sums its run of chunks into its own partials (of _SPLIT fixed runs), added at the end.
-        parts = _SPLIT
-        workers = conv_common.chunkWorkers(parts)
         halves = conv_common.runs(chunks, parts)
         runs = [[(h, chunk, block) for h in range(k, parts, workers) for chunk in halves[h] for block in blocks]
                 for k in range(workers)]
         # Own partials are kept transposed, (kg, O): cols @ dy.T runs faster than dy @ cols.T on these thin
-        # products (case 3, one thread: 21.9 vs 25.4 ms).
-        ones = int(withBias and len(blocks) == 1)  # the bias gradient as one more row of the partials
+        # products (case 3, one thread: 21.9 vs 25.4 ms). With ``ones``, the bias gradient is one more row.
         partials = workspace.get("im2col-dw-partials", (parts, kg + ones, o), x.dtype)
     else:
         # Each thread a contiguous run of dw's column blocks, written in place: per block the chunks in order,
         # the first written, the others added (each element sums its chunks in the same order on any threads).
         halves = [chunks]
-        workers = conv_common.chunkWorkers(len(blocks)) if own else 1
         runs = [[(0, chunk, block) for block in share for chunk in chunks]
                 for share in conv_common.runs(blocks, workers)]
-        partials, ones = None, 0
+        partials = None
     shared = None
     if folded and len(chunks) == 1:  # one chunk spanning items: dy transposed once, read by every thread
         (n0, n1, r0, r1), = chunks
         shared = workspace.get("im2col-dw-dy", (o, n1 - n0, (r1 - r0) * o5[2]), x.dtype)
         np.copyto(shared, dyFlat[n0:n1, :, r0 * o5[2]:r1 * o5[2]].transpose(1, 0, 2))
         shared = shared.reshape(o, -1)
-    localPhases = localPhases and (workers > 1 or conv_common.THREADS == 1)  # the compiled call is not split
     if localPhases:
         phases = [workspace.get(f"im2col-dw-phases{k}", (1, channels) + plane, x.dtype) for k in range(workers)]
     scratch = [(workspace.get(f"im2col-dw-cols{k}", ((rows + ones) * inner,), x.dtype),
@@ -741,6 +743,59 @@ def _fastBackwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=F
     if withBias and db is None:
         db = biasGrad(dy)
     return dw.reshape(wShape), db
+
+
+def _dwPlan(xShape, wShape, o5, stride, groups, itemsize, withBias, bound):
+    """The units of _fastBackwardParams under the call's tile bound ``bound``, from the shapes alone: (chunks,
+    blocks, rows, inner, phased, localPhases, channels, plane, parts, workers, ones).
+
+    chunks: of the batch's pixels (n0, n1, r0, r1); blocks: of dw's columns (group, k0, k1), at most ``rows``
+    each; inner: the largest chunk's pixels; phased / localPhases: a strided last axis de-interleaved once for
+    the call / per unit, ``channels`` at a time, into buffers of (1, channels) + ``plane``; parts: the number of
+    partial sums (0: blocks summed in place); workers: the threads; ones: 1 where the bias gradient rides along.
+    """
+    n, c = xShape[:2]
+    o = wShape[0]
+    taps = prod(wShape[2:])
+    kg = (c // groups) * taps
+    own = _ownGemms(o * kg * itemsize)
+    limit = max(1, bound // _SPLIT) if own else bound
+    rowsWanted = min(kg, _DW_ROWS)
+    if n * prod(o5) * rowsWanted * itemsize <= limit:
+        chunks = [(0, n, 0, o5[0] * o5[1])]  # the whole batch in one inner dimension
+    else:
+        chunks = rowTiles(n, o5[0] * o5[1], rowsWanted * o5[2] * itemsize, limit)
+    inner = _largestTile(chunks) * o5[2]
+    rows = max(1, min(kg, limit // max(inner * itemsize, 1)))
+    strided = groups == 1 and o5[2] > 1 and stride[-1] > 1
+    count = -(-kg // rows)
+    if own and count > 1:  # a multiple of _SPLIT blocks, so that two threads get equal shares (any thread count)
+        count = -(-count // _SPLIT) * _SPLIT
+        rows = -(-kg // count)
+    blocks = [(g, k0, min(kg, k0 + rows)) for g in range(groups) for k0 in range(0, kg, rows)]
+    # Each chunk's whole column matrix in one block, one item per chunk: that is the forward's tile layout,
+    # and a strided last axis is then cheaper de-interleaved once (contiguous row copies, as the forward's
+    # gather: case 3 gather 9.7 -> 2.5 ms of one thread) than read in place, if x is no larger than dy.
+    phased = (strided and rows == kg and prod(xShape) <= n * o * prod(o5)
+              and all(n1 - n0 == 1 for n0, n1, _, _ in chunks))
+    # Chunks of whole items otherwise, on threads of their own: each unit takes its items in turn, de-interleaves
+    # the item's channels of its block into a small buffer of its thread's and gathers from it as the forward does
+    # (one compiled call, _gatherItems5; case 5: gather 0.38 -> 0.27 ms an item, one thread), where that buffer
+    # fits the bound next to the block's columns.
+    plane = _phasesShape(shape5(xShape), stride[-1])[2:]
+    channels = max(-(-k1 // taps) - k0 // taps for _, k0, k1 in blocks)
+    localPhases = (not phased and strided and all(r1 - r0 == o5[0] * o5[1] for _, _, r0, r1 in chunks)
+                   and (rows * inner + channels * prod(plane)) * itemsize <= limit)
+    if len(chunks) > 1 and own and o * kg * itemsize <= _PARTIAL_BYTES:
+        # _SPLIT fixed partial sums; with one block, the bias gradient as one more row of the partials.
+        parts = _SPLIT
+        workers = conv_common.chunkWorkers(parts)
+        ones = int(withBias and len(blocks) == 1)
+    else:  # each thread a contiguous run of dw's column blocks, written in place
+        parts, ones = 0, 0
+        workers = conv_common.chunkWorkers(len(blocks)) if own else 1
+    localPhases = localPhases and (workers > 1 or conv_common.THREADS == 1)  # the compiled call is not split
+    return chunks, blocks, rows, inner, phased, localPhases, channels, plane, parts, workers, ones
 
 
 # Inner dimension (channel-taps) below which the forward folds the bias into its GEMMs (see _fastForward).
@@ -907,12 +962,17 @@ def _fastBackwardData(dy, w, xShape, stride, pad, dilation, groups):
     x5, tables, o5, wgT, dyg = operands
     c, taps, rowLen = xShape[1], prod(w.shape[2:]), o5[2]
     ck, ckg = c * taps, c * taps // groups
-    for n0, n1, r0, r1 in rowTiles(dy.shape[0], o5[0] * o5[1], ck * rowLen * dy.itemsize):
+    for n0, n1, r0, r1 in _col2imTiles(dy.shape[0], ck, o5, dy.itemsize, tileBytes()):
         nb, span = n1 - n0, (r1 - r0) * rowLen
         dcols = workspace.get("col2im-fast", (nb * ck * span,), dy.dtype)
         conv_common.matmul(wgT, dyg[n0:n1, :, :, r0 * rowLen:r1 * rowLen], dcols.reshape(nb, groups, ckg, span))
         _scatterTile(x5, dcols, tables, n0, nb, r0, r1, span, c, taps)
     return dx
+
+
+def _col2imTiles(n, ck, o5, itemsize, bound):
+    """_fastBackwardData's tiles of output rows: their columns (C * taps by pixels) within ``bound`` bytes."""
+    return rowTiles(n, o5[0] * o5[1], ck * o5[2] * itemsize, bound)
 
 
 def col2imOperands(dy, w, xShape, stride, pad, dilation, groups):
@@ -936,3 +996,120 @@ def _scatterTile(x5, dcols, tables, n0, nb, r0, r1, span, c, taps):
         _scatterRowsT(x5, dcols, *tables, n0, nb, r0, r1, 0, span, c * taps * span, c0 * taps, c1 * taps)
 
     parallel(scatter, c, dcols.size)
+
+
+# -- scratch estimates (conv.workspaceBytes) -----------------------------------------------------------------
+# Sized from the calls' own plans (_forwardTiles, _col2imTiles, _dwPlan): each workspace buffer at its largest
+# request (conv_common.workspace keeps one per tag, all held until the call returns), plus what the calls
+# allocate outside it: sgemm's per-thread edge tiles and backward-data's flipped kernel.
+def workspaceBytes(direction, xShape, wShape, stride, pad, dilation, groups, dtype, bound):
+    """Scratch bytes of one im2col call in ``direction`` whose tiles are bounded by ``bound`` (the call's
+    conv_common.tileBytesFor its result)."""
+    args = (tuple(xShape), tuple(wShape), stride, pad, dilation, groups, np.dtype(dtype), bound)
+    if direction == "forward":
+        return _forwardBytes(*args)
+    if direction == "backwardData":
+        return _backwardDataBytes(*args)
+    return _backwardParamsBytes(*args)
+
+
+def _forwardBytes(xShape, wShape, stride, pad, dilation, groups, dtype, bound, withBias=True):
+    """im2colForward's: a column tile per thread, the weights packed for sgemm (or with the bias folded in: a
+    bias is assumed, it can only add that copy), a strided last axis de-interleaved (per thread or once), and
+    sgemm's edge tiles."""
+    n, c = xShape[:2]
+    o = wShape[0]
+    ck = c * prod(wShape[2:])
+    itemsize = dtype.itemsize
+    out = outputShape(xShape[2:], wShape[2:], stride, pad, dilation)
+    if min(out + (n,)) <= 0:
+        return 0
+    if not _fastApplies(len(xShape)):
+        return _numpyTileBytes(n, ck, out, itemsize, bound)
+    o5 = lead3(out)
+    fast = kernelForward(dtype, ck // groups)
+    ckA = ck + _foldsBias(fast, withBias, groups, ck)
+    tiles, workers, local = _forwardTiles(n, ck, o5, stride, prod(wShape) * itemsize, itemsize, bound)
+    total = workers * _largestTile(tiles) * ckA * o5[2]
+    if fast:
+        total += sgemm.packedSize((groups, o // groups, ck // groups))
+    elif ckA > ck:
+        total += o * ckA
+    if local:
+        total += workers * prod(_localPhasesShape(shape5(xShape), stride[-1], tiles))
+    elif stride[-1] != 1:
+        total += prod(_phasesShape(shape5(xShape), stride[-1]))
+    if not fast:
+        return total * itemsize
+    # Each thread's sgemm.Scratch: the threads' own (tiles of their own), or those a shared tile's product is
+    # split between (_packedProduct, each part with a Scratch of its own).
+    depth = ckA // groups
+    if workers == 1:
+        workers = max(_productThreads(n1 - n0, o, (r1 - r0) * o5[2], depth) for n0, n1, r0, r1 in tiles)
+    return total * itemsize + workers * _edgeBytes(depth)
+
+
+def _productThreads(nb, o, span, depth):
+    """The threads _packedProduct shares a tile's product between: nb items of o maps by span pixels."""
+    return conv_common.threadCount(-(-span // sgemm.NR), nb * o * span * depth)
+
+
+def _edgeBytes(depth):
+    """One sgemm.Scratch (float32) for products of inner dimension ``depth``: A and B edge strips and a C tile."""
+    return (depth * (sgemm.MR + sgemm.NR) + sgemm.MR * sgemm.NR) * 4
+
+
+def _numpyTileBytes(n, ck, out, itemsize, bound):
+    """The numpy gather's (and scatter's) column tile: rows of the first output axis, within ``bound``."""
+    tiles = rowTiles(n, out[0], _rowBytes(ck, out, itemsize), bound)
+    return _largestTile(tiles) * _rowBytes(ck, out, itemsize)
+
+
+def _backwardDataBytes(xShape, wShape, stride, pad, dilation, groups, dtype, bound):
+    """im2colBackwardData's: with unit strides the forward's, with the flipped kernel held meanwhile (made through
+    one more copy as large, dropped before the forward starts); else one tile of GEMM + col2im columns."""
+    n, c = xShape[:2]
+    o = wShape[0]
+    kernel = tuple(wShape[2:])
+    ck = c * prod(kernel)
+    itemsize = dtype.itemsize
+    out = outputShape(xShape[2:], kernel, stride, pad, dilation)
+    weights = prod(wShape) * itemsize
+    if _flipsKernel(stride, weights, prod(xShape) * itemsize):
+        forward = _forwardBytes((n, o) + out, (c, o // groups) + kernel, stride, transposedPad(kernel, pad, dilation),
+                                dilation, groups, dtype, bound, withBias=False)
+        return weights + max(weights, forward)
+    if n * prod(out) == 0:
+        return 0
+    if not _fastApplies(len(xShape)):
+        return _numpyTileBytes(n, ck, out, itemsize, bound)
+    o5 = lead3(out)
+    return _largestTile(_col2imTiles(n, ck, o5, itemsize, bound)) * ck * o5[2] * itemsize
+
+
+def _backwardParamsBytes(xShape, wShape, stride, pad, dilation, groups, dtype, bound):
+    """im2colBackwardParamsAndBias's (a bias assumed: its row of ones can only add): per thread a column block, a
+    chunk of dy transposed, a partial product and de-interleaved channels, where the plan takes them; for the
+    call the partial sums, dy transposed once or x de-interleaved once."""
+    n, c = xShape[:2]
+    o = wShape[0]
+    kernel = tuple(wShape[2:])
+    ck, kg, og = c * prod(kernel), c // groups * prod(kernel), o // groups
+    itemsize = dtype.itemsize
+    out = outputShape(xShape[2:], kernel, stride, pad, dilation)
+    if n * prod(out) == 0 or kg == 0:
+        return 0
+    if not _fastApplies(len(xShape)):  # im2colBackwardParams: a tile of columns and dy, the product added to dw
+        tiles = rowTiles(n, out[0], _rowBytes(ck + o, out, itemsize), bound)
+        return _largestTile(tiles) * _rowBytes(ck + o, out, itemsize) + o * kg * itemsize
+    o5 = lead3(out)
+    chunks, blocks, rows, inner, phased, localPhases, channels, plane, parts, workers, ones = _dwPlan(
+        xShape, wShape, o5, stride, groups, itemsize, True, bound)
+    folded = any(n1 - n0 > 1 for n0, n1, _, _ in chunks)  # as the call: chunks spanning items
+    shared = folded and len(chunks) == 1  # dy transposed once for all threads, not a chunk per thread
+    perThread = ((rows + ones) * inner + (og * inner if folded and not shared else 0)
+                 + (og * (rows + ones) if len(chunks) > 1 else 0) + (channels * prod(plane) if localPhases else 0))
+    total = workers * perThread + parts * (kg + ones) * o + (o * inner if shared else 0)
+    if phased:
+        total += prod(_phasesShape(shape5(xShape), stride[-1]))
+    return total * itemsize
