@@ -165,8 +165,8 @@ def test_winograd2x2FlippedKernelTransformIsThePermutedOne():
 
 def test_winograd2x2ThroughTheEngine():
     # algo="winograd" runs F(2x2) on small maps and F(4x4) on larger ones, with results within the bound.
-    assert conv._winograd((8, 8, 3, 3), (2, 8, 7, 7), (1, 1), (1, 1)) is conv_winograd2x2
-    assert conv._winograd((8, 8, 3, 3), (2, 8, 56, 56), (1, 1), (1, 1)) is conv_winograd
+    assert conv._winograd((8, 8, 3, 3), (2, 8, 7, 7), (1, 1), (1, 1), (1, 1)) is conv_winograd2x2
+    assert conv._winograd((8, 8, 3, 3), (2, 8, 56, 56), (1, 1), (1, 1), (1, 1)) is conv_winograd
     x, w, dy = _data(2, 8, 8, 1, 7, 9)
     got = conv.backwardParams(x, dy, w.shape, False, (1, 1), (1, 1), (1, 1), 1, algo="winograd")[0]
     ref = convBackwardParams(x, dy, w.shape, (1, 1), (1, 1), (1, 1), 1)[0]
@@ -179,7 +179,7 @@ def test_heuristicPicksWinograd2x2OnSmallMapsWithManyChannelsAndTiles():
     args = ((1, 1), (1, 1), (1, 1), 1)
     for direction in conv.DIRECTIONS:  # benchmarks/conv.py case 4: F(2x2) in every direction
         assert conv.chooseAlgorithm(direction, (8, 512, 7, 7), (512, 512, 3, 3), *args) == "winograd"
-    assert conv._winograd((512, 512, 3, 3), (8, 512, 7, 7), (1, 1), (1, 1)) is conv_winograd2x2
+    assert conv._winograd((512, 512, 3, 3), (8, 512, 7, 7), (1, 1), (1, 1), (1, 1)) is conv_winograd2x2
     # Few tiles (N1: 16), few channels (32): im2col; the weight gradient wants 64 tiles (N2: 32).
     assert conv.chooseAlgorithm("forward", (1, 512, 7, 7), (512, 512, 3, 3), *args) == "im2col"
     assert conv.chooseAlgorithm("forward", (8, 32, 7, 7), (32, 32, 3, 3), *args) == "im2col"
@@ -187,7 +187,7 @@ def test_heuristicPicksWinograd2x2OnSmallMapsWithManyChannelsAndTiles():
     assert conv.chooseAlgorithm("backwardParams", (2, 512, 7, 7), (512, 512, 3, 3), *args) == "im2col"
     # 14x14 maps and up keep F(4x4).
     assert conv.chooseAlgorithm("forward", (8, 256, 14, 14), (256, 256, 3, 3), *args) == "winograd"
-    assert conv._winograd((256, 256, 3, 3), (8, 256, 14, 14), (1, 1), (1, 1)) is conv_winograd
+    assert conv._winograd((256, 256, 3, 3), (8, 256, 14, 14), (1, 1), (1, 1), (1, 1)) is conv_winograd
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

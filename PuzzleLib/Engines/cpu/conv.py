@@ -230,7 +230,7 @@ def forward(x, w, bias, stride, pad, dilation, groups, algo=None):
         if algo == "winograd" and _winogradApplies(w.shape, stride, dilation):
             if conv_polyphase.applies(w.shape[2:], stride, dilation):
                 return conv_polyphase.forward(x, w, bias, pad, dilation, groups)
-            return _winograd(w.shape, x.shape, stride, pad).forward(x, w, bias, pad, groups)
+            return _winograd(w.shape, x.shape, stride, pad, dilation).forward(x, w, bias, pad, groups)
     finally:
         conv_common.endCall()
     raise _badAlgo("forward", algo, x.shape, w.shape, stride, pad, dilation, groups)
@@ -264,7 +264,7 @@ def backwardData(dy, w, xShape, stride, pad, dilation, groups, algo=None):
         if algo == "winograd" and _winogradApplies(w.shape, stride, dilation):
             if conv_polyphase.applies(w.shape[2:], stride, dilation):
                 return conv_polyphase.backwardData(dy, w, xShape, pad, dilation, groups)
-            return _winograd(w.shape, xShape, stride, pad).backwardData(dy, w, xShape, pad, groups)
+            return _winograd(w.shape, xShape, stride, pad, dilation).backwardData(dy, w, xShape, pad, groups)
     finally:
         conv_common.endCall()
     raise _badAlgo("backwardData", algo, xShape, w.shape, stride, pad, dilation, groups)
@@ -295,7 +295,7 @@ def backwardParams(x, dy, wShape, withBias, stride, pad, dilation, groups, algo=
             if conv_polyphase.applies(wShape[2:], stride, dilation):
                 dw = conv_polyphase.backwardParams(x, dy, wShape, pad, dilation, groups)
             else:
-                dw = _winograd(wShape, x.shape, stride, pad).backwardParams(x, dy, wShape, pad, groups)
+                dw = _winograd(wShape, x.shape, stride, pad, dilation).backwardParams(x, dy, wShape, pad, groups)
         else:
             raise _badAlgo("backwardParams", algo, x.shape, wShape, stride, pad, dilation, groups)
     finally:
@@ -311,11 +311,11 @@ def _winogradApplies(wShape, stride, dilation):
                                         or conv_polyphase.applies(wShape[2:], stride, dilation))
 
 
-def _winograd(wShape, xShape, stride, pad):
+def _winograd(wShape, xShape, stride, pad, dilation):
     """2-D 3x3 kernels: conv_winograd (F(4x4, 3x3)), or conv_winograd2x2 (F(2x2, 3x3)) on the maps it is
     preferred for, or with stride 2 conv_winograd_s2; 3-D (kD, 3, 3) kernels: conv_winograd3d (depth slices
     stacked); 1-D 3-tap kernels: conv_winograd1d (F(6, 3))."""
-    if len(wShape) == 4 and tuple(stride) == (2, 2):
+    if conv_winograd_s2.applies(wShape[2:], stride, dilation):
         return conv_winograd_s2
     if len(wShape) == 4 and conv_winograd2x2.preferred(xShape, wShape, pad):
         return conv_winograd2x2
