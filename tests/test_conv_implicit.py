@@ -38,13 +38,20 @@ def test_forwardMatchesFloat64Reference(shape, withBias):
     assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
+@pytest.mark.parametrize("own", [False, True])
 @pytest.mark.parametrize("shape", SHAPES[:2] + SHAPES[7:])
-def test_sameBitsOnOneOrTwoThreads(shape, monkeypatch):
+def test_sameBitsOnOneOrTwoThreads(shape, own, monkeypatch):
+    # own: each thread copies its rows' items itself (items split between the threads included); the bits are
+    # those of the copy of all of x made first.
     n, c, o, groups, spatial, kernel, stride, pad, dilation = shape
     x, w, bias = convInputs32(n, c, o, groups, spatial, kernel, seed=1)
     monkeypatch.setattr(conv_common, "PARALLEL_WORK", 1)
-    resultsOnThreads(monkeypatch, lambda: conv_implicit.forward(x, w, bias, stride, pad, dilation, groups),
-                     threads=(1, 2))
+    monkeypatch.setattr(conv_implicit, "OWN_ITEM_BYTES", 1 << 30)
+    first = conv_implicit.forward(x, w, bias, stride, pad, dilation, groups)
+    monkeypatch.setattr(conv_implicit, "OWN_ITEM_BYTES", 1 if own else 1 << 30)
+    got = resultsOnThreads(monkeypatch, lambda: conv_implicit.forward(x, w, bias, stride, pad, dilation, groups),
+                           threads=(1, 2, 3))
+    assert np.array_equal(got, first)
 
 
 @pytest.mark.skipif(not conv_implicit.sgemm.available, reason="dispatched on AVX-512 hosts only")
@@ -62,16 +69,23 @@ def test_dispatchedFromIm2colForwardInFloat32Only():
 
 
 @pytest.mark.skipif(not conv_implicit.sgemm.available, reason="dispatched on AVX-512 hosts only")
-def test_workspaceEstimateCoversThePhasedCopy():
+@pytest.mark.parametrize("own", [False, True])
+def test_workspaceEstimateCoversThePhasedCopy(own, monkeypatch):
+    # Small items are de-interleaved all at once; with own, each thread copies its rows' items one at a time.
+    monkeypatch.setattr(conv_implicit, "OWN_ITEM_BYTES", 1 if own else 1 << 30)
     xShape, wShape = (2, 3, 23, 70), (10, 3, 7, 7)
-    need = conv_implicit.workspaceBytes(xShape, wShape, (2, 2), (3, 3), 1)
-    phased = 2 * 3 * 2 * 29 * 38 + conv_implicit._SLACK  # 76 padded columns in 2 phases of 38
+    need = conv_implicit.workspaceBytes(xShape, wShape, (2, 2), (3, 3), (1, 1), 1)
+    item = 3 * 2 * 29 * 38  # 76 padded columns in 2 phases of 38
+    threads = conv_common.threadCount(2 * 12, 2 * 12 * 35 * 10 * 147)  # 12 rows of 35 per item
+    phased = threads * (item + conv_implicit._SLACK) if own else 2 * item + conv_implicit._SLACK
     assert need == (phased + 2 * 147 * 8) * 4
     assert conv.workspaceBytes("forward", "im2col", xShape, wShape, (2, 2), (3, 3), (1, 1), 1) == need
-    # And it covers what a call allocates beyond its result (numpy's allocations, traced).
+    # And it covers what a call allocates beyond its result (numpy's allocations, traced), with the same bits.
     x, w, bias = convInputs32(*xShape[:2], wShape[0], 1, xShape[2:], wShape[2:])
     y, peak = tracedPeak(lambda: conv.forward(x, w, bias, (2, 2), (3, 3), (1, 1), 1, algo="im2col"))
     assert peak - y.nbytes <= need + (16 << 10)  # tables, per-thread scratch tiles
+    monkeypatch.setattr(conv_implicit, "OWN_ITEM_BYTES", 1 << 30 if own else 1)
+    assert np.array_equal(y, conv.forward(x, w, bias, (2, 2), (3, 3), (1, 1), 1, algo="im2col"))
 
 
 GRAD_SHAPES = [

@@ -188,7 +188,7 @@ def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, group
         return conv_winograd.workspaceBytes(xShape, o, pad, itemsize, resultBytes=resultBytes,
                                             grad=True, groups=groups) + 2 * u
     if direction == "forward" and conv_implicit.preferred(xShape, wShape, stride, pad, dilation, groups, dtype):
-        return conv_implicit.workspaceBytes(xShape, wShape, stride, pad, groups, itemsize)
+        return conv_implicit.workspaceBytes(xShape, wShape, stride, pad, dilation, groups, itemsize)
     if direction == "backwardParams" and conv_implicit.backwardParamsPreferred(xShape, wShape, stride, pad, dilation,
                                                                               groups, dtype):
         return conv_implicit.backwardParamsWorkspace(xShape, wShape, stride, pad, groups, itemsize)
