@@ -314,6 +314,24 @@ def test_forward_accepts_numpy_and_returns_data():
     np.testing.assert_array_equal(np.asarray(conv.inData), x)
 
 
+def test_forward_plan_follows_shape_dtype_weights_and_algorithm():
+    # The module plans its forward's dispatch once per input shape, dtype, kernel shape and algorithm: each change
+    # is followed (float64, as the gradient checks switch to, in tests/test_conv_gradcheck.py), and new weights
+    # are read on every call.
+    rng = np.random.default_rng(3)
+    conv = Conv2D(2, 3, 2, pad=1)
+    for shape in ((1, 2, 5, 5), (2, 2, 4, 6), (1, 2, 5, 5)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        ref = convForward(x, conv.W.get(), conv.b.get().ravel(), (1, 1), (1, 1), (1, 1), 1)
+        assertClose(conv(x).get(), ref, f"forward of {shape}")
+    w = rng.standard_normal(conv.W.shape).astype(np.float32)
+    conv.setVar("W", Variable(gpuarray.to_gpu(w)))
+    assertClose(conv(x).get(), convForward(x, w, conv.b.get().ravel(), (1, 1), (1, 1), (1, 1), 1), "new weights")
+    conv.fwdAlgo = "im2col"
+    assertClose(conv(x).get(), convForward(x, w, conv.b.get().ravel(), (1, 1), (1, 1), (1, 1), 1), "im2col")
+    assert conv._planKey[3] == "im2col"
+
+
 # -- construction ----------------------------------------------------------------------------------------------------
 def test_constructor_defaults_and_shapes():
     np.random.seed(0)

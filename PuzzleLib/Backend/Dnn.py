@@ -25,6 +25,19 @@ def convNd(data, W, bias=None, stride=1, pad=0, dilation=1, groups=1, algo=None)
     ))
 
 
+def convNdPlan(shape, dtype, Wshape, stride=1, pad=0, dilation=1, groups=1, algo=None):
+    """``plan(data, W, bias) -> output`` for data of exactly this shape and dtype: the per-call dispatch (the
+    engine, the algorithm, the kernels' setup) done once, for a caller that keeps it (ConvND, per input shape)."""
+    nd = len(Wshape) - 2
+    run = getEngine().conv.forwardRunner(tuple(shape), tuple(Wshape), dtype, _tuple(stride, nd), _tuple(pad, nd),
+                                         _tuple(dilation, nd), groups, algo)
+
+    def plan(data, W, bias=None):
+        return GPUArray(run(data.ary, W.ary, None if bias is None else bias.ary.reshape(-1)))
+
+    return plan
+
+
 def convNdBackwardData(grad, W, data, stride=1, pad=0, dilation=1, groups=1, algo=None):
     w = W.ary
     nd = w.ndim - 2

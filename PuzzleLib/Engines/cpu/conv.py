@@ -239,6 +239,18 @@ def forward(x, w, bias, stride, pad, dilation, groups, algo=None):
 _directRunners, _directRunnersT = {}, {}
 
 
+def forwardRunner(xShape, wShape, dtype, stride, pad, dilation, groups, algo=None):
+    """``run(x, w, bias) -> y`` for inputs of exactly these shapes and dtype: the direct kernels' prepared runner
+    where they serve the shape (a caller that keeps it skips even forward's lookup), else ``forward``."""
+    xShape, wShape = tuple(xShape), tuple(wShape)
+    chosen = algo or chooseAlgorithm("forward", xShape, wShape, stride, pad, dilation, groups)
+    if chosen == "direct":
+        key = (xShape, wShape, np.dtype(dtype), stride, pad, dilation, groups, algo)
+        return memo(_directRunners, key, lambda: conv_direct.forwardRunner(xShape, wShape, stride, pad, dilation,
+                                                                          groups, dtype))
+    return lambda x, w, bias: forward(x, w, bias, stride, pad, dilation, groups, algo)
+
+
 def backwardData(dy, w, xShape, stride, pad, dilation, groups, algo=None):
     xShape = tuple(xShape)
     key = (dy.shape, w.shape, xShape, dy.dtype, stride, pad, dilation, groups, algo)  # as in forward
