@@ -314,7 +314,7 @@ def test_forward_accepts_numpy_and_returns_data():
     np.testing.assert_array_equal(np.asarray(conv.inData), x)
 
 
-def test_forward_plan_follows_shape_dtype_weights_and_algorithm():
+def test_forward_plan_follows_shape_weights_and_algorithm():
     # The module plans its forward's dispatch once per input shape, dtype, kernel shape and algorithm: each change
     # is followed (float64, as the gradient checks switch to, in tests/test_conv_gradcheck.py), and new weights
     # are read on every call.

@@ -96,3 +96,15 @@ def test_dispatch():
     assert not conv_pointwise.preferred((8, 128, 28, 28), (128, 128, 1, 1), 1, np.float32)  # 784 pixels, 16384
     assert conv_pointwise.preferred((8, 512, 28, 28), (128, 512, 1, 1), 1, np.float32)  # 784 pixels, 65536
     assert not conv_pointwise.preferred((8, 64, 56, 56), (64, 64, 1, 1), 1, np.float64)
+
+
+def test_resultIsNotScratch():
+    # One unit (one item, its pixels in one block), more maps than channels, 8 channels: the summed partial
+    # needs no transpose; the result must still be a copy, not a view of the workspace the next call reuses.
+    x, dy, wShape, groups = _case((1, 8, (32, 32), 16, 1))
+    assert len(conv_pointwise._units(1, 1024, 16, 4)) == 1
+    first = conv_pointwise.backwardParams(x, dy, wShape, groups)
+    kept = first.copy()
+    conv_pointwise.backwardParams(2 * x, dy, wShape, groups)
+    assert np.array_equal(first, kept)
+    _assertMatches(first, x, dy, wShape, groups)

@@ -26,8 +26,10 @@ def convNd(data, W, bias=None, stride=1, pad=0, dilation=1, groups=1, algo=None)
 
 
 def convNdPlan(shape, dtype, Wshape, stride=1, pad=0, dilation=1, groups=1, algo=None):
-    """``plan(data, W, bias) -> output`` for data of exactly this shape and dtype: the per-call dispatch (the
-    engine, the algorithm, the kernels' setup) done once, for a caller that keeps it (ConvND, per input shape)."""
+    """``plan(data, W, bias) -> output`` for data of exactly this shape and dtype, for a caller that keeps it
+    (ConvND, per input shape): the engine's runner for it (conv.forwardRunner: the direct kernels' prepared
+    runner where they serve the shape, all their per-call setup done once; else the engine's forward), with the
+    arguments' normalisation done once."""
     nd = len(Wshape) - 2
     run = getEngine().conv.forwardRunner(tuple(shape), tuple(Wshape), dtype, _tuple(stride, nd), _tuple(pad, nd),
                                          _tuple(dilation, nd), groups, algo)

@@ -73,7 +73,8 @@ class ConvND(Module):
 
     def updateData(self, data):
         # The forward's dispatch is planned once per input shape, dtype, kernel shape, algorithm and backend:
-        # most of a small call's cost (the page example through the module: 4.7 -> 3.7 us a call, one process).
+        # most of a small call's cost (the page example through the module: 4.7 -> 3.7 us a call; the best of 3
+        # loops of 100000 calls, one process).
         key = (data.shape, data.dtype, self.W.shape, self.fwdAlgo, Config.backend)
         if key != self._planKey:
             self._plan = Dnn.convNdPlan(data.shape, data.dtype, self.W.shape, self.stride, self.pad, self.dilation,

@@ -55,8 +55,8 @@ from PuzzleLib.Engines.cpu.conv_common import isPointwise, memo, outputShape, pr
 DIRECTIONS = ("forward", "backwardData", "backwardParams")
 ALGORITHMS = ("gemm", "im2col", "winograd", "direct")
 
-__all__ = ["forward", "backwardData", "backwardParams", "outputShape", "algorithms", "chooseAlgorithm",
-           "workspaceBytes", "timeAlgorithms", "optimizeAlgorithm", "DIRECTIONS", "ALGORITHMS"]
+__all__ = ["forward", "forwardRunner", "backwardData", "backwardParams", "outputShape", "algorithms",
+           "chooseAlgorithm", "workspaceBytes", "timeAlgorithms", "optimizeAlgorithm", "DIRECTIONS", "ALGORITHMS"]
 
 
 # -- which algorithms apply ----------------------------------------------------------------------------
@@ -215,9 +215,7 @@ def forward(x, w, bias, stride, pad, dilation, groups, algo=None):
     if algo is None:
         algo = chooseAlgorithm("forward", x.shape, w.shape, stride, pad, dilation, groups)
     if algo == "direct":  # no scratch buffers: straight through
-        run = memo(_directRunners, key, lambda: conv_direct.forwardRunner(x.shape, w.shape, stride, pad, dilation,
-                                                                          groups, x.dtype))
-        return run(x, w, bias)
+        return _directForward(key, stride, pad, dilation, groups)(x, w, bias)
     conv_common.beginCall(x.itemsize * x.shape[0] * w.shape[0] *
                           prod(outputShape(x.shape[2:], w.shape[2:], stride, pad, dilation)))
     try:
@@ -243,12 +241,17 @@ def forwardRunner(xShape, wShape, dtype, stride, pad, dilation, groups, algo=Non
     """``run(x, w, bias) -> y`` for inputs of exactly these shapes and dtype: the direct kernels' prepared runner
     where they serve the shape (a caller that keeps it skips even forward's lookup), else ``forward``."""
     xShape, wShape = tuple(xShape), tuple(wShape)
-    chosen = algo or chooseAlgorithm("forward", xShape, wShape, stride, pad, dilation, groups)
-    if chosen == "direct":
-        key = (xShape, wShape, np.dtype(dtype), stride, pad, dilation, groups, algo)
-        return memo(_directRunners, key, lambda: conv_direct.forwardRunner(xShape, wShape, stride, pad, dilation,
-                                                                          groups, dtype))
+    if (algo or chooseAlgorithm("forward", xShape, wShape, stride, pad, dilation, groups)) == "direct":
+        return _directForward((xShape, wShape, np.dtype(dtype), stride, pad, dilation, groups, algo), stride, pad,
+                              dilation, groups)
     return lambda x, w, bias: forward(x, w, bias, stride, pad, dilation, groups, algo)
+
+
+def _directForward(key, stride, pad, dilation, groups):
+    """The direct kernels' prepared forward runner for ``key`` (forward's: shapes, dtype, parameters, algo)."""
+    xShape, wShape, dtype = key[:3]
+    return memo(_directRunners, key, lambda: conv_direct.forwardRunner(xShape, wShape, stride, pad, dilation, groups,
+                                                                      dtype))
 
 
 def backwardData(dy, w, xShape, stride, pad, dilation, groups, algo=None):

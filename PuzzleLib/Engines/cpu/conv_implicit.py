@@ -57,9 +57,8 @@ def workspaceBytes(xShape, wShape, stride, pad, dilation, groups, itemsize=4):
     og = wShape[0] // groups
     out = outputShape(xShape[2:], wShape[2:], stride, pad, dilation)
     units = xShape[0] * prod(out[:-1])
-    count, itemSize, own = _forwardPlan(xShape, units, units * out[-1] * prod(wShape), _phasedShape(xShape, pad,
-                                                                                                     stride[-1]),
-                                        itemsize)
+    shape = _phasedShape(xShape, pad, stride[-1])
+    count, itemSize, own = _forwardPlan(xShape, units, units * out[-1] * prod(wShape), shape, itemsize)
     phased = count * (itemSize + _SLACK) * itemsize if own else _phasedBytes(xShape, stride, pad, itemsize)
     return phased + sgemm.packedSize((groups, og, prod(wShape[1:]))) * itemsize
 
@@ -96,24 +95,24 @@ def forward(x, w, bias, stride, pad, dilation, groups):
     pixels = prod(out)
     work = units * out[-1] * o * taps.size
     count, itemSize, own = _forwardPlan(x.shape, units, work, shape, x.itemsize)
-    if own:  # a buffer of one item per thread (see OWN_ITEM_BYTES)
+    if own:  # a buffer of one item per thread (see OWN_ITEM_BYTES), taken here (the workspace is not thread-safe)
         buffers = [workspace.get(f"implicit-item{k}", (itemSize + _SLACK,), x.dtype) for k in range(count)]
-        bounds = [units * k // count for k in range(count + 1)]
+        starts = [units * k // count for k in range(count)]  # the first row of each thread's run, as parallel's
     else:
-        xFlat = _phased(x, pad, s).reshape(-1)
+        phased = _phased(x, pad, s).reshape(-1)
 
-    def products(xFlat, i0, u0, u1, scratch):
-        """Rows [u0, u1) counted from item i0's first, x's items from i0 in xFlat."""
+    def products(source, i0, u0, u1, scratch):
+        """Rows [u0, u1) counted from item i0's first, x's items from i0 de-interleaved in ``source``."""
         for g in range(groups):
-            _rowUnits(xFlat, itemSize, g * groupSize, taps, rows, panels[g], biases[g], yFlat[i0 * o * pixels:],
+            _rowUnits(source, itemSize, g * groupSize, taps, rows, panels[g], biases[g], yFlat[i0 * o * pixels:],
                       o * pixels, g * og * pixels, pixels, out[-1], og, u0, u1, scratch)
 
     def run(u0, u1):
         scratch = np.empty((sgemm.MR, sgemm.NR), dtype=x.dtype)
         if not own:
-            products(xFlat, 0, u0, u1, scratch)
+            products(phased, 0, u0, u1, scratch)
             return
-        flat = buffers[bounds.index(u0)]
+        flat = buffers[starts.index(u0)]
         flat.fill(0)  # the padding and the slack, once: each item then overwrites the interior only
         item = flat[:itemSize].reshape((1,) + shape[1:])
         for i in range(u0 // rows.size, -(-u1 // rows.size)):
@@ -127,10 +126,10 @@ def forward(x, w, bias, stride, pad, dilation, groups):
 
 # Forward: items whose de-interleaved copy is at least this large are copied by the thread whose rows read them,
 # one at a time into a buffer of its own, just before those rows: no pass over all of x before the products, and
-# the item is still in cache when its rows read it (same process: case 3 0.97-0.99 of the time of phasing all
-# of x first, N8 3->64 224x224 k3 0.95-0.98). Smaller items are all copied first, as before: their copies are
-# short numpy loops that keep the GIL, and two threads making them at once ran slower (N3 5->40 33x70 k3x5:
-# 1.15 of the time).
+# the item is still in cache when its rows read it (same process, old and new alternated, caches warm or cold,
+# four runs: case 3 0.94-0.99 of the time of phasing all of x first, N8 3->64 224x224 k3 0.95-0.98). Smaller
+# items are all copied first, as before: their copies are short numpy loops that keep the GIL, and two threads
+# making them at once ran slower (N3 5->40 33x70 k3x5: 1.15 of the time).
 OWN_ITEM_BYTES = 256 << 10
 
 

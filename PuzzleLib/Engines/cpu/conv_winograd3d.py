@@ -90,8 +90,8 @@ def _transformSlices(x, item, d0, v, pad, th, tw, cst):
 def forward(x, w, bias, pad, groups):
     """Each input depth slice is transformed once per run of output slices and shared by the kD taps:
     V is laid out (36, groups, slices, C/g, tiles), so the kD slices an output slice reads are one
-    (kD * C/g, tiles) matrix, a strided window of V, and one batched GEMM per run serves every output
-    slice and tap (no stacked copies of the input, kD x fewer input transforms)."""
+    (kD * C/g, tiles) matrix, a strided window of V, and one batched GEMM per output slice serves all its
+    taps (no stacked copies of the input, kD x fewer input transforms)."""
     n, c, d, h, wd = x.shape
     o, cg, kd_ = w.shape[:3]
     og, pd, ph, pw = o // groups, pad[0], pad[1], pad[2]
@@ -107,8 +107,10 @@ def forward(x, w, bias, pad, groups):
     shares = runs(chunks, workers)
     biasv = biasVector(bias, o, x.dtype)
     cst = conv_winograd.transformConstants(x.dtype)
-    # The products of one output slice at a time: case 3d's scratch 3.9 -> 3.4 MiB (tracemalloc; torch's whole
-    # peak, its 4 MiB result included, is 7.8), at one more batched GEMM call per output slice.
+    # The products of one output slice at a time: case 3d's scratch 3.92 -> 3.35 MiB (tracemalloc), at one more
+    # batched GEMM call per output slice (same time). Its whole peak had tied torch's in benchmarks/conv.py (RSS:
+    # 7.8 MiB each, 4 MiB of it the result). The runs are still cut (_sliceChunks) as if they held every output
+    # slice's products: the same runs, the same speed, scratch below the bound.
     bufs = [(workspace.get(f"wino3-v{k}", (36 * c * (step + kd_ - 1) * P,), x.dtype),
              workspace.get(f"wino3-m{k}", (36 * o * P,), x.dtype)) for k in range(workers)]
 
@@ -183,9 +185,9 @@ def backwardParams(x, dy, wShape, pad, groups):
 
 
 def workspaceBytes(xShape, wShape, pad, groups, itemsize, grad=False):
-    """Forward (and backward-data): the transformed slices and products of one run per worker, and the
-    kernel transform; ``grad``: the same per worker plus its dU-sized product, the partial sums of dU and
-    the kernel-space transform's temporaries."""
+    """Forward (and backward-data): the transformed slices of one run and the products of one output slice per
+    worker, and the kernel transform; ``grad``: the transformed slices and products of one run per worker plus
+    its dU-sized product, the partial sums of dU and the kernel-space transform's temporaries."""
     n, c, d, h, w = xShape
     o, kd_ = wShape[0], wShape[2]
     od_ = max(0, d + 2 * pad[0] - kd_ + 1)

@@ -70,7 +70,7 @@ def applies(kernel, stride, dilation):
 def _componentRows(V, ii, kp, C, c, n):
     """The rows of V (a row of points' transformed input, laid out as _inputRow's) that hold the five column
     components 0a, 0b (point 0), 1 (point 1), 2a, 2b (point 2) of row component ii, for the n channels from
-    channel c (of C), each flattened: one long run per component."""
+    channel c (of C): five (n, pitch) views, a channel's tiles along each row."""
     o0 = (2 * ii) * C + c
     o1 = (2 * kp + ii) * C + c
     o2 = (3 * kp + 2 * ii) * C + c
@@ -86,7 +86,8 @@ def _inputRow(x, V, P, ph, pw, th, tw, q0, q1, c0, c1, cbase, C):
     Per block of channels: for each tile row, the row component (a difference of two input rows, padding
     fused) goes end to end into R[ii] (4 tw columns per tile row; column 4 tw, read by the last tile, into E),
     then one pass over all the block's tiles makes the five column components, tile p reading columns
-    4 p .. 4 p + 4 (interleaved loads), the last tile of each row redone from E.
+    4 p .. 4 p + 4 (interleaved loads), the last tile of each row redone from E. Columns past the tiles of V's
+    rows (its pitch, V.shape[1], padded for sgemm: _padded) are zeroed.
     """
     h, w = x.shape[2], x.shape[3]
     nq = q1 - q0
@@ -258,6 +259,7 @@ def _inputRowAdjoint(dV, dx, P, ph, pw, th, tw, q0, q1, c0, c1, cbase, C):
     added into the input rows the row component read (the second one subtracted), padding dropped."""
     h, w = dx.shape[2], dx.shape[3]
     nq = q1 - q0
+    T = nq * tw
     S = 4 * tw
     kp = 1 if P == 1 else 2
     cb = max(1, min(c1 - c0, SPAN // max(nq * S, 1)))
@@ -272,7 +274,6 @@ def _inputRowAdjoint(dV, dx, P, ph, pw, th, tw, q0, q1, c0, c1, cbase, C):
     while cs < c1:
         ce = min(c1, cs + cb)
         n = ce - cs
-        T = nq * tw
         for ii in range(kp):
             r, e = R[ii], E[ii]
             v0a, v0b, v1, v2a, v2b = _componentRows(dV, ii, kp, C, cs - cbase, n)
@@ -443,7 +444,8 @@ def _rowProducts(wt, ub, V, zb, y, bias, P, th, tw, q0, q1, mg, cg, blocks, zero
     transforms and sgemm products into the two sums, added into the output rows P reaches (_scatterRows).
 
     One compiled call per row of points instead of ~30 from Python (each a few microseconds under the GIL,
-    which the two threads share: case 5's forward spent ~0.3 ms of one thread's 8.3 outside its kernels)."""
+    which the two threads share: case 5's forward on one thread, 8.3 ms a call, spent ~0.3 ms outside its
+    kernels: the call's time less the kernels' own, timed by wrapping them)."""
     kp = _COUNT[P]
     T = V.shape[1]
     for b in range(blocks.shape[0]):
@@ -454,7 +456,7 @@ def _rowProducts(wt, ub, V, zb, y, bias, P, th, tw, q0, q1, mg, cg, blocks, zero
             U = ub[:(m1 - m0) * kk * cg].reshape((m1 - m0, kk * cg))
             _kernelPoint(wt, U, P, Q, mg + m0, mg + m1, 0, cg)
             start = kp * _QOFF[Q] * cg
-            sgemm._columns(U, False, V[start:start + kk * cg], Z[1 if Q == 2 else 0], zeros, Q != 1, 0, T,
+            sgemm.columns(U, False, V[start:start + kk * cg], Z[1 if Q == 2 else 0], zeros, Q != 1, 0, T,
                            edgeA, edgeB, edgeC)
             if Q == 1:
                 Z[1][...] = Z[0]
@@ -463,7 +465,8 @@ def _rowProducts(wt, ub, V, zb, y, bias, P, th, tw, q0, q1, mg, cg, blocks, zero
 
 def _rowProductsBlas(wt, ub, V, zb, y, bias, P, th, tw, q0, q1, mg, cg, blocks, zeros, edgeA, edgeB, edgeC):
     """_rowProducts with the products through BLAS (float64, or no sgemm on this host): the same steps, the
-    compiled kernels called from Python."""
+    compiled kernels called from Python (compiled code cannot call numpy's BLAS without SciPy, nor take the
+    product as an argument). Same arguments as _rowProducts; zeros and the edge tiles go unused."""
     kp = _COUNT[P]
     T = V.shape[1]
     for m0, m1 in blocks:
@@ -514,7 +517,8 @@ _ROWS = (1, 0, 2)
 def _padded(tiles, itemsize):
     """The forward's row pitch for ``tiles`` tiles: with sgemm, a whole number of its narrowest tile (8 columns),
     whose last columns then run in place, not through its edge copies (case 5's (64 x 512) @ (512 x 196): 125 us,
-    padded to 200: 116). BLAS gets the rows unpadded (OpenBLAS rounds a column's last bits by the width)."""
+    padded to 200: 116; sgemm alone, median of 300 calls, caches warm). BLAS (float64) gets the rows unpadded:
+    nothing measured there, and its results keep their bits (OpenBLAS rounds a column's last bits by the width)."""
     return -(-tiles // 8) * 8 if sgemm.applies(np.dtype(f"f{itemsize}")) else tiles
 
 
@@ -595,11 +599,12 @@ def forward(x, w, bias, pad, groups):
     fast = sgemm.applies(dt)
     rowProducts = _rowProducts if fast else _rowProductsBlas
     zeros = sgemm.biasRows(None, MAP_BLOCK) if fast else None
+    scratch = [sgemm.Scratch().forDepth(4 * cg) if fast else (None,) * 3 for _ in range(workers)]  # edge tiles
 
     def part(k, item):
         (vb, ub, zb), (q0, q1) = bufs[k], item
         T = _padded((q1 - q0) * tw, x.itemsize)
-        edges = sgemm.Scratch().forDepth(4 * cg) if fast else (None,) * 3
+        edges = scratch[k]
         first = k * nb // workers  # each worker starts on other maps, so that it makes their chunk itself
         for g in range(groups):
             for P in _ROWS:
@@ -638,7 +643,8 @@ class _TapMajorChunks:
         if self.ready[i].is_set():
             return
         with self.lock:
-            mine, self.claimed[i] = not self.claimed[i], True
+            mine = not self.claimed[i]
+            self.claimed[i] = True
         if not mine:
             self.ready[i].wait()
             return

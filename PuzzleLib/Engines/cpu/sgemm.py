@@ -26,10 +26,10 @@ gradient's reduction over pixels): 16-lane partial sums per output, added up by 
 
 Float32 on AVX-512 hosts only (``applies``): float64 (the gradient checks) stays on BLAS.
 
-For whoever edits this file: conv_implicit's and conv_winograd_s2's compiled kernels embed these intrinsics (and
-``_columns``), and numba's on-disk cache checks only the source file of the cached function. After changing an
-emitter, ``_columns`` or a tile constant here, touch those two files (or clear the ``__pycache__`` *.nbi / *.nbc
-files), or their cached kernels keep the old code.
+For whoever edits this file: the compiled kernels of conv_implicit, conv_winograd_s2 and conv_pointwise embed
+these intrinsics (and ``columns``), and numba's on-disk cache checks only the source file of the cached function.
+After changing an emitter, ``columns`` or a tile constant here, touch those three files (or clear the
+``__pycache__`` *.nbi / *.nbc files), or their cached kernels keep the old code.
 """
 
 import numpy as np
@@ -313,8 +313,9 @@ def _packA(a, out):
                 out[p, k, i] = a[row, k] if row < m else 0
 
 
-def _columns(a, packed, b, c, bias, accumulate, j0, j1, edgeA, edgeB, edgeC):
-    """Columns [j0, j1) of c = (c if accumulate else bias) + A @ b, by column panels, each over all row panels.
+def columns(a, packed, b, c, bias, accumulate, j0, j1, edgeA, edgeB, edgeC):
+    """Columns [j0, j1) of c = (c if accumulate else bias) + A @ b, by column panels, each over all row panels
+    (``gemm``'s compiled core, called directly from other compiled kernels: conv_winograd_s2, conv_pointwise).
 
     A is ``a`` (M, K) with any strides, or, if ``packed``, ``a`` is packA's panels as (panels * K, MR).
     b (K, N) and c (M, N) have unit column strides; bias has at least ceil(M / MR) * MR entries. edgeA (K, MR),
@@ -396,7 +397,7 @@ if njit is not None:
     tileWidth = njit(cache=True, nogil=True, inline="always")(tileWidth)
     _anyTile = njit(cache=True, nogil=True, inline="always")(_anyTile)
     _edge = njit(cache=True, nogil=True)(_edge)
-    _columns = njit(cache=True, nogil=True)(_columns)
+    columns = njit(cache=True, nogil=True)(columns)
 
 
 def packedShape(m, depth):
@@ -459,7 +460,7 @@ def gemm(a, b, c, bias=None, accumulate=False, cols=None, scratch=None, packed=F
     edgeA, edgeB, edgeC = (scratch or Scratch()).forDepth(b.shape[0])
     rows = bias if bias is not None else biasRows(None, m)
     source = a.reshape(-1, MR) if packed else a
-    _columns(source, packed, b, c, rows, int(bool(accumulate)), j0, j1, edgeA, edgeB, edgeC)
+    columns(source, packed, b, c, rows, int(bool(accumulate)), j0, j1, edgeA, edgeB, edgeC)
 
 
 def batched(a, b, c, bias=None, accumulate=False, cols=None, scratch=None, packed=False):
@@ -480,7 +481,7 @@ def batched(a, b, c, bias=None, accumulate=False, cols=None, scratch=None, packe
     j0, j1 = cols if cols is not None else (0, c.shape[-1])
     edgeA, edgeB, edgeC = (scratch or Scratch()).forDepth(b.shape[-2])
     rows = bias if bias is not None else biasRows(None, c.shape[-2])
-    # a as (1 or L, rows, columns) for _columns, packA's panels flattened to (panels * K, MR) as in gemm.
+    # a as (1 or L, rows, columns) for columns, packA's panels flattened to (panels * K, MR) as in gemm.
     source = a[None] if lead == 0 else a
     if packed:
         source = source.reshape(source.shape[0], -1, MR)
@@ -489,9 +490,9 @@ def batched(a, b, c, bias=None, accumulate=False, cols=None, scratch=None, packe
 
 
 def _batched(a, packed, b, c, bias, accumulate, j0, j1, edgeA, edgeB, edgeC):
-    """_columns for every index of the leading axis of b and c, and of a unless it has one matrix (shared)."""
+    """columns for every index of the leading axis of b and c, and of a unless it has one matrix (shared)."""
     for i in range(c.shape[0]):
-        _columns(a[0 if a.shape[0] == 1 else i], packed, b[i], c[i], bias, accumulate, j0, j1, edgeA, edgeB, edgeC)
+        columns(a[0 if a.shape[0] == 1 else i], packed, b[i], c[i], bias, accumulate, j0, j1, edgeA, edgeB, edgeC)
 
 
 if njit is not None:
