@@ -1046,17 +1046,12 @@ def _forwardBytes(xShape, wShape, stride, pad, dilation, groups, dtype, bound, w
     depth = ckA // groups
     if workers == 1:
         workers = max(_productThreads(n1 - n0, o, (r1 - r0) * o5[2], depth) for n0, n1, r0, r1 in tiles)
-    return total * itemsize + workers * _edgeBytes(depth)
+    return (total + workers * sgemm.Scratch.elements(depth)) * itemsize  # float32 here (fast)
 
 
 def _productThreads(nb, o, span, depth):
     """The threads _packedProduct shares a tile's product between: nb items of o maps by span pixels."""
     return conv_common.threadCount(-(-span // sgemm.NR), nb * o * span * depth)
-
-
-def _edgeBytes(depth):
-    """One sgemm.Scratch (float32) for products of inner dimension ``depth``: A and B edge strips and a C tile."""
-    return (depth * (sgemm.MR + sgemm.NR) + sgemm.MR * sgemm.NR) * 4
 
 
 def _numpyTileBytes(n, ck, out, itemsize, bound):

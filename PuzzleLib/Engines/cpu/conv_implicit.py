@@ -58,7 +58,7 @@ def workspaceBytes(xShape, wShape, stride, pad, dilation, groups, itemsize=4):
     out = outputShape(xShape[2:], wShape[2:], stride, pad, dilation)
     units = xShape[0] * prod(out[:-1])
     shape = _phasedShape(xShape, pad, stride[-1])
-    count, itemSize, own = _forwardPlan(xShape, units, units * out[-1] * prod(wShape), shape, itemsize)
+    count, itemSize, own = _forwardPlan(units, units * out[-1] * prod(wShape), shape, itemsize)
     phased = count * (itemSize + _SLACK) * itemsize if own else _phasedBytes(xShape, stride, pad, itemsize)
     return phased + sgemm.packedSize((groups, og, prod(wShape[1:]))) * itemsize
 
@@ -94,7 +94,7 @@ def forward(x, w, bias, stride, pad, dilation, groups):
     units = n * rows.size
     pixels = prod(out)
     work = units * out[-1] * o * taps.size
-    count, itemSize, own = _forwardPlan(x.shape, units, work, shape, x.itemsize)
+    count, itemSize, own = _forwardPlan(units, work, shape, x.itemsize)
     if own:  # a buffer of one item per thread (see OWN_ITEM_BYTES), taken here (the workspace is not thread-safe)
         buffers = [workspace.get(f"implicit-item{k}", (itemSize + _SLACK,), x.dtype) for k in range(count)]
         starts = [units * k // count for k in range(count)]  # the first row of each thread's run, as parallel's
@@ -133,7 +133,7 @@ def forward(x, w, bias, stride, pad, dilation, groups):
 OWN_ITEM_BYTES = 256 << 10
 
 
-def _forwardPlan(xShape, units, work, shape, itemsize):
+def _forwardPlan(units, work, shape, itemsize):
     """The forward's threads, the elements of one item de-interleaved (_phasedShape's), and whether each thread
     copies its own items (OWN_ITEM_BYTES)."""
     itemSize = prod(shape[1:])

@@ -76,7 +76,7 @@ def _plan(xShape, wShape, groups, itemsize):
 def workspaceBytes(xShape, wShape, groups, itemsize=4):
     """The partials of every part, and each thread's transposed block, running item sum and sgemm edge tiles."""
     rows, cols, _, _, block, parts = _plan(xShape, wShape, groups, itemsize)
-    edges = block * (sgemm.MR + sgemm.NR) + sgemm.MR * sgemm.NR
+    edges = sgemm.Scratch.elements(block)
     return (parts * groups * rows * cols + parts * (block * cols + rows * cols + edges)) * itemsize
 
 

@@ -567,7 +567,7 @@ def _plan(direction, xShape, wShape, pad, groups, itemsize):
     # The input transforms' rows (R, E) and sgemm's edge tiles.
     temporaries = 2 * (max(SPAN, rows * 4 * tw) + 4 + rows * max(1, SPAN // (rows * 4 * tw)))
     if sgemm.applies(np.dtype(f"f{itemsize}")):
-        temporaries += depth * (sgemm.MR + sgemm.NR) + sgemm.MR * sgemm.NR
+        temporaries += sgemm.Scratch.elements(depth)
     return parts, chunkWorkers(len(parts)), shared, own, temporaries
 
 

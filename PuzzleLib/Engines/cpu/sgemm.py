@@ -436,6 +436,12 @@ def biasRows(bias, m):
 class Scratch:
     """Edge tiles of ``gemm``, grown on demand: one per thread, never shared between threads."""
 
+    @staticmethod
+    def elements(depth):
+        """float32 elements of one Scratch for products of inner dimension ``depth``: the A and B edge strips and
+        a C tile (what the scratch estimates count)."""
+        return depth * (MR + NR) + MR * NR
+
     def __init__(self):
         self.edgeA = np.empty((0, MR), dtype=np.float32)
         self.edgeB = np.empty((0, NR), dtype=np.float32)
