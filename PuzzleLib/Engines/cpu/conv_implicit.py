@@ -251,9 +251,14 @@ if njit is not None:
 
 
 # -- weight gradient --------------------------------------------------------------------------------------
-# Rows of output pixels per unit of work: the unit's input rows (all taps) and dy rows (all maps) stay in L2
-# while every tile of taps by maps (sgemm.dotTile) goes over them.
-UNIT_BYTES = 512 << 10
+# Rows of output pixels per unit of work: every tile of taps by maps (sgemm.dotTile) goes over the unit's input rows
+# (all taps) and dy rows (all maps) in one call, loading and storing its 24 partial-sum vectors once. Long units
+# pay that once per more rows, and the rows still stream from L3: same process, interleaved, ms, units of 512 KiB
+# vs 4 MiB: case 3 13.9 vs 12.3 (44 rows a unit), N8 3->64 224x224 k3 11.6 vs 10.5, N8 16->128 112x112 25.1 vs
+# 20.4, N2 8->64 224x224 s2 2.75 vs 2.60 (host busy; all bits within float32 rounding of each other). At least
+# MIN_UNITS units, so that the fixed parts stay even on one or two items (N1 case 3: 2.32 vs 2.27).
+UNIT_BYTES = 4 << 20
+MIN_UNITS = 16
 # Fixed parts the units are cut into, each summed by one thread into its own partial sums (any thread count).
 _PARTS = 2
 
@@ -280,7 +285,8 @@ def backwardParams(x, dy, wShape, stride, pad, dilation, groups, withBias=False)
     tileTaps[:depth] = taps
     rows = _rowOffsets(xs.shape[3:], out[:-1], stride[:-1])
     rowLen, pixels = out[-1], prod(out)
-    step = max(1, min(rows.size, UNIT_BYTES // max(1, (depth + og) * rowLen * x.itemsize)))
+    step = max(1, min(rows.size, UNIT_BYTES // max(1, (depth + og) * rowLen * x.itemsize),
+                      n * rows.size // MIN_UNITS))
     units = np.array([(item, r0, min(rows.size, r0 + step)) for item in range(n) for r0 in range(0, rows.size, step)],
                      dtype=np.int64).reshape(-1, 3)
     mapTiles = og // sgemm.DOT_COLS
