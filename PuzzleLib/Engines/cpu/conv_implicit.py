@@ -330,11 +330,12 @@ def backwardParamsPreferred(xShape, wShape, stride, pad, dilation, groups, dtype
 
 
 def backwardParamsWorkspace(xShape, wShape, stride, pad, groups, itemsize=4):
-    """x padded and de-interleaved, and the lane partial sums of every part (with a bias tap)."""
+    """x padded and de-interleaved, the lane partial sums of every part (with a bias tap), and the two arrays alive
+    at once while they are added up (the lanes summed, 1/16 of them, then the parts, 1/32)."""
     og = wShape[0] // groups
     tiles = -(-(prod(wShape[1:]) + 1) // sgemm.DOT_ROWS)
     sums = _PARTS * groups * tiles * (og // sgemm.DOT_COLS) * sgemm.DOT_ROWS * sgemm.DOT_COLS * 16
-    return _phasedBytes(xShape, stride, pad, itemsize) + sums * itemsize
+    return _phasedBytes(xShape, stride, pad, itemsize) + (sums + sums // 16 + sums // 32) * itemsize
 
 
 def _dotUnits(x, itemSize, groupBase, tileTaps, rows, dy, dyItem, dyGroup, pixels, rowLen, units, u0, u1, sums, table,
