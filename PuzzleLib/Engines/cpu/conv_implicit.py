@@ -39,7 +39,7 @@ available = njit is not None
 # in the forward and in the weight gradient (backwardParamsPreferred).
 MAX_DEPTH = 256
 MIN_ROW = 32
-DW_MIN_ROW = 96
+DW_MIN_ROW = 56
 
 
 def preferred(xShape, wShape, stride, pad, dilation, groups, dtype):
@@ -317,10 +317,11 @@ def backwardParamsPreferred(xShape, wShape, stride, pad, dilation, groups, dtype
     """Whether im2col's weight gradient runs here instead: float32, depth <= MAX_DEPTH, output rows of at least
     DW_MIN_ROW pixels, and output maps per group a multiple of 4.
 
-    Same process, interleaved, 2 threads, ms, im2col vs here: N8 3->64 224x224 k7 s2 (case 3, rows of 112)
-    14.3 vs 11.6; 3->64 224x224 k3 17.5 vs 9.8; 3->128 33.0 vs 21.2; 8->64 224x224 s2 8.9 vs 7.3; 16->128
-    112x112 22.7 vs 21.2. Rows of 56-64 lose or tie: 16->64 112x112 s2 4.0 vs 4.2, 16->128 128x128 s2 9.0 vs
-    9.2, 16->128 112x112 s2 6.9 vs 8.0 (32->64 112x112 s2 wins, 9.3 vs 8.7).
+    Same process, interleaved, 2 threads, ms, im2col vs here, with units of 512 KiB: N8 3->64 224x224 k7 s2 (case 3,
+    rows of 112) 14.3 vs 11.6; 3->64 224x224 k3 17.5 vs 9.8; 3->128 33.0 vs 21.2; 8->64 224x224 s2 8.9 vs 7.3;
+    16->128 112x112 22.7 vs 21.2; rows of 56-64 lost or tied. With units of 4 MiB (UNIT_BYTES), two runs: rows of
+    56-64 win, 16->64 112x112 s2 4.7-5.3 vs 4.3-4.5, 16->128 128x128 s2 10.8-11.5 vs 8.9-10.5, 32->64 112x112 s2
+    10.0-12.1 vs 8.6-10.1, but for 16->128 112x112 s2 7.5-8.9 vs 7.7-9.2.
     """
     if not (available and sgemm.applies(np.dtype(dtype)) and 3 <= len(xShape) <= 5):
         return False
