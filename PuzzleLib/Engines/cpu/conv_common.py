@@ -151,9 +151,9 @@ def parallel(fn, items, work):
         return
     if _pool is None or _pool._max_workers < count - 1:
         _pool = ThreadPoolExecutor(max_workers=count - 1, thread_name_prefix="puzzlelib-conv")
-    bounds = [items * i // count for i in range(count + 1)]
-    futures = [_pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, count)]
-    fn(bounds[0], bounds[1])
+    first, *rest = ranges(items, count)
+    futures = [_pool.submit(fn, lo, hi) for lo, hi in rest]
+    fn(*first)
     for future in futures:
         future.result()
 
@@ -302,9 +302,15 @@ def evenStep(total, step):
     return -(-total // -(-total // step))
 
 
+def ranges(total, parts):
+    """[0, total) cut into ``parts`` contiguous ranges [(lo, hi)] of about equal length (fixed by the counts alone;
+    ``parallel`` hands its threads these)."""
+    return [(total * k // parts, total * (k + 1) // parts) for k in range(parts)]
+
+
 def runs(items, parts):
     """``items`` cut into ``parts`` contiguous runs of about equal length (fixed by the counts alone)."""
-    return [items[len(items) * k // parts:len(items) * (k + 1) // parts] for k in range(parts)]
+    return [items[lo:hi] for lo, hi in ranges(len(items), parts)]
 
 
 def shareItems(fn, items, workers):

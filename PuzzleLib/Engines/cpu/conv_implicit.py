@@ -97,7 +97,7 @@ def forward(x, w, bias, stride, pad, dilation, groups):
     count, itemSize, own = _forwardPlan(units, work, shape, x.itemsize)
     if own:  # a buffer of one item per thread (see OWN_ITEM_BYTES), taken here (the workspace is not thread-safe)
         buffers = [workspace.get(f"implicit-item{k}", (itemSize + _SLACK,), x.dtype) for k in range(count)]
-        starts = [units * k // count for k in range(count)]  # the first row of each thread's run, as parallel's
+        starts = [lo for lo, _ in conv_common.ranges(units, count)]  # the first row of each thread's run
     else:
         phased = _phased(x, pad, s).reshape(-1)
 

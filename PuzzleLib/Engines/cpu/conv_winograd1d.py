@@ -34,7 +34,7 @@ max |error| / max |result| was at most 3e-6 in float32 and 7e-15 in float64 (im2
 
 import numpy as np
 
-from PuzzleLib.Engines.cpu.conv_common import biasVector, chunkWorkers, dealParts, runs, shareItems, workspace
+from PuzzleLib.Engines.cpu.conv_common import biasVector, chunkWorkers, dealParts, ranges, runs, shareItems, workspace
 
 try:
     from numba import njit, uintp
@@ -285,7 +285,7 @@ def _chunks(total, cg, og, itemsize, limit=None):
     limit = CHUNK_BYTES if limit is None else limit
     count = max(-(-total // max(1, limit // perTile)), 2 if total >= _SPLIT_TILES else 1)
     count = min(total, count + count % 2) if total > 1 else 1
-    return [(total * i // count, total * (i + 1) // count) for i in range(count)]
+    return ranges(total, count)
 
 
 def workspaceBytes(xShape, o, pad, itemsize=4, groups=1, grad=False):

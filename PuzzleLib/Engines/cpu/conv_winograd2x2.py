@@ -31,7 +31,7 @@ direction. The tests assert the stated bound, 1e-5 (float32) and 1e-13 (float64)
 import numpy as np
 
 from PuzzleLib.Engines.cpu import conv_winograd, sgemm
-from PuzzleLib.Engines.cpu.conv_common import biasVector, chunkWorkers, leadingView, shareItems, workspace
+from PuzzleLib.Engines.cpu.conv_common import biasVector, chunkWorkers, leadingView, ranges, shareItems, workspace
 
 try:
     from numba import njit, uintp
@@ -349,7 +349,7 @@ def _blocks(groups, maps, channels, itemsize, limit):
     (16 x block x ``channels``) stays under ``limit`` bytes; at least _MIN_BLOCKS blocks in all."""
     count = max(-(-POSITIONS * maps * channels * itemsize // limit), -(-_MIN_BLOCKS // groups))
     count = max(1, min(maps, count))
-    return [(g, maps * i // count, maps * (i + 1) // count) for g in range(groups) for i in range(count)]
+    return [(g, m0, m1) for g in range(groups) for m0, m1 in ranges(maps, count)]
 
 
 def _chunks(total, tw, perTileBytes, whole):

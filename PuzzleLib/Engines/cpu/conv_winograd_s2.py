@@ -38,7 +38,15 @@ import threading
 import numpy as np
 
 from PuzzleLib.Engines.cpu import sgemm
-from PuzzleLib.Engines.cpu.conv_common import biasVector, chunkWorkers, leadingView, outputShape, shareItems, workspace
+from PuzzleLib.Engines.cpu.conv_common import (
+    biasVector,
+    chunkWorkers,
+    leadingView,
+    outputShape,
+    ranges,
+    shareItems,
+    workspace,
+)
 
 try:
     from numba import njit, uintp
@@ -526,13 +534,13 @@ def _tileParts(total, tw, cg, itemsize):
     """Forward: ranges of tile rows [(q0, q1)] of about equal size, fixed by the shape."""
     count = max(_MIN_PARTS, -(-total * 10 * cg * tw * itemsize // PART_BYTES))
     count = max(1, min(total, count))
-    return [(total * i // count, total * (i + 1) // count) for i in range(count)]
+    return ranges(total, count)
 
 
 def _mapBlocks(og):
     """Forward: a part's maps in blocks of at most MAP_BLOCK (one block's kernel and sums at a time)."""
     count = -(-og // MAP_BLOCK)
-    return [(og * i // count, og * (i + 1) // count) for i in range(count)]
+    return ranges(og, count)
 
 
 def _channelParts(groups, cg, T, itemsize):
@@ -540,7 +548,7 @@ def _channelParts(groups, cg, T, itemsize):
     all T tiles) stays under PART_BYTES, at least _MIN_PARTS ranges in all, fixed by the shape."""
     count = max(-(-10 * cg * T * itemsize // PART_BYTES), -(-_MIN_PARTS // groups))
     count = max(1, min(cg, count))
-    return [(g, cg * i // count, cg * (i + 1) // count) for g in range(groups) for i in range(count)]
+    return [(g, c0, c1) for g in range(groups) for c0, c1 in ranges(cg, count)]
 
 
 def _plan(direction, xShape, wShape, pad, groups, itemsize):
