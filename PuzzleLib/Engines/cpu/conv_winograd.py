@@ -79,6 +79,8 @@ _PARTS = 2
 VECTOR_SPAN = 256
 # Bound of the V and M buffers of one call, all threads together (see chunkBytes).
 CHUNK_BYTES = 2 << 20
+# Bound of the weight gradient's V and Mg buffers, all parts together (see gradChunkBytes).
+GRAD_CHUNK_BYTES = 4 << 20
 
 
 def applies(kernel, stride, dilation):
@@ -407,10 +409,28 @@ def _chunkRows(rows, tw, c, o, itemsize, limit):
 def chunkBytes(resultBytes):
     """Bound of the V and M buffers of one call (all threads): a chunk per thread small enough to stay in
     its core's L2 between the transforms and the GEMMs (case 1 of benchmarks/conv.py ran 17 ms forward
-    with 1 MiB, 30 ms with 16 MiB), and scratch well under the call's result: half of it from 2 MiB up
-    (case 7 forward: 4.5 ms with a quarter, 3.4 ms with half), a quarter below (case 9 runs as fast with a
-    quarter, and its scratch then stays under torch's)."""
-    return min(CHUNK_BYTES, max(1, resultBytes // (2 if resultBytes >= CHUNK_BYTES else 4)))
+    with 1 MiB, 30 ms with 16 MiB), and scratch under the call's result: three quarters of it from 2 MiB up,
+    a quarter below (case 9 runs as fast with a quarter, and its scratch then stays under torch's).
+
+    Case 7 forward (3.2 MB result) ran 4.5 ms with a quarter, 3.4 ms with half (an earlier session); with three
+    quarters (2 MiB: two chunks of 14 tile rows per thread instead of three of 9-10) 1.74-2.06 ms against
+    1.93-2.69 with half, backward-data 1.78-2.12 against 2.49-2.58 (the benchmark's worker, two alternations),
+    its peak 5.2 MiB against torch's 6.1."""
+    return min(CHUNK_BYTES, max(1, resultBytes * 3 // 4 if resultBytes >= CHUNK_BYTES else resultBytes // 4))
+
+
+def gradChunkBytes(operandBytes):
+    """Bound of the weight gradient's V and Mg buffers (all parts): up to GRAD_CHUNK_BYTES and 1.25x the
+    larger of x and dy (torch's weight gradient peaked at about twice that on cases 7 and 9), never under
+    chunkBytes.
+
+    Its chunks' tiles are the inner dimension of its GEMMs, and fewer, longer chunks also mean fewer partial
+    sums added. Against chunkBytes' bound, 4 MiB took (two interleaved runs, two threads, ms): case 7 2.95
+    and 2.20 against 3.94 and 2.81, N8 256->256 14x14 10.7 and 9.5 against 12.0 and 10.9, N2 64->64 56x56
+    2.0 and 1.9 against 2.4 and 2.5, N8 32->32 112x112 7.9 and 7.6 against 8.9 and 8.5, case 1 7.7 and 7.4
+    against 7.9 and 7.6; N8 128->128 28x28 6.4 and 6.5 against 7.1 and 6.5. In the benchmark's worker, case
+    7 2.17-2.55 against 3.06-3.47; its peak 4.0 MiB against torch's 6.0."""
+    return min(GRAD_CHUNK_BYTES, max(chunkBytes(operandBytes), operandBytes * 5 // 4))
 
 
 def _chunkRanges(total, step, workers):
@@ -435,8 +455,8 @@ def workspaceBytes(xShape, o, pad, itemsize=4, resultBytes=None, tileBytes=None,
     c, o = c // g, o // g
     th, tw = _tiles(h, w, pad)
     if tileBytes is None:
-        tileBytes = chunkBytes(n * o * g * (h + 2 * pad[0] - 2) * (w + 2 * pad[1] - 2) * itemsize
-                               if resultBytes is None else resultBytes)
+        bound = resultBytes or n * o * g * (h + 2 * pad[0] - 2) * (w + 2 * pad[1] - 2) * itemsize
+        tileBytes = (gradChunkBytes if grad else chunkBytes)(bound)
 
     def scratchRows(rows, threads):  # two (36, span) transform scratch arrays per thread (VECTOR_SPAN)
         return threads * 72 * max(VECTOR_SPAN, tw * rows) * itemsize
@@ -559,7 +579,7 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None, byChunks=False):
     xc, dyc = np.ascontiguousarray(x), np.ascontiguousarray(dy)
     cst = transformConstants(x.dtype)
     total = n * th
-    limit = tileBytes or chunkBytes(max(x.nbytes, dy.nbytes))
+    limit = tileBytes or gradChunkBytes(max(x.nbytes, dy.nbytes))
 
     def plan(units):
         """Tile positions per unit, and the chunks of tile rows their buffers allow."""
