@@ -420,16 +420,19 @@ def chunkBytes(resultBytes):
 
 
 def gradChunkBytes(operandBytes):
-    """Bound of the weight gradient's V and Mg buffers (all parts): up to GRAD_CHUNK_BYTES and 1.25x the
-    larger of x and dy (torch's weight gradient peaked at about twice that on cases 7 and 9), never under
-    chunkBytes.
+    """Bound of the weight gradient's V and Mg buffers (all parts): for an x or dy of 2 MiB and more, up to
+    GRAD_CHUNK_BYTES and 1.25x the larger of the two (torch's weight gradient peaked at about twice it on case
+    7); below, chunkBytes' (case 9, 0.8 MB: 1.0 MB of buffers took 1.17 ms against 1.52, but its peak then
+    tied torch's, 1.6 MiB).
 
     Its chunks' tiles are the inner dimension of its GEMMs, and fewer, longer chunks also mean fewer partial
     sums added. Against chunkBytes' bound, 4 MiB took (two interleaved runs, two threads, ms): case 7 2.95
-    and 2.20 against 3.94 and 2.81, N8 256->256 14x14 10.7 and 9.5 against 12.0 and 10.9, N2 64->64 56x56
-    2.0 and 1.9 against 2.4 and 2.5, N8 32->32 112x112 7.9 and 7.6 against 8.9 and 8.5, case 1 7.7 and 7.4
-    against 7.9 and 7.6; N8 128->128 28x28 6.4 and 6.5 against 7.1 and 6.5. In the benchmark's worker, case
-    7 2.17-2.55 against 3.06-3.47; its peak 4.0 MiB against torch's 6.0."""
+    and 2.20 against 3.94 and 2.81, N8 32->32 112x112 7.9 and 7.6 against 8.9 and 8.5, case 1 7.7 and 7.4
+    against 7.9 and 7.6, N8 128->128 28x28 6.4 and 6.5 against 7.1 and 6.5 (and N8 256->256 14x14, whose
+    1.6 MB operands keep chunkBytes' bound, 10.7 and 9.5 against 12.0 and 10.9). In the benchmark's worker,
+    case 7 2.17-2.55 against 3.06-3.47; its peak 4.0 MiB against torch's 6.0."""
+    if operandBytes < CHUNK_BYTES:
+        return chunkBytes(operandBytes)
     return min(GRAD_CHUNK_BYTES, max(chunkBytes(operandBytes), operandBytes * 5 // 4))
 
 
