@@ -68,6 +68,29 @@ def test_winogradScratchWithinBound():
     np.testing.assert_allclose(y, convForward(x, w, None, (1, 1), (1, 1), (1, 1), 1), atol=5e-5 * np.abs(y).max())
 
 
+@pytest.mark.skipif(not conv_winograd.available, reason="numba is not installed")
+def test_winogradWeightGradientChunks():
+    """The weight gradient keeps chunkBytes' bound for operands under 2 MiB and takes longer chunks from 2 MiB
+    (up to GRAD_CHUNK_BYTES and 1.25x the operand); its peak stays within the engine's estimate."""
+    for size in (1, 200 << 10, conv_winograd.CHUNK_BYTES - 1):
+        assert conv_winograd.gradChunkBytes(size) == conv_winograd.chunkBytes(size)
+    for size in (conv_winograd.CHUNK_BYTES, 3 << 20, 64 << 20):
+        bound = conv_winograd.gradChunkBytes(size)
+        assert conv_winograd.chunkBytes(size) <= bound <= min(conv_winograd.GRAD_CHUNK_BYTES, size * 5 // 4)
+    assert conv_winograd.gradChunkBytes(64 << 20) == conv_winograd.GRAD_CHUNK_BYTES
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 64, 48, 48)).astype(np.float32)  # 2.25 MiB: the longer chunks
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    wShape, args = (64, 64, 3, 3), ((1, 1), (1, 1), (1, 1), 1)
+    dw, peak = tracedPeak(lambda: conv.backwardParams(x, dy, wShape, False, *args, algo="winograd")[0])
+    estimate = conv.workspaceBytes("backwardParams", "winograd", x.shape, wShape, *args)
+    shorter = conv_winograd.workspaceBytes(x.shape, 64, (1, 1), resultBytes=x.nbytes, grad=True,
+                                           tileBytes=conv_winograd.chunkBytes(x.nbytes))
+    assert shorter < peak - dw.nbytes <= estimate
+    ref = convBackwardParams(x.astype(np.float64), dy.astype(np.float64), wShape, *args)[0]
+    np.testing.assert_allclose(dw, ref, atol=5e-5 * np.abs(ref).max())
+
+
 def test_im2colTileFollowsResult():
     """im2col's per-call tile is about half its result, within [MIN_TILE_BYTES, TILE_BYTES]."""
     assert conv_common.tileBytesFor(0) == conv_common.MIN_TILE_BYTES
