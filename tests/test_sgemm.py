@@ -57,6 +57,25 @@ def test_sameBitsWhateverTheLayoutOrColumnSplit(m, k, n):
         assert np.array_equal(split, whole)
 
 
+def test_prefetchingTileOnLargeB():
+    """A B of AHEAD_ELEMENTS and more runs the tile that prefetches the next panel: the product is right, and
+    each column has the bits the plain tile gives it on a copy of its panel (a B far below the bound)."""
+    m, k = 24, 512
+    n = -(-sgemm.AHEAD_ELEMENTS // k) + 40  # past the bound, and a ragged last panel
+    a, b, bias = _operands(m, k, n, seed=3)
+    assert k * b.strides[0] // 4 >= sgemm.AHEAD_ELEMENTS
+    rows, panels = sgemm.biasRows(bias, m), sgemm.packA(a)
+    c = np.empty((m, n), dtype=np.float32)
+    sgemm.gemm(panels, b, c, rows, packed=True)
+    assert np.all(np.abs(c - (a.astype(np.float64) @ b + bias[:, None])) <= _bound(a, b) + 1e-6)
+    for j in range(0, n, 96):
+        part = np.ascontiguousarray(b[:, j:j + 96])
+        assert part.size < sgemm.AHEAD_ELEMENTS
+        small = np.empty((m, part.shape[1]), dtype=np.float32)
+        sgemm.gemm(panels, part, small, rows, packed=True)
+        assert np.array_equal(small, c[:, j:j + 96])
+
+
 def test_batchedBroadcastsLeadingAxes():
     rng = np.random.default_rng(2)
     a = rng.standard_normal((3, 10, 20)).astype(np.float32)  # per group
