@@ -8,7 +8,7 @@ import pytest
 from conftest import assertRestoresBlasThreads, convData, resultsOnThreads
 from reference import convBackwardData, convBackwardParams, convForward
 
-from PuzzleLib.Engines.cpu import conv, conv_common, conv_direct, conv_winograd
+from PuzzleLib.Engines.cpu import conv, conv_common, conv_direct, conv_im2col, conv_winograd, sgemm
 
 # -- cases ---------------------------------------------------------------------------------------------------
 # (N, C, spatial, O, kernel, stride, pad, dilation, groups)
@@ -504,14 +504,16 @@ def test_sharedMatmulIndependentOfThreadCount(aShape, bShape, monkeypatch):
     np.testing.assert_allclose(resultsOnThreads(monkeypatch, product, threads=(1, 2)), expected, rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("groups", [1, 2])
-def test_pointwiseSameBitsOnAnyThreadCount(groups, monkeypatch):
-    # 1x1 forward / backward-data over several items run fixed runs of items per thread: same bits on 1 or 2.
+@pytest.mark.parametrize("groups,items", [(1, 5), (2, 5), (1, 1)])
+def test_pointwiseSameBitsOnAnyThreadCount(groups, items, monkeypatch):
+    # 1x1 forward / backward-data over several items run fixed runs of items per thread, one item its columns
+    # split between them: same bits on 1 or 2. Float32 in one group takes sgemm where the host has it.
+    assert conv_im2col._packedGemm(np.float32, 64, groups) == (groups == 1 and sgemm.applies(np.dtype(np.float32)))
     rng = np.random.default_rng(11)
-    x = rng.standard_normal((5, 64, 24, 24), dtype=np.float32)
+    x = rng.standard_normal((items, 64, 24, 24), dtype=np.float32)
     w = rng.standard_normal((96, 64 // groups, 1, 1), dtype=np.float32)
     b = rng.standard_normal(96, dtype=np.float32)
-    dy = rng.standard_normal((5, 96, 24, 24), dtype=np.float32)
+    dy = rng.standard_normal((items, 96, 24, 24), dtype=np.float32)
     unit, zero = (1, 1), (0, 0)
     y, _ = resultsOnThreads(monkeypatch, lambda: (
         conv.forward(x, w, b, unit, zero, unit, groups, algo="gemm"),

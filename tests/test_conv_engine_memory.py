@@ -13,7 +13,7 @@ from conftest import tracedPeak
 from reference import convBackwardParams, convForward
 
 from PuzzleLib.Backend import gpuarray
-from PuzzleLib.Engines.cpu import conv, conv_common, conv_winograd
+from PuzzleLib.Engines.cpu import conv, conv_common, conv_winograd, sgemm
 from PuzzleLib.Modules.Conv2D import Conv2D
 
 _NUMPY_DOMAIN = 389047  # numpy reports its data buffers to tracemalloc under this domain
@@ -89,6 +89,22 @@ def test_winogradWeightGradientChunks():
     assert shorter < peak - dw.nbytes <= estimate
     ref = convBackwardParams(x.astype(np.float64), dy.astype(np.float64), wShape, *args)[0]
     np.testing.assert_allclose(dw, ref, atol=5e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("items", [1, 3])
+def test_pointwiseForwardScratchWithinEstimate(items):
+    """The 1x1 forward's scratch (packed weights and edge tiles where sgemm runs it) stays within its estimate."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((items, 96, 20, 20)).astype(np.float32)
+    w = rng.standard_normal((40, 96, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(40).astype(np.float32)
+    params = ((1, 1), (0, 0), (1, 1), 1)
+    y, peak = tracedPeak(lambda: conv.forward(x, w, b, *params, algo="gemm"))
+    estimate = conv.workspaceBytes("forward", "gemm", x.shape, w.shape, *params)
+    assert peak - y.nbytes <= estimate + (16 << 10)  # and the Python objects of the threads' calls
+    assert (estimate >= w.nbytes) == sgemm.applies(np.dtype(np.float32))
+    ref = convForward(x, w, b, *params)
+    np.testing.assert_allclose(y, ref, atol=1e-5 * np.abs(ref).max())
 
 
 def test_im2colTileFollowsResult():

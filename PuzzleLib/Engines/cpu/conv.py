@@ -156,6 +156,8 @@ def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, group
     weights = o * cg * prod(kernel) * itemsize
     if algo == "gemm" and direction == "backwardParams" and conv_pointwise.preferred(xShape, wShape, groups, dtype):
         return conv_pointwise.workspaceBytes(xShape, wShape, groups, itemsize)
+    if algo == "gemm" and direction == "forward":
+        return conv_im2col.gemmForwardWorkspace(xShape, wShape, groups, itemsize)
     if algo == "gemm":
         return o * cg * itemsize * max(1, n) if direction == "backwardParams" else 0
     if algo == "direct":
