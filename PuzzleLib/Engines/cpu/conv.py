@@ -5,9 +5,9 @@ Shapes: x (N, C, *spatial), w (O, C // groups, *kernel), bias (O,) or None.
 
 Algorithms (each direction: "forward", "backwardData", "backwardParams"):
 
-- ``gemm``: 1x1 kernel, unit stride, no padding: a (grouped, batched) GEMM on the input itself. Float32 weight
-  gradients over many pixels go through sgemm with the smaller operand transposed a block at a time
-  (conv_pointwise.preferred).
+- ``gemm``: 1x1 kernel, unit stride, no padding: a (grouped, batched) GEMM on the input itself. The float32
+  forward in one group goes through sgemm (weights packed, the bias in the sums); float32 weight gradients over
+  many pixels too, with the smaller operand transposed a block at a time (conv_pointwise.preferred).
 - ``im2col``: any convolution: tiled column buffer (bounded, reused) + batched GEMM (conv_im2col).
   Float32 forward and weight gradient of short receptive fields over long output rows: implicit GEMMs reading
   the input in place, no column buffer (conv_implicit: preferred, backwardParamsPreferred).
