@@ -507,15 +507,19 @@ def test_sharedMatmulIndependentOfThreadCount(aShape, bShape, monkeypatch):
 @pytest.mark.parametrize("groups,items", [(1, 5), (2, 5), (1, 1)])
 def test_pointwiseSameBitsOnAnyThreadCount(groups, items, monkeypatch):
     # 1x1 forward / backward-data over several items run fixed runs of items per thread, one item its columns
-    # split between them: same bits on 1 or 2. Float32 in one group takes sgemm where the host has it.
-    assert conv_im2col._packedGemm(np.float32, 64, groups) == (groups == 1 and sgemm.applies(np.dtype(np.float32)))
+    # split between them: same bits on 1 or 2. Float32 in one group takes sgemm where the host has it (both
+    # directions: 128 maps).
+    fast = groups == 1 and sgemm.applies(np.dtype(np.float32))
+    assert conv_im2col._packedGemm(np.float32, 64, groups) == fast
+    assert conv_im2col._packedGemmData(np.float32, 64, 128, groups) == fast
     rng = np.random.default_rng(11)
     x = rng.standard_normal((items, 64, 24, 24), dtype=np.float32)
-    w = rng.standard_normal((96, 64 // groups, 1, 1), dtype=np.float32)
-    b = rng.standard_normal(96, dtype=np.float32)
-    dy = rng.standard_normal((items, 96, 24, 24), dtype=np.float32)
+    w = rng.standard_normal((128, 64 // groups, 1, 1), dtype=np.float32)
+    b = rng.standard_normal(128, dtype=np.float32)
+    dy = rng.standard_normal((items, 128, 24, 24), dtype=np.float32)
     unit, zero = (1, 1), (0, 0)
-    y, _ = resultsOnThreads(monkeypatch, lambda: (
+    y, dx = resultsOnThreads(monkeypatch, lambda: (
         conv.forward(x, w, b, unit, zero, unit, groups, algo="gemm"),
         conv.backwardData(dy, w, x.shape, unit, zero, unit, groups, algo="gemm")), threads=(1, 2))
     np.testing.assert_allclose(y, convForward(x, w, b, unit, zero, unit, groups), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx, convBackwardData(dy, w, x.shape, unit, zero, unit, groups), rtol=1e-4, atol=1e-4)

@@ -10,7 +10,7 @@ import tracemalloc
 import numpy as np
 import pytest
 from conftest import tracedPeak
-from reference import convBackwardParams, convForward
+from reference import convBackwardData, convBackwardParams, convForward
 
 from PuzzleLib.Backend import gpuarray
 from PuzzleLib.Engines.cpu import conv, conv_common, conv_winograd, sgemm
@@ -92,19 +92,25 @@ def test_winogradWeightGradientChunks():
 
 
 @pytest.mark.parametrize("items", [1, 3])
-def test_pointwiseForwardScratchWithinEstimate(items):
-    """The 1x1 forward's scratch (packed weights and edge tiles where sgemm runs it) stays within its estimate."""
+def test_pointwiseScratchWithinEstimate(items):
+    """The 1x1 forward's and backward-data's scratch (packed weights and edge tiles where sgemm runs them) stays
+    within the estimate."""
     rng = np.random.default_rng(6)
     x = rng.standard_normal((items, 96, 20, 20)).astype(np.float32)
-    w = rng.standard_normal((40, 96, 1, 1)).astype(np.float32)
-    b = rng.standard_normal(40).astype(np.float32)
+    w = rng.standard_normal((160, 96, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(160).astype(np.float32)
+    dy = rng.standard_normal((items, 160, 20, 20)).astype(np.float32)
     params = ((1, 1), (0, 0), (1, 1), 1)
-    y, peak = tracedPeak(lambda: conv.forward(x, w, b, *params, algo="gemm"))
-    estimate = conv.workspaceBytes("forward", "gemm", x.shape, w.shape, *params)
-    assert peak - y.nbytes <= estimate + (16 << 10)  # and the Python objects of the threads' calls
-    assert (estimate >= w.nbytes) == sgemm.applies(np.dtype(np.float32))
-    ref = convForward(x, w, b, *params)
-    np.testing.assert_allclose(y, ref, atol=1e-5 * np.abs(ref).max())
+    calls = {"forward": lambda: conv.forward(x, w, b, *params, algo="gemm"),
+             "backwardData": lambda: conv.backwardData(dy, w, x.shape, *params, algo="gemm")}
+    for direction, call in calls.items():
+        result, peak = tracedPeak(call)
+        estimate = conv.workspaceBytes(direction, "gemm", x.shape, w.shape, *params)
+        assert peak - result.nbytes <= estimate + (16 << 10), direction  # and the threads' Python objects
+        assert (estimate >= w.nbytes) == sgemm.applies(np.dtype(np.float32)), direction
+    np.testing.assert_allclose(calls["forward"](), convForward(x, w, b, *params), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(calls["backwardData"](), convBackwardData(dy, w, x.shape, *params), rtol=1e-4,
+                               atol=1e-4)
 
 
 def test_im2colTileFollowsResult():

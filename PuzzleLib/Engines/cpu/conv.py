@@ -6,8 +6,9 @@ Shapes: x (N, C, *spatial), w (O, C // groups, *kernel), bias (O,) or None.
 Algorithms (each direction: "forward", "backwardData", "backwardParams"):
 
 - ``gemm``: 1x1 kernel, unit stride, no padding: a (grouped, batched) GEMM on the input itself. The float32
-  forward in one group goes through sgemm (weights packed, the bias in the sums); float32 weight gradients over
-  many pixels too, with the smaller operand transposed a block at a time (conv_pointwise.preferred).
+  forward in one group goes through sgemm (weights packed, the bias in the sums), and so does the backward-data
+  of one group with at least as many maps as channels (128 or more); float32 weight gradients over many pixels
+  too, with the smaller operand transposed a block at a time (conv_pointwise.preferred).
 - ``im2col``: any convolution: tiled column buffer (bounded, reused) + batched GEMM (conv_im2col).
   Float32 forward and weight gradient of short receptive fields over long output rows: implicit GEMMs reading
   the input in place, no column buffer (conv_implicit: preferred, backwardParamsPreferred).
@@ -156,8 +157,8 @@ def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, group
     weights = o * cg * prod(kernel) * itemsize
     if algo == "gemm" and direction == "backwardParams" and conv_pointwise.preferred(xShape, wShape, groups, dtype):
         return conv_pointwise.workspaceBytes(xShape, wShape, groups, itemsize)
-    if algo == "gemm" and direction == "forward":
-        return conv_im2col.gemmForwardWorkspace(xShape, wShape, groups, itemsize)
+    if algo == "gemm" and direction != "backwardParams":
+        return conv_im2col.gemmWorkspace(direction, xShape, wShape, groups, itemsize)
     if algo == "gemm":
         return o * cg * itemsize * max(1, n) if direction == "backwardParams" else 0
     if algo == "direct":

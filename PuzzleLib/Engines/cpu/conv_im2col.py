@@ -60,13 +60,13 @@ def _packedGemm(dtype, c, groups):
 
 
 def _itemsPacked(w, b, out, bias):
-    """out = w @ b + bias for one group, through sgemm: w (O, C) packed, the bias starting the sums (no pass over
-    the output afterwards), b (N, C, pixels) read in place; fixed runs of whole items per thread as
-    _itemsMatmul, or, with one item or little work, the columns split between the threads.
+    """out = w @ b (+ bias) for one group, through sgemm: w (rows, K), any strides, packed; the bias (or zeros)
+    starting the sums (no pass over the output afterwards); b (N, K, pixels) read in place; fixed runs of whole
+    items per thread as _itemsMatmul, or, with one item or little work, the columns split between the threads.
 
-    Against OpenBLAS and its bias pass (_itemsMatmul), same process, two threads, median of 25 paired ratios:
-    N8 256->64 56x56 (case 2) 0.90-0.95, 64->256 56x56 0.92-0.94, 128->128 28x28 0.93-0.95, N1 256->64 56x56 0.92
-    (two runs)."""
+    Forward against OpenBLAS and its bias pass (_itemsMatmul), same process, two threads, median of 25 paired
+    ratios, two runs: N8 256->64 56x56 (case 2) 0.90-0.95, 64->256 56x56 0.92-0.94, 128->128 28x28 0.93-0.95,
+    N1 256->64 56x56 0.92."""
     panels = sgemm.packA(w, workspace.get("gemm-packed", sgemm.packedShape(*w.shape), out.dtype))
     rows = sgemm.biasRows(bias, w.shape[0])
     n = out.shape[0]
@@ -82,12 +82,18 @@ def _itemsPacked(w, b, out, bias):
     conv_common.dealParts(part, _GEMM_PARTS)
 
 
-def gemmForwardWorkspace(xShape, wShape, groups, itemsize):
-    """Bytes of gemmForward's scratch: the packed weights (sgemm) and each thread's edge tiles."""
-    c = xShape[1]
-    if not _packedGemm(np.dtype(f"f{itemsize}"), c, groups):
+def gemmWorkspace(direction, xShape, wShape, groups, itemsize):
+    """Bytes of gemmForward's or gemmBackwardData's scratch: the packed weights (sgemm) and each thread's edge
+    tiles; none on BLAS."""
+    c, o = xShape[1], wShape[0]
+    dtype = np.dtype(f"f{itemsize}")
+    if direction == "forward" and _packedGemm(dtype, c, groups):
+        rows, depth = o, c
+    elif direction == "backwardData" and _packedGemmData(dtype, c, o, groups):
+        rows, depth = c, o
+    else:
         return 0
-    return (int(np.prod(sgemm.packedShape(wShape[0], c))) + _GEMM_PARTS * sgemm.Scratch.elements(c)) * itemsize
+    return (int(np.prod(sgemm.packedShape(rows, depth))) + _GEMM_PARTS * sgemm.Scratch.elements(depth)) * itemsize
 
 
 def gemmBackwardData(dy, w, xShape, groups):
@@ -95,8 +101,22 @@ def gemmBackwardData(dy, w, xShape, groups):
     c = xShape[1]
     dx = np.empty(xShape, dtype=dy.dtype)
     wg = w.reshape(groups, o // groups, c // groups)
-    _itemsMatmul(wg.transpose(0, 2, 1), dy.reshape(n, groups, o // groups, -1), dx.reshape(n, groups, c // groups, -1))
+    dyg = np.ascontiguousarray(dy).reshape(n, groups, o // groups, -1)
+    dxg = dx.reshape(n, groups, c // groups, -1)
+    if _packedGemmData(dy.dtype, c, o, groups) and dx.size:
+        _itemsPacked(wg[0].T, dyg[:, 0], dxg[:, 0], None)
+    else:
+        _itemsMatmul(wg.transpose(0, 2, 1), dyg, dxg)
     return dx
+
+
+def _packedGemmData(dtype, c, o, groups):
+    """Whether gemmBackwardData runs through sgemm (w^T packed): one group, and an inner dimension (the maps) of
+    128 or more and at least the rows (the channels). Same process, two threads, against OpenBLAS, median of 25
+    paired ratios: N8 64->256 56x56 0.76-0.80, 128->512 28x28 0.88, 128->128 28x28 0.92-0.94, N1 64->256 56x56
+    0.91; kept on BLAS: 256->64 56x56 (case 2) 1.11-1.14, 64->64 56x56 1.06 (the tile stores its outputs after
+    too few steps)."""
+    return groups == 1 and 128 <= o and c <= o and kernelForward(dtype, o)
 
 
 def _itemsMatmul(a, b, out, bias=None):
