@@ -113,6 +113,20 @@ def test_pointwiseScratchWithinEstimate(items):
                                atol=1e-4)
 
 
+@pytest.mark.skipif(not conv_winograd.available, reason="numba is not installed")
+def test_winogradBackwardDataScratchAsForward():
+    """F(4x4)'s backward-data (the forward of the flipped kernel) holds no more than the forward on the same
+    shapes: the flipped copy of the kernel lives only for its transform."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((1, 64, 40, 40)).astype(np.float32)
+    w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
+    params = ((1, 1), (1, 1), (1, 1), 1)
+    y, forwardPeak = tracedPeak(lambda: conv.forward(x, w, None, *params, algo="winograd"))
+    dx, dataPeak = tracedPeak(lambda: conv.backwardData(x, w, x.shape, *params, algo="winograd"))
+    assert dataPeak - dx.nbytes <= forwardPeak - y.nbytes + (16 << 10)
+    np.testing.assert_allclose(dx, convBackwardData(x, w, x.shape, *params), atol=5e-5 * np.abs(dx).max())
+
+
 def test_im2colTileFollowsResult():
     """im2col's per-call tile is about half its result, within [MIN_TILE_BYTES, TILE_BYTES]."""
     assert conv_common.tileBytesFor(0) == conv_common.MIN_TILE_BYTES
