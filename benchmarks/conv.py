@@ -128,6 +128,8 @@ def timeCall(fn, inner):
 
 
 ENGINES = ("ours", "torch", "onnxruntime")
+# Fewest untimed calls whose fastest sets a sample's loop count (benchmarkCase).
+CALIBRATION_CALLS = 3
 
 
 class LocalEngine:
@@ -343,10 +345,12 @@ def benchmarkCase(c, engines, args, np):
             rec["first_call_ms"], rec["optimize"], rec["algos"] = info["first_call_ms"], info["optimize"], info["algos"]
         keys += [(name, d) for d in info["directions"]]
 
-    # Warm-up, and how many calls one timed sample needs to last about args.sample_s (tiny cases loop).
+    # Warm-up, and how many calls one timed sample needs to last about args.sample_s (tiny cases loop). The
+    # fastest of at least CALIBRATION_CALLS calls sets that count: a single call slowed by the host (--quick warms
+    # up once) made the page example's samples single 4 us calls.
     inner = {}
     for name, direction in keys:
-        best = engines[name].best(direction, args.warmup)
+        best = engines[name].best(direction, max(args.warmup, CALIBRATION_CALLS))
         inner[(name, direction)] = max(1, min(100000, int(args.sample_s / max(best, 1e-7))))
     rec["check"] = crossCheck(engines, keys, np)
 

@@ -123,7 +123,8 @@ def test_winogradBackwardDataScratchAsForward():
     params = ((1, 1), (1, 1), (1, 1), 1)
     y, forwardPeak = tracedPeak(lambda: conv.forward(x, w, None, *params, algo="winograd"))
     dx, dataPeak = tracedPeak(lambda: conv.backwardData(x, w, x.shape, *params, algo="winograd"))
-    assert dataPeak - dx.nbytes <= forwardPeak - y.nbytes + (16 << 10)
+    # Slack for the calls' Python objects (24 KB in a fresh CI environment), well under the kernel's 144 KiB.
+    assert dataPeak - dx.nbytes <= forwardPeak - y.nbytes + (64 << 10)
     np.testing.assert_allclose(dx, convBackwardData(x, w, x.shape, *params), atol=5e-5 * np.abs(dx).max())
 
 
