@@ -96,17 +96,17 @@ def test_pointwiseScratchWithinEstimate(items):
     """The 1x1 forward's and backward-data's scratch (packed weights and edge tiles where sgemm runs them) stays
     within the estimate."""
     rng = np.random.default_rng(6)
-    x = rng.standard_normal((items, 96, 20, 20)).astype(np.float32)
-    w = rng.standard_normal((160, 96, 1, 1)).astype(np.float32)
-    b = rng.standard_normal(160).astype(np.float32)
-    dy = rng.standard_normal((items, 160, 20, 20)).astype(np.float32)
+    x = rng.standard_normal((items, 192, 16, 16)).astype(np.float32)
+    w = rng.standard_normal((256, 192, 1, 1)).astype(np.float32)  # 192 KiB packed: well over the slack
+    b = rng.standard_normal(256).astype(np.float32)
+    dy = rng.standard_normal((items, 256, 16, 16)).astype(np.float32)
     params = ((1, 1), (0, 0), (1, 1), 1)
     calls = {"forward": lambda: conv.forward(x, w, b, *params, algo="gemm"),
              "backwardData": lambda: conv.backwardData(dy, w, x.shape, *params, algo="gemm")}
     for direction, call in calls.items():
         result, peak = tracedPeak(call)
         estimate = conv.workspaceBytes(direction, "gemm", x.shape, w.shape, *params)
-        assert peak - result.nbytes <= estimate + (16 << 10), direction  # and the threads' Python objects
+        assert peak - result.nbytes <= estimate + (64 << 10), direction  # and the calls' Python objects
         assert (estimate >= w.nbytes) == sgemm.applies(np.dtype(np.float32)), direction
     np.testing.assert_allclose(calls["forward"](), convForward(x, w, b, *params), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(calls["backwardData"](), convBackwardData(dy, w, x.shape, *params), rtol=1e-4,
