@@ -1,14 +1,14 @@
 """Winograd engine internals: the weight gradient split in fixed parts (whole groups, or rows of tile
 positions), per-group chunks, and the transforms of a share of the tile positions; F(2x2, 3x3)
-(conv_winograd2x2) in every direction and mode; float64 references from tests/reference.py
-(independent direct sums)."""
+(conv_winograd2x2) in every direction and mode; F(4x2, 3x3) (conv_winograd4x2) forward and backward-data;
+float64 references from tests/reference.py (independent direct sums)."""
 
 import numpy as np
 import pytest
-from conftest import engineCall, resultsOnThreads
+from conftest import engineCall, resultsOnThreads, tracedPeak
 from reference import convBackwardData, convBackwardParams, convForward
 
-from PuzzleLib.Engines.cpu import conv, conv_winograd, conv_winograd2x2
+from PuzzleLib.Engines.cpu import conv, conv_winograd, conv_winograd2x2, conv_winograd4x2
 
 pytestmark = pytest.mark.skipif(not conv_winograd.available, reason="numba is not installed")
 
@@ -122,10 +122,17 @@ def _check2(case, dtype, tol, withBias=True, module=conv_winograd2x2, seed=7):
     return got
 
 
+@pytest.fixture
+def only2x2(monkeypatch):
+    """F(2x2) in every direction: F(4x2), which its forward and backward-data hand over to on the maps where it
+    makes fewer products, is never preferred."""
+    monkeypatch.setattr(conv_winograd4x2, "WHOLE_BYTES", -1)
+
+
 @pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", WINOGRAD2)
-def test_winograd2x2MatchesReferenceWithinStatedBound(case, dtype, chunked, monkeypatch):
+def test_winograd2x2MatchesReferenceWithinStatedBound(case, dtype, chunked, monkeypatch, only2x2):
     # The stated bound (conv_winograd2x2): 1e-5 (float32), 1e-13 (float64) of the largest result. Chunked:
     # tiles in one-row chunks (the whole kernel transformed first; weight gradient summed over chunks).
     if chunked:
@@ -134,13 +141,13 @@ def test_winograd2x2MatchesReferenceWithinStatedBound(case, dtype, chunked, monk
     _check2(case, dtype, 1e-5 if dtype == np.float32 else 1e-13, withBias=case[4] != (0, 0))
 
 
-def test_winograd2x2BoundOnManyChannels():
+def test_winograd2x2BoundOnManyChannels(only2x2):
     # 256 input channels: more rounding accumulates in every sum; the bound still holds (a block per 32 maps).
     _check2((2, 256, (7, 7), 64, (1, 1), 1), np.float32, 1e-5)
 
 
 @pytest.mark.parametrize("chunked", [False, True])
-def test_winograd2x2IndependentOfThreadCount(chunked, monkeypatch):
+def test_winograd2x2IndependentOfThreadCount(chunked, monkeypatch, only2x2):
     # Blocks of maps and chunks of tiles are fixed by the shape: bit-identical on one thread or two, and run
     # to run. Small blocks: several per thread.
     monkeypatch.setattr(conv_winograd2x2, "BLOCK_BYTES", 512)
@@ -188,6 +195,100 @@ def test_heuristicPicksWinograd2x2OnSmallMapsWithManyChannelsAndTiles():
     # 14x14 maps and up keep F(4x4).
     assert conv.chooseAlgorithm("forward", (8, 256, 14, 14), (256, 256, 3, 3), *args) == "winograd"
     assert conv._winograd((256, 256, 3, 3), (8, 256, 14, 14), (1, 1), (1, 1), (1, 1)) is conv_winograd
+
+
+# -- F(4x2, 3x3) (conv_winograd4x2): forward and backward-data on small maps, one group ---------------------------
+# (n, c, (h, w), o, pad): 7x7 as case 4, odd maps, no / wider / cropping (backward-data pad -1) padding, 1 pixel.
+WINOGRAD42 = [
+    (2, 5, (7, 7), 6, (1, 1)),
+    (1, 3, (9, 11), 4, (1, 1)),
+    (2, 4, (8, 6), 5, (0, 0)),
+    (2, 6, (7, 10), 3, (2, 2)),
+    (1, 4, (7, 5), 3, (3, 1)),
+    (3, 8, (3, 3), 4, (0, 0)),
+]
+
+
+def _check42(case, dtype, tol, seed=9):
+    """F(4x2)'s forward (with a bias) and backward-data against the references, within ``tol`` of the largest
+    result; returns both."""
+    n, c, spatial, o, pad = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c) + spatial).astype(dtype)
+    w = rng.standard_normal((o, c, 3, 3)).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype)
+    ref = convForward(x, w, b, (1, 1), pad, (1, 1), 1)
+    dy = rng.standard_normal(ref.shape).astype(dtype)
+    with engineCall(1 << 20):
+        got = [conv_winograd4x2.forward(x, w, b, pad), conv_winograd4x2.backwardData(dy, w, x.shape, pad)]
+    for a, r in zip(got, [ref, convBackwardData(dy, w, x.shape, (1, 1), pad, (1, 1), 1)]):
+        assert a.dtype == dtype and a.shape == r.shape
+        err = np.abs(a - r).max() / np.abs(r).max()
+        assert err < tol, f"relative error {err:.3g} exceeds {tol:.3g}"
+    return got
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", WINOGRAD42)
+def test_winograd4x2MatchesReferenceWithinStatedBound(case, dtype):
+    # The stated bound (conv_winograd4x2, F(4x4)'s): 5e-5 (float32), 1e-12 (float64) of the largest result.
+    _check42(case, dtype, 5e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_winograd4x2BoundOnManyChannels():
+    _check42((2, 256, (7, 7), 64, (1, 1)), np.float32, 5e-5)
+
+
+def test_winograd4x2IndependentOfThreadCount(monkeypatch):
+    # Blocks of maps and pieces of channels are fixed by the shape: bit-identical on one thread or two. Small
+    # blocks: several per thread.
+    monkeypatch.setattr(conv_winograd4x2, "BLOCK_MAPS", 3)
+    resultsOnThreads(monkeypatch, lambda: _check42((3, 12, (9, 7), 10, (1, 1)), np.float32, 5e-5))
+
+
+def test_winograd4x2FlippedKernelTransformIsTheRotatedOne():
+    # Backward-data's kernel transform reads w turned by 180 degrees in place: the same bits as the plain
+    # transform of np.rot90(w, 2).
+    w = np.random.default_rng(4).standard_normal((5, 4, 3, 3))
+    g = conv_winograd4x2._constants(w.dtype)
+    u, uf = np.empty((24, 5, 4)), np.empty((24, 5, 4))
+    conv_winograd4x2._kernelTransform(np.ascontiguousarray(np.flip(w, (2, 3))), u, 0, 5, 0, 4, g, False)
+    conv_winograd4x2._kernelTransform(w, uf, 0, 5, 0, 4, g, True)
+    assert np.array_equal(u, uf)
+
+
+def test_winograd4x2WhereItMakesFewerProducts():
+    # Case 4 (7x7, 512 maps) and other maps F(2x2) takes where rows of four waste less than they save; F(2x2)
+    # keeps 5x5 and 6x6 maps (a tie), groups, and inputs whose transform would pass WHOLE_BYTES.
+    pad = (1, 1)
+    assert conv_winograd4x2.preferred((8, 512, 7, 7), (512, 512, 3, 3), pad, 1)
+    assert conv_winograd4x2.preferred((8, 64, 9, 9), (64, 64, 3, 3), pad, 1)
+    assert not conv_winograd4x2.preferred((8, 64, 5, 5), (64, 64, 3, 3), pad, 1)
+    assert not conv_winograd4x2.preferred((8, 64, 6, 6), (64, 64, 3, 3), pad, 1)
+    assert not conv_winograd4x2.preferred((8, 512, 7, 7), (512, 256, 3, 3), pad, 2)
+    assert not conv_winograd4x2.preferred((32, 512, 7, 7), (512, 512, 3, 3), pad, 1)
+
+
+def test_winograd4x2ThroughTheEngine():
+    # algo="winograd" on case 4's maps: F(2x2)'s forward and backward-data hand over to F(4x2) (results within
+    # F(4x2)'s bound, scratch within its estimate); its weight gradient stays F(2x2)'s.
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 64, 7, 7)).astype(np.float32)
+    w = rng.standard_normal((96, 64, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((2, 96, 7, 7)).astype(np.float32)
+    args = ((1, 1), (1, 1), (1, 1), 1)
+    calls = {"forward": lambda: conv.forward(x, w, None, *args, algo="winograd"),
+             "backwardData": lambda: conv.backwardData(dy, w, x.shape, *args, algo="winograd")}
+    refs = {"forward": convForward(x, w, None, *args), "backwardData": convBackwardData(dy, w, x.shape, *args)}
+    for direction, call in calls.items():
+        result, peak = tracedPeak(call)
+        estimate = conv.workspaceBytes(direction, "winograd", x.shape, w.shape, *args)
+        assert estimate == conv_winograd4x2.workspaceBytes(direction, x.shape, w.shape, (1, 1)), direction
+        assert peak - result.nbytes <= estimate + (64 << 10), direction  # and the calls' Python objects
+        ref = refs[direction]
+        assert np.abs(result - ref).max() <= 5e-5 * np.abs(ref).max(), direction
+    assert conv.workspaceBytes("backwardParams", "winograd", x.shape, w.shape, *args) == \
+        conv_winograd2x2.workspaceBytes("backwardParams", x.shape, w.shape, (1, 1), 1)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

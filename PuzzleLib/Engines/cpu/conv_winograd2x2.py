@@ -16,6 +16,9 @@ When V of all tiles would be large, the tiles are taken in chunks instead. Block
 by the shape, each run whole by one thread with single-threaded BLAS (runChunks), the threads taking the
 next one as they finish: results do not depend on the thread count or on which thread ran what.
 
+In one group, the forward and backward-data go to F(4x2, 3x3) (conv_winograd4x2) on the maps where it makes
+fewer products (7x7: 3 per output instead of 4); the weight gradient stays here.
+
 Backward-data of a stride-1 convolution is the forward convolution of the gradient with the flipped,
 transposed kernel and padding 2 - pad (negative padding crops). With the points 0, 1, -1, the flipped
 kernel's transform is the kernel's with the tile positions permuted (G J = P G, _kernelTransform), so
@@ -30,7 +33,7 @@ direction. The tests assert the stated bound, 1e-5 (float32) and 1e-13 (float64)
 
 import numpy as np
 
-from PuzzleLib.Engines.cpu import conv_winograd, sgemm
+from PuzzleLib.Engines.cpu import conv_winograd, conv_winograd4x2, sgemm
 from PuzzleLib.Engines.cpu.conv_common import biasVector, chunkWorkers, leadingView, ranges, shareItems, workspace
 
 try:
@@ -373,6 +376,12 @@ def workspaceBytes(direction, xShape, wShape, pad, groups, itemsize=4):
     n, c, h, w = xShape
     o, cg = wShape[0], wShape[1]
     og = o // groups
+    if direction == "forward" and conv_winograd4x2.preferred(xShape, wShape, pad, groups, itemsize):
+        return conv_winograd4x2.workspaceBytes(direction, xShape, wShape, pad, itemsize)
+    dyShape = (n, o, h + 2 * pad[0] - 2, w + 2 * pad[1] - 2)
+    if direction == "backwardData" and conv_winograd4x2.preferred(dyShape, wShape, (2 - pad[0], 2 - pad[1]), groups,
+                                                                    itemsize):
+        return conv_winograd4x2.workspaceBytes(direction, xShape, wShape, pad, itemsize)
     if direction == "backwardData":  # the forward of dy (n, o, oh, ow) into c maps
         h, w = h + 2 * pad[0] - 2, w + 2 * pad[1] - 2
         pad = (2 - pad[0], 2 - pad[1])
@@ -408,11 +417,17 @@ def _transformAll(x, v, pad, th, tw, total):
 
 # -- the three directions ---------------------------------------------------------------------------------
 def forward(x, w, bias, pad, groups):
-    """Forward 3x3 stride-1 convolution of x (N, C, H, W) with w (O, C // groups, 3, 3); pad may be negative."""
+    """Forward 3x3 stride-1 convolution of x (N, C, H, W) with w (O, C // groups, 3, 3); pad may be negative.
+    Where F(4x2, 3x3) makes fewer products (conv_winograd4x2.preferred), it runs that instead."""
+    if conv_winograd4x2.preferred(x.shape, w.shape, pad, groups, x.itemsize):
+        return conv_winograd4x2.forward(x, w, bias, pad)
     return _convolve(x, w, bias, pad, groups, flip=False)
 
 
 def backwardData(dy, w, xShape, pad, groups):
+    """As forward, of dy with the flipped, transposed kernel and padding 2 - pad (F(4x2) where preferred)."""
+    if conv_winograd4x2.preferred(dy.shape, w.shape, (2 - pad[0], 2 - pad[1]), groups, dy.itemsize):
+        return conv_winograd4x2.backwardData(dy, w, xShape, pad)
     dx = _convolve(dy, w, None, (2 - pad[0], 2 - pad[1]), groups, flip=True)
     assert dx.shape == tuple(xShape)
     return dx

@@ -1,0 +1,319 @@
+"""Winograd F(4x2, 3x3) for the forward and backward-data of 2-D 3x3 stride-1 convolutions on small maps:
+F(4, 3) down the columns (conv_winograd's transforms) and F(2, 3) along the rows (conv_winograd2x2's).
+
+Each block of 4 rows by 2 columns of outputs comes from a 6x4 input tile: 24 multiplies per 8 outputs and input
+channel, against F(2x2)'s 16 per 4 (3 against 4 per output). On a 7x7 map both cover 8x8 (two tiles of four
+rows, four of two columns), so the GEMM work drops by a quarter: N8 512->512 7x7 (benchmarks/conv.py case 4)
+makes 24 products (512 x 512) @ (512 x 64) instead of 16 of (512 x 512) @ (512 x 128). The transformed kernel
+is 24/9 of the kernel instead of 16/9, transformed a block of maps at a time as in conv_winograd2x2.
+
+The input of all tiles is transformed once (V, at most WHOLE_BYTES); the output maps are taken in fixed blocks
+of BLOCK_MAPS, each thread transforming its block's kernel slice, multiplying and transforming back. Blocks and
+channel pieces are fixed by the shape: results do not depend on the thread count. Backward-data is the
+forward of the gradient with the flipped, transposed kernel and padding 2 - pad; the kernel transform reads
+w flipped in place (no copy) and the products read its slice transposed.
+
+Accuracy: conv_winograd's points 0, +-1, +-2 on one axis (coefficients up to 8, 1/24 in G), 0, +-1 on the
+other, so the error is between F(2x2)'s and F(4x4)'s: max |error| / max |result| against the float64 reference
+was at most 1.2e-6 in float32 and 1.7e-15 in float64 on the tests' shapes; they assert F(4x4)'s bound, 5e-5
+(float32) and 1e-12 (float64).
+
+Against F(2x2), same process, two threads, median of 15 paired ratios (forward / backward-data): N8 512->512 7x7
+(case 4) 0.77 / 0.81, N4 0.84 / 0.91, N8 256->256 7x7 0.81 / 0.89, N8 256->256 10x10 0.90 / 0.95, N8 64->64 7x7
+0.99 / 0.99; case 4's forward 0.74-0.77 with blocks of 32 maps, 0.80 with 64. In the benchmark, case 4 ran
+5.92 / 6.40 ms against torch's 8.43 / 8.37, its peak 7.0 MiB against F(2x2)'s 9.6 and torch's 10.4.
+"""
+
+import numpy as np
+
+from PuzzleLib.Engines.cpu import conv_winograd, sgemm
+from PuzzleLib.Engines.cpu.conv_common import biasVector, chunkWorkers, leadingView, ranges, shareItems, workspace
+
+try:
+    from numba import njit, uintp
+except ImportError:  # pragma: no cover - numba is a dependency; without it the algorithm is unavailable
+    njit = None
+
+available = njit is not None
+
+POSITIONS = 24
+# Output maps per block (its kernel slice U: 24 x maps x channels; its products M: 24 x maps x tiles).
+BLOCK_MAPS = 32
+# The input of all tiles is transformed at once while it takes at most this; above it, F(2x2) runs instead.
+WHOLE_BYTES = 4 << 20
+# Elements per vectorised pass of the transforms (conv_winograd.VECTOR_SPAN).
+VECTOR_SPAN = conv_winograd.VECTOR_SPAN
+
+
+def _tiles(h, w, pad):
+    oh, ow = h + 2 * pad[0] - 2, w + 2 * pad[1] - 2
+    return -(-oh // 4), -(-ow // 2)
+
+
+def preferred(xShape, wShape, pad, groups, itemsize=4):
+    """Whether the forward (and, with its own shapes, backward-data) of a convolution F(2x2) would run goes
+    here instead: one group, V of all tiles within WHOLE_BYTES, and fewer products than F(2x2) (rows of 4
+    outputs waste no more than rows of 2 would save: 3 * ceil(oh / 4) * 4 < 4 * ceil(oh / 2) * 2)."""
+    if not available or groups != 1 or len(xShape) != 4:
+        return False
+    n, c, h, w = xShape
+    oh = h + 2 * pad[0] - 2
+    th, tw = _tiles(h, w, pad)
+    return (oh > 0 and 3 * th * 4 < 4 * -(-oh // 2) * 2
+            and POSITIONS * c * n * th * tw * itemsize <= WHOLE_BYTES)
+
+
+def _inputTransform(x, V, ph, pw, th, tw, q0, q1, c0, c1, cst):
+    """V[a * 4 + b, c * P + (q - q0) * tw + tx] = (B6^T d B4)[a, b] for the 6x4 tile d at rows 4 ty - ph ..,
+    columns 2 tx - pw .. of channel c in [c0, c1) (tile row q = n * th + ty; P = (q1 - q0) * tw).
+
+    As conv_winograd._inputTransform, with two columns per tile: per block of channels, each tile row's six
+    input rows (padding fused) copied end to end into D[i] (the two columns past them, read by the last
+    tile, into E), F(4, 3)'s B^T down the rows in one pass, then F(2, 3)'s B along the columns, tile t
+    reading columns 2 t .. 2 t + 3 (stride-2 loads), the last tile of each row redone from E."""
+    h, w = x.shape[2], x.shape[3]
+    nq = q1 - q0
+    P, S = nq * tw, 2 * tw
+    cb = max(1, min(c1 - c0, VECTOR_SPAN // max(P, 1)))
+    D = np.zeros((6, cb * nq * S + 4), dtype=x.dtype)
+    T = np.empty((6, cb * nq * S + 4), dtype=x.dtype)
+    E = np.empty((6, cb * nq * 2), dtype=x.dtype)
+    F = np.empty((6, cb * nq * 2), dtype=x.dtype)
+    two, four, five = cst[0], cst[1], cst[2]
+    zero = cst[0] - cst[0]
+    lo = min(S + 2, max(0, pw))             # padded columns [lo, hi) lie inside the map
+    hi = max(lo, min(S + 2, pw + w))
+    cs = c0
+    while cs < c1:
+        ce = min(c1, cs + cb)
+        for c in range(cs, ce):
+            for q in range(q0, q1):
+                b, ty = q // th, q % th
+                rr = (c - cs) * nq + (q - q0)
+                base = rr * S
+                for i in range(6):
+                    r = ty * 4 + i - ph
+                    if r < 0 or r >= h:
+                        for k in range(S):
+                            D[i, base + k] = zero
+                        E[i, 2 * rr] = zero
+                        E[i, 2 * rr + 1] = zero
+                        continue
+                    for k in range(min(lo, S)):
+                        D[i, base + k] = zero
+                    ub, uc, ur, ui = uintp(b), uintp(c), uintp(r), uintp(i)
+                    for k in range(lo, min(hi, S)):
+                        D[ui, uintp(base + k)] = x[ub, uc, ur, uintp(k - pw)]
+                    for k in range(max(hi, lo), S):
+                        D[i, base + k] = zero
+                    for k in range(2):
+                        col = S + k
+                        E[i, 2 * rr + k] = x[b, c, r, col - pw] if lo <= col < hi else zero
+        rows = (ce - cs) * nq
+        conv_winograd._allRowsB(D, T, rows * S + 4, two, four, five)
+        conv_winograd._allRowsB(E, F, 2 * rows, two, four, five)
+        o0 = cs * P
+        L = rows * tw
+        for a in range(6):
+            e, f = T[a], F[a]
+            v0, v1 = V[4 * a, o0:o0 + L], V[4 * a + 1, o0:o0 + L]
+            v2, v3 = V[4 * a + 2, o0:o0 + L], V[4 * a + 3, o0:o0 + L]
+            for p in range(L):
+                u = uintp(2 * p)
+                e0, e1, e2, e3 = e[u], e[u + uintp(1)], e[u + uintp(2)], e[u + uintp(3)]
+                v0[p] = e0 - e2
+                v1[p] = e1 + e2
+                v2[p] = e2 - e1
+                v3[p] = e1 - e3
+            for rr in range(rows):  # the last tile of each row: its columns 2 and 3 are in F
+                p = rr * tw + tw - 1
+                e0, e1, e2, e3 = e[2 * p], e[2 * p + 1], f[2 * rr], f[2 * rr + 1]
+                v0[p] = e0 - e2
+                v1[p] = e1 + e2
+                v2[p] = e2 - e1
+                v3[p] = e1 - e3
+        cs = ce
+
+
+def _outputTransform(M, mb0, y, bias, th, tw, q0, q1, o0, o1, cst):
+    """y[n, o, 4 ty + i, 2 tx + j] = (A6^T m A4)[i, j] + bias[o] for maps o in [o0, o1), m read from
+    M[:, (o - mb0) * P + (q - q0) * tw + tx] (laid out as V in _inputTransform).
+
+    Per block of maps: F(4, 3)'s A^T down the columns of the 6x4 tiles, then F(2, 3)'s A along the rows plus
+    the bias into Y[i] (stride-2 stores: Y[i] holds the block's output rows end to end), copied into the map
+    (the rows and columns of edge tiles past it dropped)."""
+    oh, ow = y.shape[2], y.shape[3]
+    nq = q1 - q0
+    P, S = nq * tw, 2 * tw
+    ob = max(1, min(o1 - o0, VECTOR_SPAN // max(P, 1)))
+    R = np.empty((4, 4, ob * P), dtype=y.dtype)
+    Y = np.empty((4, ob * P * 2), dtype=y.dtype)
+    bt = np.empty(ob * P, dtype=y.dtype)
+    two, four, eight = cst[0], cst[1], cst[3]
+    os_ = o0
+    while os_ < o1:
+        oe = min(o1, os_ + ob)
+        s0, L = (os_ - mb0) * P, (oe - os_) * P
+        for bb in range(4):
+            m0, m1, m2 = M[bb, s0:s0 + L], M[4 + bb, s0:s0 + L], M[8 + bb, s0:s0 + L]
+            m3, m4, m5 = M[12 + bb, s0:s0 + L], M[16 + bb, s0:s0 + L], M[20 + bb, s0:s0 + L]
+            r0, r1, r2, r3 = R[0, bb], R[1, bb], R[2, bb], R[3, bb]
+            for p in range(L):
+                r0[p] = m0[p] + m1[p] + m2[p] + m3[p] + m4[p]
+                r1[p] = m1[p] - m2[p] + two * (m3[p] - m4[p])
+                r2[p] = m1[p] + m2[p] + four * (m3[p] + m4[p])
+                r3[p] = m1[p] - m2[p] + eight * (m3[p] - m4[p]) + m5[p]
+        for o in range(os_, oe):
+            bv = bias[o]
+            for p in range((o - os_) * P, (o - os_ + 1) * P):
+                bt[p] = bv
+        for i in range(4):
+            e0, e1, e2, e3 = R[i, 0], R[i, 1], R[i, 2], R[i, 3]
+            yi = Y[i]
+            for p in range(L):
+                bv, u = bt[p], uintp(2 * p)
+                yi[u] = e0[p] + e1[p] + e2[p] + bv
+                yi[u + uintp(1)] = e1[p] - e2[p] - e3[p] + bv
+        for o in range(os_, oe):
+            for q in range(q0, q1):
+                b, ty = q // th, q % th
+                base = ((o - os_) * nq + (q - q0)) * S
+                for i in range(4):
+                    row = ty * 4 + i
+                    if row >= oh:
+                        break
+                    ub, uo, ur, ui = uintp(b), uintp(o), uintp(row), uintp(i)
+                    for k in range(ow):
+                        y[ub, uo, ur, uintp(k)] = Y[ui, uintp(base + k)]
+        os_ = oe
+
+
+def _kernelTransform(w, U, o0, o1, c0, c1, g, flip):
+    """U[a * 4 + b, o - o0, c - c0] = (G6 k G4^T)[a, b] for maps o in [o0, o1) (rows of w) and c in [c0, c1), where
+    k = w[o, c] or, with ``flip``, w[o, c] turned by 180 degrees (backward-data's kernel, whose GEMMs read U
+    transposed). g: G6 (6 x 3) and a row holding 1/2, typed like w.
+
+    Per map o, two flat passes over its row of w: F(2, 3)'s G along each kernel row (stride-3 loads) into T[b]
+    (flipped: the row's taps reversed, which swaps T[0] and T[3]), then F(4, 3)'s G down the rows (flipped: the
+    rows reversed) into U's 24 planes."""
+    n = c1 - c0
+    half = g[6, 0]
+    T = np.empty((4, 3 * n), dtype=w.dtype)
+    f = w.reshape(w.shape[0], -1)
+    first, last = (3, 0) if flip else (0, 3)
+    a00 = g[0, 0]
+    a10, a11, a12 = g[1, 0], g[1, 1], g[1, 2]
+    a20, a21, a22 = g[2, 0], g[2, 1], g[2, 2]
+    a30, a31, a32 = g[3, 0], g[3, 1], g[3, 2]
+    a40, a41, a42 = g[4, 0], g[4, 1], g[4, 2]
+    for o in range(o0, o1):
+        r, uo, s0 = uintp(o - o0), uintp(o), uintp(9 * c0)
+        for p in range(3 * n):
+            u = s0 + uintp(3 * p)
+            g0, g1, g2 = f[uo, u], f[uo, u + uintp(1)], f[uo, u + uintp(2)]
+            s = g0 + g2
+            T[first, p] = g0
+            T[1, p] = half * (s + g1)
+            T[2, p] = half * (s - g1)
+            T[last, p] = g2
+        for b in range(4):
+            ub = uintp(b)
+            for j in range(n):
+                v = uintp(3 * j)
+                e0, e1, e2 = T[ub, v], T[ub, v + uintp(1)], T[ub, v + uintp(2)]
+                if flip:
+                    e0, e2 = e2, e0
+                uj = uintp(j)
+                U[uintp(b), r, uj] = a00 * e0
+                U[uintp(4 + b), r, uj] = a10 * e0 + a11 * e1 + a12 * e2
+                U[uintp(8 + b), r, uj] = a20 * e0 + a21 * e1 + a22 * e2
+                U[uintp(12 + b), r, uj] = a30 * e0 + a31 * e1 + a32 * e2
+                U[uintp(16 + b), r, uj] = a40 * e0 + a41 * e1 + a42 * e2
+                U[uintp(20 + b), r, uj] = e2
+
+
+if available:
+    _inputTransform = njit(cache=True, nogil=True)(_inputTransform)
+    _outputTransform = njit(cache=True, nogil=True)(_outputTransform)
+    _kernelTransform = njit(cache=True, nogil=True)(_kernelTransform)
+
+
+def _constants(dtype):
+    """G6 with a last row holding 1/2 (F(2, 3)'s G), typed like the data."""
+    return np.vstack([conv_winograd._G, [[0.5, 0.0, 0.0]]]).astype(dtype)
+
+
+def _blocks(maps):
+    """The output maps in fixed blocks of about BLOCK_MAPS (at least two, so that two threads have work)."""
+    return ranges(maps, max(2, -(-maps // BLOCK_MAPS)) if maps > 1 else 1)
+
+
+def workspaceBytes(direction, xShape, wShape, pad, itemsize=4):
+    """Bytes of one call's scratch: V of all tiles, and each thread's kernel slice and products."""
+    n, c, h, w = xShape
+    o = wShape[0]
+    if direction == "backwardData":  # the forward of dy (n, o, oh, ow) into c maps
+        h, w = h + 2 * pad[0] - 2, w + 2 * pad[1] - 2
+        pad = (2 - pad[0], 2 - pad[1])
+        c, o = o, c
+    th, tw = _tiles(h, w, pad)
+    p = n * th * tw
+    blocks = _blocks(o)
+    ob = max(m1 - m0 for m0, m1 in blocks)
+    return (POSITIONS * c * p + chunkWorkers(len(blocks)) * POSITIONS * ob * (c + p)) * itemsize
+
+
+def forward(x, w, bias, pad):
+    """Forward 3x3 stride-1 convolution of x (N, C, H, W) with w (O, C, 3, 3), one group; pad may be negative."""
+    return _convolve(x, w, bias, pad, flip=False)
+
+
+def backwardData(dy, w, xShape, pad):
+    dx = _convolve(dy, w, None, (2 - pad[0], 2 - pad[1]), flip=True)
+    assert dx.shape == tuple(xShape)
+    return dx
+
+
+def _convolve(x, w, bias, pad, flip):
+    """The forward convolution of x with w, or (``flip``) with w flipped and transposed (backward-data)."""
+    n, c, h, wd = x.shape
+    o = w.shape[1] if flip else w.shape[0]
+    oh, ow = h + 2 * pad[0] - 2, wd + 2 * pad[1] - 2
+    y = np.empty((n, o, oh, ow), dtype=x.dtype)
+    if n == 0 or oh <= 0 or ow <= 0:
+        return y
+    th, tw = _tiles(h, wd, pad)
+    total = n * th
+    p = total * tw
+    xc, wc = np.ascontiguousarray(x), np.ascontiguousarray(w)
+    biasv = biasVector(bias, o, x.dtype)
+    cst, g = conv_winograd.transformConstants(x.dtype), _constants(x.dtype)
+    v = workspace.get("w42-v", (POSITIONS, c * p), x.dtype)
+    workers = chunkWorkers(c)  # elementwise: any split of the channels gives the same bits
+    shareItems(lambda k, r: _inputTransform(xc, v, pad[0], pad[1], th, tw, 0, total, r[0], r[1], cst),
+               ranges(c, min(c, 4 * workers)), workers)
+    v = v.reshape(POSITIONS, c, p)
+    blocks = _blocks(o)
+    ob = max(m1 - m0 for m0, m1 in blocks)
+    workers = chunkWorkers(len(blocks))
+    bufs = [(workspace.get(f"w42-u{k}", (POSITIONS * ob * c,), x.dtype),
+             workspace.get(f"w42-m{k}", (POSITIONS * ob * p,), x.dtype)) for k in range(workers)]
+
+    def block(k, item):
+        (ub, mb), (m0, m1) = bufs[k], item
+        if flip:  # w's rows are this call's input channels, its columns [m0, m1) the block's maps
+            u = leadingView(ub, (POSITIONS, c, m1 - m0))
+            _kernelTransform(wc, u, 0, c, m0, m1, g, True)
+            u = u.transpose(0, 2, 1)
+        else:
+            u = leadingView(ub, (POSITIONS, m1 - m0, c))
+            _kernelTransform(wc, u, m0, m1, 0, c, g, False)
+        m = leadingView(mb, (POSITIONS, m1 - m0, p))
+        if sgemm.applies(m.dtype):
+            sgemm.batched(u, v, m)
+        else:
+            np.matmul(u, v, out=m)
+        _outputTransform(m.reshape(POSITIONS, -1), m0, y, biasv, th, tw, 0, total, m0, m1, cst)
+
+    shareItems(block, blocks, workers)
+    return y
