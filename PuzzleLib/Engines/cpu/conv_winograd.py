@@ -145,6 +145,109 @@ def _rowA(g0, g1, g2, g3, s, a, n, two, four, eight):
             s[p] = g3[p]
 
 
+def _copyTileRows(x, D, E, cs, ce, q0, q1, th, step, ph, pw, S, zero):
+    """The input rows of tile rows [q0, q1) (q = n * th + ty) of channels [cs, ce), end to end: row i of the tile
+    (input row step * ty + i - ph; zero outside the map) gives padded columns [0, S) to D[i] at (c - cs) * nq +
+    (q - q0) times S, and columns S and S + 1 to E[i] at twice that index (read by the row's last tile). The
+    copy stage of the input transforms (D.shape[0] rows per tile: 6 for F(4, 3) down the columns, 4 for F(2, 3)).
+    """
+    h, w = x.shape[2], x.shape[3]
+    nq = q1 - q0
+    lo = min(S + 2, max(0, pw))             # padded columns [lo, hi) lie inside the map
+    hi = max(lo, min(S + 2, pw + w))
+    for c in range(cs, ce):
+        for q in range(q0, q1):
+            b, ty = q // th, q % th
+            rr = (c - cs) * nq + (q - q0)
+            base = rr * S
+            for i in range(D.shape[0]):
+                r = ty * step + i - ph
+                if r < 0 or r >= h:
+                    for k in range(S):
+                        D[i, base + k] = zero
+                    E[i, 2 * rr] = zero
+                    E[i, 2 * rr + 1] = zero
+                    continue
+                for k in range(min(lo, S)):
+                    D[i, base + k] = zero
+                # Unsigned indices: numba then drops its negative-index wrap-around, and LLVM vectorises
+                # the copy (4x faster than signed indices).
+                ub, uc, ur, ui = uintp(b), uintp(c), uintp(r), uintp(i)
+                for k in range(lo, min(hi, S)):
+                    D[ui, uintp(base + k)] = x[ub, uc, ur, uintp(k - pw)]
+                for k in range(max(hi, lo), S):
+                    D[i, base + k] = zero
+                for k in range(2):
+                    col = S + k
+                    E[i, 2 * rr + k] = x[b, c, r, col - pw] if lo <= col < hi else zero
+
+
+def _storeTileRows(Y, y, os_, oe, q0, q1, th, S):
+    """y[n, o, Y.shape[0] * ty + i, :] = Y[i] at ((o - os_) * nq + q - q0) * S, for maps [os_, oe) and tile rows
+    [q0, q1), inside the map (the rows and columns of edge tiles past it dropped): the output transforms' last
+    stage, Y[i] holding row i of every tile row end to end."""
+    oh, ow = y.shape[2], y.shape[3]
+    rows = Y.shape[0]
+    nq = q1 - q0
+    for o in range(os_, oe):
+        for q in range(q0, q1):
+            b, ty = q // th, q % th
+            base = ((o - os_) * nq + (q - q0)) * S
+            for i in range(rows):
+                row = ty * rows + i
+                if row >= oh:
+                    break
+                ub, uo, ur, ui = uintp(b), uintp(o), uintp(row), uintp(i)
+                for k in range(ow):
+                    y[ub, uo, ur, uintp(k)] = Y[ui, uintp(base + k)]
+
+
+def _biasRun(bias, bt, os_, oe, P):
+    """bt[(o - os_) * P + t] = bias[o]: each map's bias over its P tiles (added in the output transforms' row pass)."""
+    for o in range(os_, oe):
+        bv = bias[o]
+        for p in range((o - os_) * P, (o - os_ + 1) * P):
+            bt[p] = bv
+
+
+def _columnsAT(m0, m1, m2, m3, m4, m5, r0, r1, r2, r3, n, two, four, eight):
+    """r_i[:n] = row i of F(4, 3)'s A^T applied down the six rows m0..m5 (the output transforms' first pass)."""
+    for p in range(n):
+        r0[p] = m0[p] + m1[p] + m2[p] + m3[p] + m4[p]
+        r1[p] = m1[p] - m2[p] + two * (m3[p] - m4[p])
+        r2[p] = m1[p] + m2[p] + four * (m3[p] + m4[p])
+        r3[p] = m1[p] - m2[p] + eight * (m3[p] - m4[p]) + m5[p]
+
+
+def _columnsB2(e, f, v0, v1, v2, v3, rows, tw):
+    """v_b[p] = row b of F(2, 3)'s B^T applied along the flat row e, tile p reading columns 2 p .. 2 p + 3
+    (stride-2 loads), for the rows * tw tiles; the last tile of each row is redone with its columns 2 and 3
+    from f (2 per row). The column pass of conv_winograd2x2's and conv_winograd4x2's input transforms."""
+    for p in range(rows * tw):
+        u = uintp(2 * p)
+        e0, e1, e2, e3 = e[u], e[u + uintp(1)], e[u + uintp(2)], e[u + uintp(3)]
+        v0[p] = e0 - e2
+        v1[p] = e1 + e2
+        v2[p] = e2 - e1
+        v3[p] = e1 - e3
+    for rr in range(rows):  # the last tile of each row: its columns 2 and 3 are in f
+        p = rr * tw + tw - 1
+        e0, e1, e2, e3 = e[2 * p], e[2 * p + 1], f[2 * rr], f[2 * rr + 1]
+        v0[p] = e0 - e2
+        v1[p] = e1 + e2
+        v2[p] = e2 - e1
+        v3[p] = e1 - e3
+
+
+def _rowsA2(e0, e1, e2, e3, bt, yi, n):
+    """yi[2 p], yi[2 p + 1] = F(2, 3)'s A applied along the four columns e0..e3 of tile p, plus bt[p] (stride-2
+    stores): the row pass of conv_winograd2x2's and conv_winograd4x2's output transforms."""
+    for p in range(n):
+        bv, u = bt[p], uintp(2 * p)
+        yi[u] = e0[p] + e1[p] + e2[p] + bv
+        yi[u + uintp(1)] = e1[p] - e2[p] - e3[p] + bv
+
+
 def _inputTransform(x, V, off, gStride, cg, ph, pw, th, tw, q0, q1, cst, c0, c1, a0, a1):
     """V[(a - a0) * 6 + b, at(c) + (q - q0) * tw + tx] = (B^T d B)[a, b] for the tile (row q = n * th + ty,
     column tx) and the transform rows a in [a0, a1) (all six, or a weight-gradient part's share).
@@ -161,7 +264,6 @@ def _inputTransform(x, V, off, gStride, cg, ph, pw, th, tw, q0, q1, cst, c0, c1,
     fast-math: every value is computed in the order written (rows first, then columns), so results are
     the same on every run.
     """
-    h, w = x.shape[2], x.shape[3]
     nq = q1 - q0
     P, S = nq * tw, 4 * tw
     cb = max(1, min(c1 - c0, VECTOR_SPAN // max(P, 1)))
@@ -174,36 +276,10 @@ def _inputTransform(x, V, off, gStride, cg, ph, pw, th, tw, q0, q1, cst, c0, c1,
     # Constants typed like the data, so float32 stays float32 (a literal would promote to float64).
     two, four, five = cst[0], cst[1], cst[2]
     zero = cst[0] - cst[0]
-    lo = min(S + 2, max(0, pw))             # padded columns [lo, hi) lie inside the map
-    hi = max(lo, min(S + 2, pw + w))
     cs = c0
     while cs < c1:
         ce = min(c1, cs + cb, (cs // cg + 1) * cg)  # a block stays within its group (contiguous in V)
-        for c in range(cs, ce):
-            for q in range(q0, q1):
-                b, ty = q // th, q % th
-                rr = (c - cs) * nq + (q - q0)
-                base = rr * S
-                for i in range(6):
-                    r = ty * 4 + i - ph
-                    if r < 0 or r >= h:
-                        for k in range(S):
-                            D[i, base + k] = zero
-                        E[i, 2 * rr] = zero
-                        E[i, 2 * rr + 1] = zero
-                        continue
-                    for k in range(min(lo, S)):
-                        D[i, base + k] = zero
-                    # Unsigned indices: numba then drops its negative-index wrap-around, and LLVM vectorises
-                    # the copy (4x faster than signed indices).
-                    ub, uc, ur, ui = uintp(b), uintp(c), uintp(r), uintp(i)
-                    for k in range(lo, min(hi, S)):
-                        D[ui, uintp(base + k)] = x[ub, uc, ur, uintp(k - pw)]
-                    for k in range(max(hi, lo), S):
-                        D[i, base + k] = zero
-                    for k in range(2):
-                        col = S + k
-                        E[i, 2 * rr + k] = x[b, c, r, col - pw] if lo <= col < hi else zero
+        _copyTileRows(x, D, E, cs, ce, q0, q1, th, 4, ph, pw, S, zero)
         rows = (ce - cs) * nq
         L4 = rows * S + 4
         if a1 - a0 < 6:  # a share of the tile positions (the weight gradient's parts): their rows only
@@ -260,7 +336,6 @@ def _outputTransform(M, off, gStride, og, y, bias, th, tw, q0, q1, cst, o0, o1):
     interleaved store, vectorised), so that Y[i] is the block's output rows laid end to end; they are
     then copied into the map (the columns and rows of edge tiles past the map are dropped).
     """
-    oh, ow = y.shape[2], y.shape[3]
     nq = q1 - q0
     P, S = nq * tw, 4 * tw
     ob = max(1, min(o1 - o0, VECTOR_SPAN // max(P, 1)))
@@ -273,18 +348,10 @@ def _outputTransform(M, off, gStride, og, y, bias, th, tw, q0, q1, cst, o0, o1):
         oe = min(o1, os_ + ob, (os_ // og + 1) * og)
         s0, L = off + (os_ // og) * gStride + (os_ % og) * P, (oe - os_) * P
         for bb in range(6):
-            m0, m1, m2 = M[bb, s0:s0 + L], M[6 + bb, s0:s0 + L], M[12 + bb, s0:s0 + L]
-            m3, m4, m5 = M[18 + bb, s0:s0 + L], M[24 + bb, s0:s0 + L], M[30 + bb, s0:s0 + L]
-            r0, r1, r2, r3 = T[0, bb], T[1, bb], T[2, bb], T[3, bb]
-            for p in range(L):
-                r0[p] = m0[p] + m1[p] + m2[p] + m3[p] + m4[p]
-                r1[p] = m1[p] - m2[p] + two * (m3[p] - m4[p])
-                r2[p] = m1[p] + m2[p] + four * (m3[p] + m4[p])
-                r3[p] = m1[p] - m2[p] + eight * (m3[p] - m4[p]) + m5[p]
-        for o in range(os_, oe):
-            bv = bias[o]
-            for p in range((o - os_) * P, (o - os_ + 1) * P):
-                bt[p] = bv
+            _columnsAT(M[bb, s0:s0 + L], M[6 + bb, s0:s0 + L], M[12 + bb, s0:s0 + L], M[18 + bb, s0:s0 + L],
+                       M[24 + bb, s0:s0 + L], M[30 + bb, s0:s0 + L], T[0, bb], T[1, bb], T[2, bb], T[3, bb], L,
+                       two, four, eight)
+        _biasRun(bias, bt, os_, oe, P)
         for i in range(4):
             e0, e1, e2, e3, e4, e5 = T[i, 0], T[i, 1], T[i, 2], T[i, 3], T[i, 4], T[i, 5]
             yi = Y[i]
@@ -294,17 +361,7 @@ def _outputTransform(M, off, gStride, og, y, bias, th, tw, q0, q1, cst, o0, o1):
                 yi[u + uintp(1)] = e1[p] - e2[p] + two * (e3[p] - e4[p]) + bv
                 yi[u + uintp(2)] = e1[p] + e2[p] + four * (e3[p] + e4[p]) + bv
                 yi[u + uintp(3)] = e1[p] - e2[p] + eight * (e3[p] - e4[p]) + e5[p] + bv
-        for o in range(os_, oe):
-            for q in range(q0, q1):
-                b, ty = q // th, q % th
-                base = ((o - os_) * nq + (q - q0)) * S
-                for i in range(4):
-                    row = ty * 4 + i
-                    if row >= oh:
-                        break
-                    ub, uo, ur, ui = uintp(b), uintp(o), uintp(row), uintp(i)
-                    for k in range(ow):
-                        y[ub, uo, ur, uintp(k)] = Y[ui, uintp(base + k)]
+        _storeTileRows(Y, y, os_, oe, q0, q1, th, S)
         os_ = oe
 
 
@@ -376,6 +433,12 @@ def _gradTransform(dy, Mg, off, gStride, og, th, tw, q0, q1, cst, o0, o1, a0, a1
 
 
 if available:
+    _copyTileRows = njit(cache=True, nogil=True, inline="always")(_copyTileRows)
+    _storeTileRows = njit(cache=True, nogil=True, inline="always")(_storeTileRows)
+    _biasRun = njit(cache=True, nogil=True, inline="always")(_biasRun)
+    _columnsAT = njit(cache=True, nogil=True, inline="always")(_columnsAT)
+    _columnsB2 = njit(cache=True, nogil=True, inline="always")(_columnsB2)
+    _rowsA2 = njit(cache=True, nogil=True, inline="always")(_rowsA2)
     _rowB = njit(cache=True, nogil=True)(_rowB)
     _allRowsB = njit(cache=True, nogil=True)(_allRowsB)
     _rowA = njit(cache=True, nogil=True)(_rowA)

@@ -146,7 +146,6 @@ def _inputTransform(x, V, cb0, ph, pw, th, tw, q0, q1, c0, c1):
     columns 2 t .. 2 t + 3 (a stride-2 interleaved load, vectorised); the last tile of each row is redone
     with its columns 2 and 3 from E. Additions only, in the order written: the same bits on every run.
     """
-    h, w = x.shape[2], x.shape[3]
     nq = q1 - q0
     P, S = nq * tw, 2 * tw
     cb = max(1, min(c1 - c0, VECTOR_SPAN // max(P, 1)))
@@ -154,38 +153,11 @@ def _inputTransform(x, V, cb0, ph, pw, th, tw, q0, q1, c0, c1):
     T = np.empty((4, cb * nq * S + 4), dtype=x.dtype)
     E = np.empty((4, cb * nq * 2), dtype=x.dtype)
     F = np.empty((4, cb * nq * 2), dtype=x.dtype)
-    lo = min(S + 2, max(0, pw))             # padded columns [lo, hi) lie inside the map
-    hi = max(lo, min(S + 2, pw + w))
+    zero = np.zeros(1, dtype=x.dtype)[0]
     cs = c0
     while cs < c1:
         ce = min(c1, cs + cb)
-        for c in range(cs, ce):
-            for q in range(q0, q1):
-                b, ty = q // th, q % th
-                rr = (c - cs) * nq + (q - q0)
-                base = rr * S
-                for i in range(4):
-                    r = ty * 2 + i - ph
-                    if r < 0 or r >= h:
-                        for k in range(S):
-                            D[i, base + k] = 0
-                        E[i, 2 * rr] = 0
-                        E[i, 2 * rr + 1] = 0
-                        continue
-                    for k in range(min(lo, S)):
-                        D[i, base + k] = 0
-                    # Unsigned indices: no negative-index wrap-around, so LLVM vectorises the copy.
-                    ub, uc, ur, ui = uintp(b), uintp(c), uintp(r), uintp(i)
-                    for k in range(lo, min(hi, S)):
-                        D[ui, uintp(base + k)] = x[ub, uc, ur, uintp(k - pw)]
-                    for k in range(max(hi, lo), S):
-                        D[i, base + k] = 0
-                    for k in range(2):
-                        col = S + k
-                        if lo <= col < hi:
-                            E[i, 2 * rr + k] = x[b, c, r, col - pw]
-                        else:
-                            E[i, 2 * rr + k] = 0
+        conv_winograd._copyTileRows(x, D, E, cs, ce, q0, q1, th, 2, ph, pw, S, zero)
         rows = (ce - cs) * nq
         for src, dst, n in ((D, T, rows * S + 4), (E, F, 2 * rows)):
             d0, d1, d2, d3 = src[0], src[1], src[2], src[3]
@@ -198,23 +170,8 @@ def _inputTransform(x, V, cb0, ph, pw, th, tw, q0, q1, c0, c1):
         o0 = (cs - cb0) * P
         L = rows * tw
         for a in range(4):
-            e, f = T[a], F[a]
-            v0, v1 = V[4 * a, o0:o0 + L], V[4 * a + 1, o0:o0 + L]
-            v2, v3 = V[4 * a + 2, o0:o0 + L], V[4 * a + 3, o0:o0 + L]
-            for p in range(L):
-                u = uintp(2 * p)
-                e0, e1, e2, e3 = e[u], e[u + uintp(1)], e[u + uintp(2)], e[u + uintp(3)]
-                v0[p] = e0 - e2
-                v1[p] = e1 + e2
-                v2[p] = e2 - e1
-                v3[p] = e1 - e3
-            for rr in range(rows):  # the last tile of each row: its columns 2 and 3 are in F
-                p = rr * tw + tw - 1
-                e0, e1, e2, e3 = e[2 * p], e[2 * p + 1], f[2 * rr], f[2 * rr + 1]
-                v0[p] = e0 - e2
-                v1[p] = e1 + e2
-                v2[p] = e2 - e1
-                v3[p] = e1 - e3
+            conv_winograd._columnsB2(T[a], F[a], V[4 * a, o0:o0 + L], V[4 * a + 1, o0:o0 + L],
+                                     V[4 * a + 2, o0:o0 + L], V[4 * a + 3, o0:o0 + L], rows, tw)
         cs = ce
 
 
@@ -226,7 +183,6 @@ def _outputTransform(M, mb0, y, bias, th, tw, q0, q1, o0, o1):
     the bias into Y[i], tile t holding columns 2 t, 2 t + 1 (a stride-2 store), so that Y[i] holds the
     block's output rows end to end; they are copied into the map (edge tiles' extra row/column dropped).
     """
-    oh, ow = y.shape[2], y.shape[3]
     nq = q1 - q0
     P, S = nq * tw, 2 * tw
     ob = max(1, min(o1 - o0, VECTOR_SPAN // max(P, 1)))
@@ -243,28 +199,10 @@ def _outputTransform(M, mb0, y, bias, th, tw, q0, q1, o0, o1):
             for p in range(L):
                 r0[p] = m0[p] + m1[p] + m2[p]
                 r1[p] = m1[p] - m2[p] - m3[p]
-        for o in range(os_, oe):
-            bv = bias[o]
-            for p in range((o - os_) * P, (o - os_ + 1) * P):
-                bt[p] = bv
+        conv_winograd._biasRun(bias, bt, os_, oe, P)
         for i in range(2):
-            e0, e1, e2, e3 = R[i, 0], R[i, 1], R[i, 2], R[i, 3]
-            yi = Y[i]
-            for p in range(L):
-                bv, u = bt[p], uintp(2 * p)
-                yi[u] = e0[p] + e1[p] + e2[p] + bv
-                yi[u + uintp(1)] = e1[p] - e2[p] - e3[p] + bv
-        for o in range(os_, oe):
-            for q in range(q0, q1):
-                b, ty = q // th, q % th
-                base = ((o - os_) * nq + (q - q0)) * S
-                for i in range(2):
-                    row = ty * 2 + i
-                    if row >= oh:
-                        break
-                    ub, uo, ur, ui = uintp(b), uintp(o), uintp(row), uintp(i)
-                    for k in range(ow):
-                        y[ub, uo, ur, uintp(k)] = Y[ui, uintp(base + k)]
+            conv_winograd._rowsA2(R[i, 0], R[i, 1], R[i, 2], R[i, 3], bt, Y[i], L)
+        conv_winograd._storeTileRows(Y, y, os_, oe, q0, q1, th, S)
         os_ = oe
 
 

@@ -71,7 +71,6 @@ def _inputTransform(x, V, ph, pw, th, tw, q0, q1, c0, c1, cst):
     input rows (padding fused) copied end to end into D[i] (the two columns past them, read by the last
     tile, into E), F(4, 3)'s B^T down the rows in one pass, then F(2, 3)'s B along the columns, tile t
     reading columns 2 t .. 2 t + 3 (stride-2 loads), the last tile of each row redone from E."""
-    h, w = x.shape[2], x.shape[3]
     nq = q1 - q0
     P, S = nq * tw, 2 * tw
     cb = max(1, min(c1 - c0, VECTOR_SPAN // max(P, 1)))
@@ -81,57 +80,18 @@ def _inputTransform(x, V, ph, pw, th, tw, q0, q1, c0, c1, cst):
     F = np.empty((6, cb * nq * 2), dtype=x.dtype)
     two, four, five = cst[0], cst[1], cst[2]
     zero = cst[0] - cst[0]
-    lo = min(S + 2, max(0, pw))             # padded columns [lo, hi) lie inside the map
-    hi = max(lo, min(S + 2, pw + w))
     cs = c0
     while cs < c1:
         ce = min(c1, cs + cb)
-        for c in range(cs, ce):
-            for q in range(q0, q1):
-                b, ty = q // th, q % th
-                rr = (c - cs) * nq + (q - q0)
-                base = rr * S
-                for i in range(6):
-                    r = ty * 4 + i - ph
-                    if r < 0 or r >= h:
-                        for k in range(S):
-                            D[i, base + k] = zero
-                        E[i, 2 * rr] = zero
-                        E[i, 2 * rr + 1] = zero
-                        continue
-                    for k in range(min(lo, S)):
-                        D[i, base + k] = zero
-                    ub, uc, ur, ui = uintp(b), uintp(c), uintp(r), uintp(i)
-                    for k in range(lo, min(hi, S)):
-                        D[ui, uintp(base + k)] = x[ub, uc, ur, uintp(k - pw)]
-                    for k in range(max(hi, lo), S):
-                        D[i, base + k] = zero
-                    for k in range(2):
-                        col = S + k
-                        E[i, 2 * rr + k] = x[b, c, r, col - pw] if lo <= col < hi else zero
+        conv_winograd._copyTileRows(x, D, E, cs, ce, q0, q1, th, 4, ph, pw, S, zero)
         rows = (ce - cs) * nq
         conv_winograd._allRowsB(D, T, rows * S + 4, two, four, five)
         conv_winograd._allRowsB(E, F, 2 * rows, two, four, five)
         o0 = cs * P
         L = rows * tw
         for a in range(6):
-            e, f = T[a], F[a]
-            v0, v1 = V[4 * a, o0:o0 + L], V[4 * a + 1, o0:o0 + L]
-            v2, v3 = V[4 * a + 2, o0:o0 + L], V[4 * a + 3, o0:o0 + L]
-            for p in range(L):
-                u = uintp(2 * p)
-                e0, e1, e2, e3 = e[u], e[u + uintp(1)], e[u + uintp(2)], e[u + uintp(3)]
-                v0[p] = e0 - e2
-                v1[p] = e1 + e2
-                v2[p] = e2 - e1
-                v3[p] = e1 - e3
-            for rr in range(rows):  # the last tile of each row: its columns 2 and 3 are in F
-                p = rr * tw + tw - 1
-                e0, e1, e2, e3 = e[2 * p], e[2 * p + 1], f[2 * rr], f[2 * rr + 1]
-                v0[p] = e0 - e2
-                v1[p] = e1 + e2
-                v2[p] = e2 - e1
-                v3[p] = e1 - e3
+            conv_winograd._columnsB2(T[a], F[a], V[4 * a, o0:o0 + L], V[4 * a + 1, o0:o0 + L],
+                                     V[4 * a + 2, o0:o0 + L], V[4 * a + 3, o0:o0 + L], rows, tw)
         cs = ce
 
 
@@ -142,7 +102,6 @@ def _outputTransform(M, mb0, y, bias, th, tw, q0, q1, o0, o1, cst):
     Per block of maps: F(4, 3)'s A^T down the columns of the 6x4 tiles, then F(2, 3)'s A along the rows plus
     the bias into Y[i] (stride-2 stores: Y[i] holds the block's output rows end to end), copied into the map
     (the rows and columns of edge tiles past it dropped)."""
-    oh, ow = y.shape[2], y.shape[3]
     nq = q1 - q0
     P, S = nq * tw, 2 * tw
     ob = max(1, min(o1 - o0, VECTOR_SPAN // max(P, 1)))
@@ -155,36 +114,13 @@ def _outputTransform(M, mb0, y, bias, th, tw, q0, q1, o0, o1, cst):
         oe = min(o1, os_ + ob)
         s0, L = (os_ - mb0) * P, (oe - os_) * P
         for bb in range(4):
-            m0, m1, m2 = M[bb, s0:s0 + L], M[4 + bb, s0:s0 + L], M[8 + bb, s0:s0 + L]
-            m3, m4, m5 = M[12 + bb, s0:s0 + L], M[16 + bb, s0:s0 + L], M[20 + bb, s0:s0 + L]
-            r0, r1, r2, r3 = R[0, bb], R[1, bb], R[2, bb], R[3, bb]
-            for p in range(L):
-                r0[p] = m0[p] + m1[p] + m2[p] + m3[p] + m4[p]
-                r1[p] = m1[p] - m2[p] + two * (m3[p] - m4[p])
-                r2[p] = m1[p] + m2[p] + four * (m3[p] + m4[p])
-                r3[p] = m1[p] - m2[p] + eight * (m3[p] - m4[p]) + m5[p]
-        for o in range(os_, oe):
-            bv = bias[o]
-            for p in range((o - os_) * P, (o - os_ + 1) * P):
-                bt[p] = bv
+            conv_winograd._columnsAT(M[bb, s0:s0 + L], M[4 + bb, s0:s0 + L], M[8 + bb, s0:s0 + L],
+                                     M[12 + bb, s0:s0 + L], M[16 + bb, s0:s0 + L], M[20 + bb, s0:s0 + L],
+                                     R[0, bb], R[1, bb], R[2, bb], R[3, bb], L, two, four, eight)
+        conv_winograd._biasRun(bias, bt, os_, oe, P)
         for i in range(4):
-            e0, e1, e2, e3 = R[i, 0], R[i, 1], R[i, 2], R[i, 3]
-            yi = Y[i]
-            for p in range(L):
-                bv, u = bt[p], uintp(2 * p)
-                yi[u] = e0[p] + e1[p] + e2[p] + bv
-                yi[u + uintp(1)] = e1[p] - e2[p] - e3[p] + bv
-        for o in range(os_, oe):
-            for q in range(q0, q1):
-                b, ty = q // th, q % th
-                base = ((o - os_) * nq + (q - q0)) * S
-                for i in range(4):
-                    row = ty * 4 + i
-                    if row >= oh:
-                        break
-                    ub, uo, ur, ui = uintp(b), uintp(o), uintp(row), uintp(i)
-                    for k in range(ow):
-                        y[ub, uo, ur, uintp(k)] = Y[ui, uintp(base + k)]
+            conv_winograd._rowsA2(R[i, 0], R[i, 1], R[i, 2], R[i, 3], bt, Y[i], L)
+        conv_winograd._storeTileRows(Y, y, os_, oe, q0, q1, th, S)
         os_ = oe
 
 
