@@ -308,6 +308,12 @@ def ranges(total, parts):
     return [(total * k // parts, total * (k + 1) // parts) for k in range(parts)]
 
 
+def pieces(count, workers):
+    """[0, count) in 4 ranges per worker (fewer when count is small): elementwise work shared by shareItems, the
+    threads taking the next piece as they finish."""
+    return ranges(count, max(1, min(count, 4 * workers)))
+
+
 def runs(items, parts):
     """``items`` cut into ``parts`` contiguous runs of about equal length (fixed by the counts alone)."""
     return [items[lo:hi] for lo, hi in ranges(len(items), parts)]

@@ -22,6 +22,7 @@ from PuzzleLib.Engines.cpu.conv_common import (
     parallel,
     params3,
     prod,
+    ranges,
     rowTiles,
     shape5,
     tapRange,
@@ -69,17 +70,20 @@ def _itemsPacked(w, b, out, bias):
     N1 256->64 56x56 0.92."""
     panels = sgemm.packA(w, workspace.get("gemm-packed", sgemm.packedShape(*w.shape), out.dtype))
     rows = sgemm.biasRows(bias, w.shape[0])
-    n = out.shape[0]
-    if n < _GEMM_PARTS or out.size * w.shape[1] < conv_common.PARALLEL_WORK:
-        _packedProduct(panels, rows, b, out, True, None)
+    _byItems(out.shape[0], out.size * w.shape[1],
+             lambda: _packedProduct(panels, rows, b, out, True, None),
+             lambda items: _packedProduct(panels, rows, b[items], out[items], False, sgemm.Scratch()))
+
+
+def _byItems(n, work, whole, run):
+    """whole() with fewer than _GEMM_PARTS items or little ``work`` (it splits its columns itself), else
+    run(items) for _GEMM_PARTS fixed runs of whole items, one thread each: the runs depend on the shape alone, so
+    the result does not depend on the thread count."""
+    if n < _GEMM_PARTS or work < conv_common.PARALLEL_WORK:
+        whole()
         return
-    bounds = [n * k // _GEMM_PARTS for k in range(_GEMM_PARTS + 1)]
-
-    def part(_, j):
-        items = slice(bounds[j], bounds[j + 1])
-        _packedProduct(panels, rows, b[items], out[items], False, sgemm.Scratch())
-
-    conv_common.dealParts(part, _GEMM_PARTS)
+    parts = ranges(n, _GEMM_PARTS)
+    conv_common.dealParts(lambda _, j: run(slice(*parts[j])), _GEMM_PARTS)
 
 
 def gemmWorkspace(direction, xShape, wShape, groups, itemsize):
@@ -124,22 +128,17 @@ def _itemsMatmul(a, b, out, bias=None):
     thread, full-width GEMMs, each adding the bias to its own items while they are in cache; same process,
     interleaved, N8 256->64 56x56 forward 7.25 -> 6.85 ms and 64->256 9.66 -> 7.57 against output columns cut
     in two (conv_common.matmul) and a separate bias pass. One item: its columns cut (conv_common.matmul)."""
-    n = out.shape[0]
-    if n < _GEMM_PARTS or out.size * a.shape[-1] < conv_common.PARALLEL_WORK:
+    def whole():
         conv_common.matmul(a, b, out)
         if bias is not None:
-            out += bias
-        return
-    # The runs are fixed by the shape: the result does not depend on the thread count.
-    bounds = [n * k // _GEMM_PARTS for k in range(_GEMM_PARTS + 1)]
+            np.add(out, bias, out=out)
 
-    def part(_, j):
-        items = slice(bounds[j], bounds[j + 1])
+    def run(items):
         np.matmul(a, b[items], out=out[items])
         if bias is not None:
             out[items] += bias
 
-    conv_common.dealParts(part, _GEMM_PARTS)
+    _byItems(out.shape[0], out.size * a.shape[-1], whole, run)
 
 
 _GEMM_PARTS = 2

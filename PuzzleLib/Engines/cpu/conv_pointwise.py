@@ -20,7 +20,7 @@ float64 reference 1.4e-6 on case 2 (BLAS 4.4e-7), 0.2e-6 to 2.9e-6 on the others
 import numpy as np
 
 from PuzzleLib.Engines.cpu import sgemm
-from PuzzleLib.Engines.cpu.conv_common import parallel, prod, workspace
+from PuzzleLib.Engines.cpu.conv_common import parallel, prod, ranges, workspace
 
 try:
     from numba import njit
@@ -70,7 +70,7 @@ def _plan(xShape, wShape, groups, itemsize):
     rows, cols = (og, cg) if swapped else (cg, og)
     units = _units(n, prod(xShape[2:]), rows, itemsize)
     block = int((units[:, 2] - units[:, 1]).max()) if units.size else 0
-    return rows, -(-cols // 8) * 8, swapped, units, block, min(_PARTS, len(units))
+    return rows, sgemm.wholeTiles(cols), swapped, units, block, min(_PARTS, len(units))
 
 
 def workspaceBytes(xShape, wShape, groups, itemsize=4):
@@ -131,7 +131,7 @@ def backwardParams(x, dy, wShape, groups):
     xs = np.ascontiguousarray(x).reshape(n, groups, cg, pixels)
     dys = np.ascontiguousarray(dy).reshape(n, groups, og, pixels)
     a, b = (dys, xs) if swapped else (xs, dys)
-    bounds = [len(units) * h // parts for h in range(parts + 1)]
+    bounds = ranges(len(units), parts)
     partials = workspace.get("pointwise-dw", (parts, groups, rows, cols), x.dtype)
     # Each thread's buffers, taken here (the workspace is not thread-safe): a thread runs a range of parts and
     # uses the buffers of its first.
@@ -144,7 +144,7 @@ def backwardParams(x, dy, wShape, groups):
         bT[:, b.shape[2]:] = 0  # padding columns: theirs in the partials come out zero and are dropped
         edges = sgemm.Scratch().forDepth(block)
         for h in range(h0, h1):
-            _partUnits(a, b, units, bounds[h], bounds[h + 1], partials[h], bT, item, zeros, *edges)
+            _partUnits(a, b, units, *bounds[h], partials[h], bT, item, zeros, *edges)
 
     parallel(part, parts, n * pixels * c * og)
     total = partials[0]

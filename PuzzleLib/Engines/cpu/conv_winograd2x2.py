@@ -34,7 +34,15 @@ direction. The tests assert the stated bound, 1e-5 (float32) and 1e-13 (float64)
 import numpy as np
 
 from PuzzleLib.Engines.cpu import conv_winograd, conv_winograd4x2, sgemm
-from PuzzleLib.Engines.cpu.conv_common import biasVector, chunkWorkers, leadingView, ranges, shareItems, workspace
+from PuzzleLib.Engines.cpu.conv_common import (
+    biasVector,
+    chunkWorkers,
+    leadingView,
+    pieces,
+    ranges,
+    shareItems,
+    workspace,
+)
 
 try:
     from numba import njit, uintp
@@ -303,22 +311,15 @@ def _chunks(total, tw, perTileBytes, whole):
     return [(total * i // m, total * (i + 1) // m) for i in range(m)]
 
 
-def _pieces(count, workers):
-    """[(a, b)]: [0, count) in 4 pieces per worker (fewer when count is small)."""
-    m = max(1, min(count, 4 * workers))
-    return [(count * i // m, count * (i + 1) // m) for i in range(m)]
-
-
 def workspaceBytes(direction, xShape, wShape, pad, groups, itemsize=4):
     """Bytes of the scratch buffers of one call (V, and each thread's kernel slice and products)."""
     n, c, h, w = xShape
     o, cg = wShape[0], wShape[1]
     og = o // groups
-    if direction == "forward" and conv_winograd4x2.preferred(xShape, wShape, pad, groups, itemsize):
+    if direction == "forward" and conv_winograd4x2.preferred(xShape, pad, groups, itemsize):
         return conv_winograd4x2.workspaceBytes(direction, xShape, wShape, pad, itemsize)
     dyShape = (n, o, h + 2 * pad[0] - 2, w + 2 * pad[1] - 2)
-    if direction == "backwardData" and conv_winograd4x2.preferred(dyShape, wShape, (2 - pad[0], 2 - pad[1]), groups,
-                                                                    itemsize):
+    if direction == "backwardData" and conv_winograd4x2.preferred(dyShape, (2 - pad[0], 2 - pad[1]), groups, itemsize):
         return conv_winograd4x2.workspaceBytes(direction, xShape, wShape, pad, itemsize)
     if direction == "backwardData":  # the forward of dy (n, o, oh, ow) into c maps
         h, w = h + 2 * pad[0] - 2, w + 2 * pad[1] - 2
@@ -350,21 +351,21 @@ def _transformAll(x, v, pad, th, tw, total):
     gives the same bits)."""
     workers = chunkWorkers(x.shape[1])
     shareItems(lambda k, r: _inputTransform(x, v, 0, pad[0], pad[1], th, tw, 0, total, r[0], r[1]),
-               _pieces(x.shape[1], workers), workers)
+               pieces(x.shape[1], workers), workers)
 
 
 # -- the three directions ---------------------------------------------------------------------------------
 def forward(x, w, bias, pad, groups):
     """Forward 3x3 stride-1 convolution of x (N, C, H, W) with w (O, C // groups, 3, 3); pad may be negative.
     Where F(4x2, 3x3) makes fewer products (conv_winograd4x2.preferred), it runs that instead."""
-    if conv_winograd4x2.preferred(x.shape, w.shape, pad, groups, x.itemsize):
+    if conv_winograd4x2.preferred(x.shape, pad, groups, x.itemsize):
         return conv_winograd4x2.forward(x, w, bias, pad)
     return _convolve(x, w, bias, pad, groups, flip=False)
 
 
 def backwardData(dy, w, xShape, pad, groups):
     """As forward, of dy with the flipped, transposed kernel and padding 2 - pad (F(4x2) where preferred)."""
-    if conv_winograd4x2.preferred(dy.shape, w.shape, (2 - pad[0], 2 - pad[1]), groups, dy.itemsize):
+    if conv_winograd4x2.preferred(dy.shape, (2 - pad[0], 2 - pad[1]), groups, dy.itemsize):
         return conv_winograd4x2.backwardData(dy, w, xShape, pad)
     dx = _convolve(dy, w, None, (2 - pad[0], 2 - pad[1]), groups, flip=True)
     assert dx.shape == tuple(xShape)
@@ -432,7 +433,7 @@ def _convolve(x, w, bias, pad, groups, flip):
     u = workspace.get("w2-u", (POSITIONS, rows, og if flip else cg), x.dtype)
     workers = chunkWorkers(rows)
     shareItems(lambda k, r: _kernelTransform(wc, u, 0, r[0], r[1], 0, u.shape[2], cst, order),
-               _pieces(rows, workers), workers)
+               pieces(rows, workers), workers)
     mats = [u[:, g * cg:(g + 1) * cg].transpose(0, 2, 1) if flip else u[:, g * og:(g + 1) * og]
             for g in range(groups)]
     step = max(q1 - q0 for q0, q1 in chunks) * tw

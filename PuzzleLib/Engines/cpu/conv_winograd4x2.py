@@ -27,7 +27,15 @@ Against F(2x2), same process, two threads, median of 15 paired ratios (forward /
 import numpy as np
 
 from PuzzleLib.Engines.cpu import conv_winograd, sgemm
-from PuzzleLib.Engines.cpu.conv_common import biasVector, chunkWorkers, leadingView, ranges, shareItems, workspace
+from PuzzleLib.Engines.cpu.conv_common import (
+    biasVector,
+    chunkWorkers,
+    leadingView,
+    pieces,
+    ranges,
+    shareItems,
+    workspace,
+)
 
 try:
     from numba import njit, uintp
@@ -50,7 +58,7 @@ def _tiles(h, w, pad):
     return -(-oh // 4), -(-ow // 2)
 
 
-def preferred(xShape, wShape, pad, groups, itemsize=4):
+def preferred(xShape, pad, groups, itemsize=4):
     """Whether the forward (and, with its own shapes, backward-data) of a convolution F(2x2) would run goes
     here instead: one group, V of all tiles within WHOLE_BYTES, and fewer products than F(2x2) (rows of 4
     outputs waste no more than rows of 2 would save: 3 * ceil(oh / 4) * 4 < 4 * ceil(oh / 2) * 2)."""
@@ -227,7 +235,7 @@ def _convolve(x, w, bias, pad, flip):
     v = workspace.get("w42-v", (POSITIONS, c * p), x.dtype)
     workers = chunkWorkers(c)  # elementwise: any split of the channels gives the same bits
     shareItems(lambda k, r: _inputTransform(xc, v, pad[0], pad[1], th, tw, 0, total, r[0], r[1], cst),
-               ranges(c, min(c, 4 * workers)), workers)
+               pieces(c, workers), workers)
     v = v.reshape(POSITIONS, c, p)
     blocks = _blocks(o)
     ob = max(m1 - m0 for m0, m1 in blocks)

@@ -527,7 +527,7 @@ def _padded(tiles, itemsize):
     whose last columns then run in place, not through its edge copies (case 5's (64 x 512) @ (512 x 196): 125 us,
     padded to 200: 116; sgemm alone, median of 300 calls, caches warm). BLAS (float64) gets the rows unpadded:
     nothing measured there, and its results keep their bits (OpenBLAS rounds a column's last bits by the width)."""
-    return -(-tiles // 8) * 8 if sgemm.applies(np.dtype(f"f{itemsize}")) else tiles
+    return sgemm.wholeTiles(tiles) if sgemm.applies(np.dtype(f"f{itemsize}")) else tiles
 
 
 def _tileParts(total, tw, cg, itemsize):

@@ -383,6 +383,12 @@ def columns(a, packed, b, c, bias, accumulate, j0, j1, edgeA, edgeB, edgeC):
         j += count
 
 
+def wholeTiles(columns):
+    """``columns`` rounded up to whole tiles of the narrowest width (8): a B or C padded so has its last columns
+    run in place, not through the edge copies."""
+    return -(-columns // 8) * 8
+
+
 def tileWidth(left):
     """(width, count): the tile (NR, 16 or 8 columns) that runs the next of ``left`` columns of a row, and how many
     of them it covers (fewer than its width at a row's end: those go through scratch)."""
