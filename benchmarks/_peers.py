@@ -61,6 +61,13 @@ def setupOurs(case, arrays, optimize=False):
     return calls, results, conv, optimizeInfo
 
 
+def freeOursHeld():
+    """Hands back the memory our engine keeps between calls (its scratch buffers)."""
+    from PuzzleLib.Backend import gpuarray
+
+    gpuarray.memoryPool.freeHeld()
+
+
 def runOptimize(conv, shape):
     """optimizeForShape if the module provides one; its time and whatever algorithm choice it recorded."""
     import time

@@ -446,10 +446,12 @@ def probeDirection(fn, forget, tracemallocToo):
 
 
 def probeHeld(calls, conv, optimizeShape=None):
-    """Ours: numpy memory the engine still holds after a direction's calls (workspace caches), by tracemalloc.
+    """Ours: numpy memory the engine still holds after a direction's calls (its scratch, kept for the next
+    call, and per-shape tables), by tracemalloc.
 
-    Tracing starts before the first call, so buffers an engine allocates once and keeps are seen; the
-    module's own new results (``.data``, ``.grad``, which the PuzzleLib contract keeps) are subtracted.
+    The engine's kept scratch is freed before each direction and tracing starts before its first call, so
+    the buffers it allocates and keeps are seen; the module's own new results (``.data``, ``.grad``, which
+    the PuzzleLib contract keeps) are subtracted.
     With --optimize, what optimizeForShape leaves held counts against every direction.
     """
     import tracemalloc
@@ -465,6 +467,7 @@ def probeHeld(calls, conv, optimizeShape=None):
             optimizeHeld = max(0, _numpyBytes(tracemalloc) - before)
         for d in DIRECTIONS:
             gc.collect()
+            _peers.freeOursHeld()  # the scratch an earlier direction left: this one's held bytes are its own
             before, resultsBefore = _numpyBytes(tracemalloc), _resultBytes(conv)
             calls[d]()
             calls[d]()

@@ -140,11 +140,15 @@ def directionCalls(x, w, dy, args, algo):
 
 
 def tracedPeak(run):
-    """run() once (compiled kernels, memoised plans), then again with tracemalloc on: the second call's result
-    and the most bytes it held at once (numpy's buffers included) beyond what was allocated before it."""
+    """run() once (compiled kernels, memoised plans), then again with tracemalloc on, the scratch the engine
+    keeps between calls dropped first: the second call's result and the most bytes it held at once (numpy's
+    buffers included, its scratch too) beyond what was allocated before it."""
     import tracemalloc
 
+    from PuzzleLib.Engines.cpu import conv_common
+
     run()
+    conv_common.workspace.release()
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()

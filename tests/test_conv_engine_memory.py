@@ -1,7 +1,7 @@
 """The convolution engine's scratch memory and its algorithm optimiser.
 
-Scratch buffers live for one call: nothing is held between calls, and a call's buffers stay within the
-stated bounds. optimizeForShape keeps a valid choice, gives the default's results, respects memlimit and
+Scratch buffers are kept between calls for reuse, up to a bound, until freed; a call's buffers stay within
+the stated bounds. optimizeForShape keeps a valid choice, gives the default's results, respects memlimit and
 leaves no memory held.
 """
 
@@ -9,7 +9,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import tracedPeak
+from conftest import convData, tracedPeak
 from reference import convBackwardData, convBackwardParams, convForward
 
 from PuzzleLib.Backend import gpuarray
@@ -32,7 +32,9 @@ SHAPES = [  # (x shape, w shape, pad, algo)
 
 
 @pytest.mark.parametrize("xShape,wShape,pad,algo", SHAPES)
-def test_noWorkspaceHeldBetweenCalls(xShape, wShape, pad, algo):
+def test_workspaceKeptBetweenCallsUntilFreed(xShape, wShape, pad, algo):
+    """What the calls keep beyond their results is the workspace, which a second round of calls reuses without
+    growing, and gpuarray.memoryPool.freeHeld() hands back."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal(xShape).astype(np.float32)
     w = rng.standard_normal(wShape).astype(np.float32)
@@ -40,19 +42,82 @@ def test_noWorkspaceHeldBetweenCalls(xShape, wShape, pad, algo):
     params = ((1, 1), (pad, pad), (1, 1), 1)
     y = conv.forward(x, w, b, *params, algo=algo)
     dy = rng.standard_normal(y.shape).astype(np.float32)
+
+    def calls():
+        return [conv.forward(x, w, b, *params, algo=algo), conv.backwardData(dy, w, x.shape, *params, algo=algo),
+                *conv.backwardParams(x, dy, w.shape, True, *params, algo=algo)]
+
+    gpuarray.memoryPool.freeHeld()
     tracemalloc.start()
     try:
         before = _numpyBytes()
-        outs = [conv.forward(x, w, b, *params, algo=algo), conv.backwardData(dy, w, x.shape, *params, algo=algo),
-                *conv.backwardParams(x, dy, w.shape, True, *params, algo=algo)]
+        outs = calls()
         kept = _numpyBytes() - before - sum(o.nbytes for o in outs)
+        held = conv_common.workspace.nbytes
+        assert gpuarray.memoryPool.heldBytes == held
+        assert held - 4096 <= kept <= held + 4096, f"{kept} bytes kept, {held} in the workspace"
+        del outs
+        outs = calls()
+        assert conv_common.workspace.nbytes == held
+        gpuarray.memoryPool.freeHeld()
+        assert conv_common.workspace.nbytes == 0
+        assert _numpyBytes() - before - sum(o.nbytes for o in outs) <= 4096
     finally:
         tracemalloc.stop()
-    assert conv_common.workspace.nbytes == 0
-    assert kept <= 4096, f"{kept} bytes held after the calls"
     tol = 5e-5 if algo == "winograd" else 1e-5
     ref = convForward(x, w, b, *params)
     np.testing.assert_allclose(outs[0], ref, atol=tol * np.abs(ref).max())
+
+
+def test_workspaceOverHeldBytesReleased(monkeypatch):
+    """A call whose scratch is over HELD_BYTES leaves none held."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 8, 21, 17)).astype(np.float32)
+    w = rng.standard_normal((12, 8, 3, 3)).astype(np.float32)
+    params = ((1, 1), (1, 1), (1, 1), 1)
+    conv.forward(x, w, None, *params, algo="im2col")
+    assert 0 < conv_common.workspace.nbytes
+    monkeypatch.setattr(conv_common, "HELD_BYTES", conv_common.workspace.nbytes - 1)
+    conv.forward(x, w, None, *params, algo="im2col")
+    assert conv_common.workspace.nbytes == 0
+
+
+# One case per path that keeps scratch (N, C, spatial, O, kernel, stride, pad, dilation, groups).
+REUSE_CASES = [
+    (2, 192, (8, 8), 256, (1, 1), (1, 1), (0, 0), (1, 1), 1),     # 1x1 through sgemm, packed weights
+    (2, 6, (5, 7), 4, (1, 1), (1, 1), (0, 0), (1, 1), 2),          # 1x1 through BLAS
+    (2, 5, (9, 11), 7, (3, 3), (1, 1), (1, 1), (1, 1), 1),         # F(4x4), F(2x2)
+    (2, 32, (7, 7), 32, (3, 3), (1, 1), (1, 1), (1, 1), 1),        # F(4x2)
+    (2, 16, (14, 13), 24, (3, 3), (2, 2), (1, 1), (1, 1), 1),      # stride-2 Winograd
+    (2, 3, (23, 22), 5, (7, 7), (2, 2), (3, 3), (1, 1), 1),        # im2col, implicit GEMM, phases
+    (2, 4, (11, 13), 6, (3, 3), (1, 1), (1, 2), (2, 3), 2),        # dilated: polyphase
+    (2, 8, (20,), 8, (3,), (1,), (1,), (1,), 1),                   # 1-D Winograd
+    (2, 4, (5, 6, 7), 6, (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 2),   # 3-D Winograd
+    (2, 6, (8, 7), 6, (3, 3), (1, 1), (1, 1), (1, 1), 6),          # depthwise
+]
+
+
+def _directionCall(direction, algo, x, w, b, dy, params):
+    if direction == "forward":
+        return (conv.forward(x, w, b, *params, algo=algo),)
+    if direction == "backwardData":
+        return (conv.backwardData(dy, w, x.shape, *params, algo=algo),)
+    return conv.backwardParams(x, dy, w.shape, True, *params, algo=algo)
+
+
+@pytest.mark.parametrize("case", REUSE_CASES)
+def test_resultsOutliveTheNextCall(case):
+    """No result is a view of the kept scratch: a second call, on other data, leaves the first's results as they
+    were, for every algorithm and direction."""
+    first, second = convData(case, np.float32, seed=0), convData(case, np.float32, seed=1)
+    params = first[4]
+    for direction in conv.DIRECTIONS:
+        for algo in conv.algorithms(direction, first[0].shape, first[1].shape, *params):
+            results = _directionCall(direction, algo, *first[:4], params)
+            copies = [r.copy() for r in results]
+            _directionCall(direction, algo, *second[:4], params)
+            for got, kept in zip(results, copies):
+                assert np.array_equal(got, kept), (direction, algo)
 
 
 def test_winogradScratchWithinBound():

@@ -247,3 +247,22 @@ def tile(ary, repeats, axis=0):
 
 def dtypesSupported():
     return [(np.float32, 1e-5)]
+
+
+class MemoryPool:
+    """Memory the engine keeps between calls for reuse (the convolutions' scratch buffers), under PuzzleLib's
+    name: ``gpuarray.memoryPool.freeHeld()`` hands it back, as after a model is deleted."""
+
+    def freeHeld(self):
+        from PuzzleLib.Backend import getEngine  # here: importing gpuarray picks no engine
+
+        getEngine().conv.clearWorkspace()
+
+    @property
+    def heldBytes(self):
+        from PuzzleLib.Backend import getEngine
+
+        return getEngine().conv.heldBytes()
+
+
+memoryPool = MemoryPool()

@@ -28,8 +28,9 @@ Algorithms (each direction: "forward", "backwardData", "backwardParams"):
 
 ``algo=None`` picks one with a fast heuristic (``chooseAlgorithm``); ``timeAlgorithms`` measures the
 candidates for one shape and ``optimizeAlgorithm`` picks the one to keep within a memory budget (never
-one its own measurement found slower than the heuristic's). Scratch buffers live for one call only. Every algorithm
-is deterministic: the same inputs give bit-identical results on every call, whatever the thread count.
+one its own measurement found slower than the heuristic's). Scratch buffers are kept between calls, up to
+conv_common.HELD_BYTES (``clearWorkspace`` drops them). Every algorithm is deterministic: the same inputs
+give bit-identical results on every call, whatever the thread count.
 BLAS runs single-threaded inside the engine's own threads (conv_common.runChunks, conv_common.matmul).
 """
 
@@ -59,7 +60,8 @@ DIRECTIONS = ("forward", "backwardData", "backwardParams")
 ALGORITHMS = ("gemm", "im2col", "winograd", "direct")
 
 __all__ = ["forward", "forwardRunner", "backwardData", "backwardParams", "outputShape", "algorithms",
-           "chooseAlgorithm", "workspaceBytes", "timeAlgorithms", "optimizeAlgorithm", "DIRECTIONS", "ALGORITHMS"]
+           "chooseAlgorithm", "workspaceBytes", "clearWorkspace", "heldBytes", "timeAlgorithms", "optimizeAlgorithm",
+           "DIRECTIONS", "ALGORITHMS"]
 
 
 # -- which algorithms apply ----------------------------------------------------------------------------
@@ -149,7 +151,7 @@ def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
 
 def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, groups, dtype=np.float32):
     """Scratch memory (bytes) an algorithm needs beyond its inputs and its result (an estimate of the
-    largest buffers; every one is released when the call returns)."""
+    largest buffers)."""
     itemsize = np.dtype(dtype).itemsize
     xShape, wShape = tuple(xShape), tuple(wShape)
     n, c = xShape[:2]
@@ -209,7 +211,7 @@ def workspaceBytes(direction, algo, xShape, wShape, stride, pad, dilation, group
 
 
 # -- the three directions -----------------------------------------------------------------------------
-# Each direction bounds its tiles by its result's size and releases its scratch buffers on return.
+# Each direction bounds its tiles by its result's size; its scratch buffers stay for the next call (endCall).
 def forward(x, w, bias, stride, pad, dilation, groups, algo=None):
     # Small inputs are all overhead (the page example): a shape the direct kernels served before goes
     # straight to its prepared runner, one dictionary lookup instead of the heuristic's and the plan's.
@@ -374,14 +376,24 @@ def timeAlgorithms(direction, xShape, wShape, stride, pad, dilation, groups, dty
     if not names:
         return []
     call = _benchCall(direction, xShape, wShape, stride, pad, dilation, groups, dtype, withBias)
+    try:
+        samples = _timeInterleaved(call, [algo for algo, _ in names], repeats, minSample)
+    finally:
+        workspace.release()  # the candidates' scratch, kept between their calls
+    results = [(algo, statistics.median(samples[algo]), need) for algo, need in names]
+    results.sort(key=lambda r: r[1])
+    return results
+
+
+def _timeInterleaved(call, order, repeats, minSample):
+    """{algo: [seconds per call of each sample]} (see timeAlgorithms)."""
     inner = {}
-    for algo, _ in names:
+    for algo in order:
         call(algo)
         start = time.perf_counter()
         call(algo)
         inner[algo] = max(1, min(1000, int(minSample / max(time.perf_counter() - start, 1e-7))))
-    samples = {algo: [] for algo, _ in names}
-    order = [algo for algo, _ in names]
+    samples = {algo: [] for algo in order}
     for rep in range(max(1, repeats)):
         shift = rep % len(order)
         for algo in order[shift:] + order[:shift]:
@@ -389,9 +401,7 @@ def timeAlgorithms(direction, xShape, wShape, stride, pad, dilation, groups, dty
             for _ in range(inner[algo]):
                 call(algo)
             samples[algo].append((time.perf_counter() - start) / inner[algo])
-    results = [(algo, statistics.median(samples[algo]), need) for algo, need in names]
-    results.sort(key=lambda r: r[1])
-    return results
+    return samples
 
 
 def optimizeAlgorithm(direction, xShape, wShape, stride, pad, dilation, groups, dtype=np.float32, memlimit=None,
@@ -434,5 +444,10 @@ def _benchCall(direction, xShape, wShape, stride, pad, dilation, groups, dtype, 
 
 
 def clearWorkspace():
-    """Drop the scratch buffers (each call already releases its own; kept for callers that want to be sure)."""
-    workspace.clear()
+    """Drop the scratch buffers the engine keeps between calls (``conv_common.HELD_BYTES``)."""
+    workspace.release()
+
+
+def heldBytes():
+    """Bytes of the scratch buffers kept between calls."""
+    return workspace.nbytes

@@ -21,6 +21,12 @@ import numpy as np
 TILE_BYTES = 4 << 20
 # Lower bound of the per-call tile: below it the GEMMs get too thin to run near peak.
 MIN_TILE_BYTES = 1 << 20
+# Scratch kept between calls, at most. Released at the end of each call, it came back from glibc as
+# fresh pages whenever glibc had trimmed its heap in between, and that depends on the process's
+# allocation history: through the module, case 5's forward (N8 128->256 28x28 s2) in a loop took ~760
+# page faults a call and 5.1 ms, kept 0 and 4.2 ms; its backward-data alternated 0 and ~2900 faults,
+# 6 and 13-15 ms. The same memory is in use during a call either way.
+HELD_BYTES = 64 << 20
 
 
 def tileBytesFor(resultBytes):
@@ -45,9 +51,10 @@ def beginCall(resultBytes):
 
 
 def endCall():
-    """End an engine call: drop its scratch buffers, so nothing is held between calls."""
+    """End an engine call: its scratch buffers stay for the next call, unless they hold more than HELD_BYTES."""
     _call.tileBytes = None
-    workspace.release()
+    if workspace.nbytes > HELD_BYTES:
+        workspace.release()
 
 
 def tileBytes():
@@ -90,14 +97,13 @@ def rowTiles(n, rows, bytesPerRow, limit=None):
 
 
 class _Workspace:
-    """Scratch buffers of one engine call: one flat buffer per tag, grown to the largest request.
+    """Scratch buffers of the engine's calls: one flat buffer per tag, grown to the largest request.
 
     Requests of any shape under a tag are views of that tag's buffer (a shorter last tile reuses it).
-    ``release`` drops every buffer: the engine calls it when a convolution returns, so no scratch
-    memory is held between calls (glibc hands a freed block of this size straight back to the next
-    call's malloc, so this costs no page faults in a steady loop). Callers must not return these
-    views to the user. Not thread-safe (the engine is driven by one thread; BLAS and the compiled
-    kernels' threads only touch views they are handed).
+    The buffers are kept between calls (``endCall``, up to HELD_BYTES), so a loop of calls writes to
+    pages it has already touched; ``release`` drops them all. Callers must not return these views to
+    the user: the next call overwrites them. Not thread-safe (the engine is driven by one thread; BLAS
+    and the compiled kernels' threads only touch views they are handed).
     """
 
     def __init__(self):
@@ -116,9 +122,6 @@ class _Workspace:
         return view
 
     def release(self):
-        self._buffers.clear()
-
-    def clear(self):
         self._buffers.clear()
 
     @property
