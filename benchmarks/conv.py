@@ -446,12 +446,12 @@ def probeDirection(fn, forget, tracemallocToo):
 
 
 def probeHeld(calls, conv, optimizeShape=None):
-    """Ours: numpy memory the engine still holds after a direction's calls (its scratch, kept for the next
-    call, and per-shape tables), by tracemalloc.
+    """Ours: numpy memory the engine still holds after a direction's calls besides its scratch (per-shape
+    tables, prepared runners), by tracemalloc.
 
-    The engine's kept scratch is freed before each direction and tracing starts before its first call, so
-    the buffers it allocates and keeps are seen; the module's own new results (``.data``, ``.grad``, which
-    the PuzzleLib contract keeps) are subtracted.
+    Tracing starts before the first call, so buffers an engine allocates once and keeps are seen; the
+    module's own new results (``.data``, ``.grad``, which the PuzzleLib contract keeps) are subtracted,
+    and the scratch kept for the next call is freed first (the peak counts it).
     With --optimize, what optimizeForShape leaves held counts against every direction.
     """
     import tracemalloc
@@ -467,10 +467,11 @@ def probeHeld(calls, conv, optimizeShape=None):
             optimizeHeld = max(0, _numpyBytes(tracemalloc) - before)
         for d in DIRECTIONS:
             gc.collect()
-            _peers.freeOursHeld()  # the scratch an earlier direction left: this one's held bytes are its own
+            _peers.freeOursHeld()
             before, resultsBefore = _numpyBytes(tracemalloc), _resultBytes(conv)
             calls[d]()
             calls[d]()
+            _peers.freeOursHeld()  # the kept scratch is in the peak (probe's forget)
             gc.collect()
             grown = _numpyBytes(tracemalloc) - before - (_resultBytes(conv) - resultsBefore)
             out[d] = {"held_bytes": max(0, grown) + optimizeHeld, "optimize_held_bytes": optimizeHeld,
@@ -509,9 +510,9 @@ def probe(engine, caseIds, args):
             continue
         if engine == "ours":
             calls, _, conv, _ = _peers.setupOurs(c, arrays, optimize=args.optimize)
-
-            def forget():
-                pass
+            # The scratch our engine keeps between calls is freed before each measured call, so its peak holds
+            # the call's scratch as pages it touches, as torch's does its per-call scratchpad.
+            forget = _peers.freeOursHeld
         elif engine == "torch":
             torch = _peers.availableTorch(args.threads)
             calls, _, last = _peers.setupTorch(torch, c, arrays)

@@ -82,6 +82,37 @@ def test_workspaceOverHeldBytesReleased(monkeypatch):
     assert conv_common.workspace.nbytes == 0
 
 
+def _tracedCallPeak(call):
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        call()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def test_arenaReusedAndSharedByAlgorithms():
+    """A warm call takes its scratch from the kept arena (its traced peak is the arena's size below the first
+    call's), and calls of two algorithms keep the larger one's scratch, not the sum."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 16, 20, 20)).astype(np.float32)
+    w = rng.standard_normal((24, 16, 3, 3)).astype(np.float32)
+    calls = {"winograd": lambda: conv.forward(x, w, None, (1, 1), (1, 1), (1, 1), 1, algo="winograd"),
+             "im2col": lambda: conv.forward(x, w, None, (2, 2), (1, 1), (1, 1), 1, algo="im2col")}
+    own = {}
+    for algo, call in calls.items():
+        call()  # compiled kernels, plans
+        gpuarray.memoryPool.freeHeld()
+        cold = _tracedCallPeak(call)
+        own[algo] = conv_common.workspace.nbytes
+        warm = _tracedCallPeak(call)
+        assert own[algo] > 0 and cold - warm >= own[algo] - (16 << 10), algo
+    for call in [*calls.values(), *calls.values()]:
+        call()
+    assert conv_common.workspace.nbytes == max(own.values())
+
+
 # One case per path that keeps scratch (N, C, spatial, O, kernel, stride, pad, dilation, groups).
 REUSE_CASES = [
     (2, 192, (8, 8), 256, (1, 1), (1, 1), (0, 0), (1, 1), 1),     # 1x1 through sgemm, packed weights

@@ -12,6 +12,7 @@ import glob
 import itertools
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -21,11 +22,12 @@ import numpy as np
 TILE_BYTES = 4 << 20
 # Lower bound of the per-call tile: below it the GEMMs get too thin to run near peak.
 MIN_TILE_BYTES = 1 << 20
-# Scratch kept between calls, at most. Released at the end of each call, it came back from glibc as
-# fresh pages whenever glibc had trimmed its heap in between, and that depends on the process's
-# allocation history: through the module, case 5's forward (N8 128->256 28x28 s2) in a loop took ~760
-# page faults a call and 5.1 ms, kept 0 and 4.2 ms; its backward-data alternated 0 and ~2900 faults,
-# 6 and 13-15 ms. The same memory is in use during a call either way.
+# Scratch kept between calls (the workspace's arena), at most. Released at the end of each call, it came
+# back from glibc as fresh pages whenever glibc had trimmed its heap in between, and that depends on the
+# process's allocation history: through the module, case 5's forward (N8 128->256 28x28 s2) in a loop took
+# ~760 page faults a call and 5.1 ms, kept 0 and 4.2 ms; its backward-data alternated 0 and ~2900 faults,
+# 6 and 13-15 ms. A call has the same memory in use either way; between calls the arena holds the largest
+# call's scratch (case 5, all three directions: 5.1 MiB, its backward-data's).
 HELD_BYTES = 64 << 20
 
 
@@ -51,10 +53,9 @@ def beginCall(resultBytes):
 
 
 def endCall():
-    """End an engine call: its scratch buffers stay for the next call, unless they hold more than HELD_BYTES."""
+    """End an engine call: its scratch stays for the next call (the workspace's arena), up to HELD_BYTES."""
     _call.tileBytes = None
-    if workspace.nbytes > HELD_BYTES:
-        workspace.release()
+    workspace.settle(HELD_BYTES)
 
 
 def tileBytes():
@@ -97,36 +98,80 @@ def rowTiles(n, rows, bytesPerRow, limit=None):
 
 
 class _Workspace:
-    """Scratch buffers of the engine's calls: one flat buffer per tag, grown to the largest request.
+    """Scratch buffers of the engine's calls, carved from one arena kept between calls.
 
-    Requests of any shape under a tag are views of that tag's buffer (a shorter last tile reuses it).
-    The buffers are kept between calls (``endCall``, up to HELD_BYTES), so a loop of calls writes to
-    pages it has already touched; ``release`` drops them all. Callers must not return these views to
-    the user: the next call overwrites them. Not thread-safe (the engine is driven by one thread; BLAS
-    and the compiled kernels' threads only touch views they are handed).
+    Each tag gets a region of the arena the first time a call asks for it; later requests under the tag
+    in the same call are views of that region while they fit (a shorter last tile reuses it), else it gets
+    a new one. What does not fit the arena gets a buffer of its own for this call; at the call's end
+    (``endCall``) the arena grows to what the call asked for in all, up to HELD_BYTES, and the regions are
+    forgotten: the next call carves the same memory again. So a loop of calls writes to pages it has already
+    touched, and the memory kept is the largest call's scratch (calls of different algorithms share it).
+    ``release`` drops everything. Callers must not return these views to the user: the next call
+    overwrites them.
     """
 
+    _ALIGN = 64
+
     def __init__(self):
-        self._buffers = {}
+        self._lock = threading.Lock()  # the compiled kernels' threads may ask too
+        self._arena = None
+        self._regions = {}  # tag -> its bytes (a uint8 view) in this call
+        self._own = []  # this call's buffers outside the arena
+        self._used = 0  # bytes carved (or given their own buffer) in this call
 
     def get(self, tag, shape, dtype, zero=False):
         dtype = np.dtype(dtype)
-        count = math.prod(shape)
-        buf = self._buffers.get(tag)
-        if buf is None or buf.dtype != dtype or buf.size < count:
-            # np.empty, not zeros: every user overwrites its view (calloc would memset recycled memory).
-            buf = self._buffers[tag] = np.empty(max(count, 1), dtype=dtype)
-        view = buf[:count].reshape(shape)
+        nbytes = max(math.prod(shape), 1) * dtype.itemsize
+        with self._lock:
+            region = self._regions.get(tag)
+            if region is None or region.size < nbytes:
+                region = self._regions[tag] = self._carve(nbytes)
+        view = region[:nbytes].view(dtype)[:math.prod(shape)].reshape(shape)
         if zero:
             view.fill(0)
         return view
 
+    def _carve(self, nbytes):
+        start = -(-self._used // self._ALIGN) * self._ALIGN
+        self._used = start + nbytes
+        if self._arena is not None and self._used <= self._arena.size:
+            return self._arena[start:self._used]
+        # np.empty, not zeros: every user overwrites its view (calloc would memset recycled memory).
+        self._own.append(np.empty(nbytes, dtype=np.uint8))
+        return self._own[-1]
+
+    def settle(self, limit):
+        """A call's end: forget its regions; the arena grows to what it asked for, or, above ``limit``
+        bytes, everything is dropped."""
+        with self._lock:
+            used, self._used = self._used, 0
+            self._regions.clear()
+            self._own.clear()
+            if used > limit:
+                self._arena = None
+            elif self._arena is None or self._arena.size < used:
+                self._arena = None  # the old one goes first
+                self._arena = _alignedBytes(used, self._ALIGN)
+
     def release(self):
-        self._buffers.clear()
+        """Drop the arena and every buffer (the views handed out so far must be dead)."""
+        with self._lock:
+            self._arena = None
+            self._regions.clear()
+            self._own.clear()
+            self._used = 0
 
     @property
     def nbytes(self):
-        return sum(buf.nbytes for buf in self._buffers.values())
+        with self._lock:
+            return (0 if self._arena is None else self._arena.size) + sum(b.size for b in self._own)
+
+
+def _alignedBytes(nbytes, align):
+    """An uninitialised uint8 array of ``nbytes`` whose first byte is ``align``-aligned."""
+    raw = np.empty(nbytes + align, dtype=np.uint8)
+    skip = -raw.ctypes.data % align
+    return raw[skip:skip + nbytes]
 
 
 workspace = _Workspace()
