@@ -5,6 +5,7 @@ the stated bounds. optimizeForShape keeps a valid choice, gives the default's re
 leaves no memory held.
 """
 
+import gc
 import tracemalloc
 
 import numpy as np
@@ -83,6 +84,7 @@ def test_workspaceOverHeldBytesReleased(monkeypatch):
 
 
 def _tracedCallPeak(call):
+    gc.collect()
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
@@ -96,8 +98,8 @@ def test_arenaReusedAndSharedByAlgorithms():
     """A warm call takes its scratch from the kept arena (its traced peak is the arena's size below the first
     call's), and calls of two algorithms keep the larger one's scratch, not the sum."""
     rng = np.random.default_rng(7)
-    x = rng.standard_normal((2, 16, 20, 20)).astype(np.float32)
-    w = rng.standard_normal((24, 16, 3, 3)).astype(np.float32)
+    x = rng.standard_normal((4, 32, 40, 40)).astype(np.float32)
+    w = rng.standard_normal((48, 32, 3, 3)).astype(np.float32)
     calls = {"winograd": lambda: conv.forward(x, w, None, (1, 1), (1, 1), (1, 1), 1, algo="winograd"),
              "im2col": lambda: conv.forward(x, w, None, (2, 2), (1, 1), (1, 1), 1, algo="im2col")}
     own = {}
@@ -107,7 +109,8 @@ def test_arenaReusedAndSharedByAlgorithms():
         cold = _tracedCallPeak(call)
         own[algo] = conv_common.workspace.nbytes
         warm = _tracedCallPeak(call)
-        assert own[algo] > 0 and cold - warm >= own[algo] - (16 << 10), algo
+        # Slack for the calls' Python objects, which tracemalloc counts too.
+        assert own[algo] > (128 << 10) and cold - warm >= own[algo] - (64 << 10), (algo, own[algo], cold - warm)
     for call in [*calls.values(), *calls.values()]:
         call()
     assert conv_common.workspace.nbytes == max(own.values())

@@ -713,7 +713,7 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None, byChunks=False):
                         entries += part
 
     dealParts(work, _GRAD_PARTS, workers)
-    workspace.release()  # the transform buffers are dead; the kernel-space transform below needs its own
+    # The transform buffers stay in the arena for the next call; the kernel-space transform adds its own.
     if byChunks:
         for r in range(1, _GRAD_PARTS):  # in part order: deterministic
             holder[0] += sums[r]

@@ -179,7 +179,6 @@ def backwardParams(x, dy, wShape, pad, groups):
         sums[0] += sums[r]
     holder = [sums[0]]
     sums.clear()
-    workspace.release()
     dw2 = conv_winograd.kernelGradient(holder, (o, kd_ * cg, 3, 3))
     return np.ascontiguousarray(dw2.reshape(o, kd_, cg, 3, 3).transpose(0, 2, 1, 3, 4))
 
