@@ -1,6 +1,6 @@
 """Winograd engine internals: the weight gradient split in fixed parts (whole groups, or rows of tile
 positions), per-group chunks, and the transforms of a share of the tile positions; F(2x2, 3x3)
-(conv_winograd2x2) in every direction and mode; F(4x2, 3x3) (conv_winograd4x2) forward and backward-data;
+(conv_winograd2x2) in every direction and mode; F(4x2, 3x3) (conv_winograd4x2) in every direction;
 float64 references from tests/reference.py (independent direct sums)."""
 
 import numpy as np
@@ -124,8 +124,8 @@ def _check2(case, dtype, tol, withBias=True, module=conv_winograd2x2, seed=7):
 
 @pytest.fixture
 def only2x2(monkeypatch):
-    """F(2x2) in every direction: F(4x2), which its forward and backward-data hand over to on the maps where it
-    makes fewer products, is never preferred."""
+    """F(2x2) in every direction: F(4x2), which it hands all three directions over to on the maps where it makes
+    fewer products, is never preferred."""
     monkeypatch.setattr(conv_winograd4x2, "WHOLE_BYTES", -1)
 
 
@@ -197,7 +197,7 @@ def test_heuristicPicksWinograd2x2OnSmallMapsWithManyChannelsAndTiles():
     assert conv._winograd((256, 256, 3, 3), (8, 256, 14, 14), (1, 1), (1, 1), (1, 1)) is conv_winograd
 
 
-# -- F(4x2, 3x3) (conv_winograd4x2): forward and backward-data on small maps, one group ---------------------------
+# -- F(4x2, 3x3) (conv_winograd4x2): all three directions on small maps, one group -------------------------------
 # (n, c, (h, w), o, pad): 7x7 as case 4, odd maps, no / wider / cropping (backward-data pad -1) padding, 1 pixel.
 WINOGRAD42 = [
     (2, 5, (7, 7), 6, (1, 1)),
@@ -210,8 +210,8 @@ WINOGRAD42 = [
 
 
 def _check42(case, dtype, tol, seed=9):
-    """F(4x2)'s forward (with a bias) and backward-data against the references, within ``tol`` of the largest
-    result; returns both."""
+    """F(4x2)'s forward (with a bias), backward-data and weight gradient against the references, within ``tol``
+    of the largest result; returns the three."""
     n, c, spatial, o, pad = case
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, c) + spatial).astype(dtype)
@@ -220,8 +220,11 @@ def _check42(case, dtype, tol, seed=9):
     ref = convForward(x, w, b, (1, 1), pad, (1, 1), 1)
     dy = rng.standard_normal(ref.shape).astype(dtype)
     with engineCall(1 << 20):
-        got = [conv_winograd4x2.forward(x, w, b, pad), conv_winograd4x2.backwardData(dy, w, x.shape, pad)]
-    for a, r in zip(got, [ref, convBackwardData(dy, w, x.shape, (1, 1), pad, (1, 1), 1)]):
+        got = [conv_winograd4x2.forward(x, w, b, pad), conv_winograd4x2.backwardData(dy, w, x.shape, pad),
+               conv_winograd4x2.backwardParams(x, dy, w.shape, pad)]
+    refs = [ref, convBackwardData(dy, w, x.shape, (1, 1), pad, (1, 1), 1),
+            convBackwardParams(x, dy, w.shape, (1, 1), pad, (1, 1), 1)[0]]
+    for a, r in zip(got, refs):
         assert a.dtype == dtype and a.shape == r.shape
         err = np.abs(a - r).max() / np.abs(r).max()
         assert err < tol, f"relative error {err:.3g} exceeds {tol:.3g}"
@@ -270,16 +273,18 @@ def test_winograd4x2WhereItMakesFewerProducts():
 
 
 def test_winograd4x2ThroughTheEngine():
-    # algo="winograd" on case 4's maps: F(2x2)'s forward and backward-data hand over to F(4x2) (results within
-    # F(4x2)'s bound, scratch within its estimate); its weight gradient stays F(2x2)'s.
+    # algo="winograd" on case 4's maps: F(2x2) hands all three directions over to F(4x2) (results within F(4x2)'s
+    # bound, scratch within its estimate).
     rng = np.random.default_rng(6)
     x = rng.standard_normal((2, 64, 7, 7)).astype(np.float32)
     w = rng.standard_normal((96, 64, 3, 3)).astype(np.float32)
     dy = rng.standard_normal((2, 96, 7, 7)).astype(np.float32)
     args = ((1, 1), (1, 1), (1, 1), 1)
     calls = {"forward": lambda: conv.forward(x, w, None, *args, algo="winograd"),
-             "backwardData": lambda: conv.backwardData(dy, w, x.shape, *args, algo="winograd")}
-    refs = {"forward": convForward(x, w, None, *args), "backwardData": convBackwardData(dy, w, x.shape, *args)}
+             "backwardData": lambda: conv.backwardData(dy, w, x.shape, *args, algo="winograd"),
+             "backwardParams": lambda: conv.backwardParams(x, dy, w.shape, False, *args, algo="winograd")[0]}
+    refs = {"forward": convForward(x, w, None, *args), "backwardData": convBackwardData(dy, w, x.shape, *args),
+            "backwardParams": convBackwardParams(x, dy, w.shape, *args)[0]}
     for direction, call in calls.items():
         result, peak = tracedPeak(call)
         estimate = conv.workspaceBytes(direction, "winograd", x.shape, w.shape, *args)
@@ -287,8 +292,6 @@ def test_winograd4x2ThroughTheEngine():
         assert peak - result.nbytes <= estimate + (64 << 10), direction  # and the calls' Python objects
         ref = refs[direction]
         assert np.abs(result - ref).max() <= 5e-5 * np.abs(ref).max(), direction
-    assert conv.workspaceBytes("backwardParams", "winograd", x.shape, w.shape, *args) == \
-        conv_winograd2x2.workspaceBytes("backwardParams", x.shape, w.shape, (1, 1), 1)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -20,7 +20,7 @@ Algorithms (each direction: "forward", "backwardData", "backwardParams"):
   through it with the depth slices stacked as channels (conv_winograd3d). 1-D 3-tap kernels with unit
   stride and no dilation: F(6, 3) (conv_winograd1d). Small undilated 2-D maps
   (conv_winograd2x2.preferred) run F(2x2, 3x3) instead (conv_winograd2x2): less padding per tile, a
-  smaller kernel transform; its forward and backward-data in one group go to F(4x2, 3x3) where that makes
+  smaller kernel transform; in one group all three directions go to F(4x2, 3x3) where that makes
   fewer products (conv_winograd4x2: 7x7 maps, 3 products per output instead of 4). 2-D 3x3 stride-2
   undilated ones split the taps by parity (conv_winograd_s2: 25 products per 2x2 outputs instead of 36, exact
   +-1 transforms).

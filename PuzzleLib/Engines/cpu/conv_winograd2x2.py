@@ -16,8 +16,8 @@ When V of all tiles would be large, the tiles are taken in chunks instead. Block
 by the shape, each run whole by one thread with single-threaded BLAS (runChunks), the threads taking the
 next one as they finish: results do not depend on the thread count or on which thread ran what.
 
-In one group, the forward and backward-data go to F(4x2, 3x3) (conv_winograd4x2) on the maps where it makes
-fewer products (7x7: 3 per output instead of 4); the weight gradient stays here.
+In one group, all three directions go to F(4x2, 3x3) (conv_winograd4x2) on the maps where it makes fewer
+products (7x7: 3 per output instead of 4).
 
 Backward-data of a stride-1 convolution is the forward convolution of the gradient with the flipped,
 transposed kernel and padding 2 - pad (negative padding crops). With the points 0, 1, -1, the flipped
@@ -316,7 +316,7 @@ def workspaceBytes(direction, xShape, wShape, pad, groups, itemsize=4):
     n, c, h, w = xShape
     o, cg = wShape[0], wShape[1]
     og = o // groups
-    if direction == "forward" and conv_winograd4x2.preferred(xShape, pad, groups, itemsize):
+    if direction != "backwardData" and conv_winograd4x2.preferred(xShape, pad, groups, itemsize):
         return conv_winograd4x2.workspaceBytes(direction, xShape, wShape, pad, itemsize)
     dyShape = (n, o, h + 2 * pad[0] - 2, w + 2 * pad[1] - 2)
     if direction == "backwardData" and conv_winograd4x2.preferred(dyShape, (2 - pad[0], 2 - pad[1]), groups, itemsize):
@@ -468,7 +468,10 @@ def backwardParams(x, dy, wShape, pad, groups):
     """Weight gradient (O, C // groups, 3, 3): per block of output maps, dU^T = sum over tiles
     (B^T d B) @ (A g A^T)^T, 16 GEMMs (C/g, tiles) @ (tiles, maps) per chunk of tiles, summed in the
     chunks' order, then dW = G^T dU G for the block's rows of dW. (dU^T, not dU: OpenBLAS ran
-    (maps, tiles) @ (tiles, C/g) with the right operand transposed 1.2-1.5x slower on N8 512->512 7x7.)"""
+    (maps, tiles) @ (tiles, C/g) with the right operand transposed 1.2-1.5x slower on N8 512->512 7x7.)
+    Where F(4x2, 3x3) makes fewer products (conv_winograd4x2.preferred), it runs that instead."""
+    if conv_winograd4x2.preferred(x.shape, pad, groups, x.itemsize):
+        return conv_winograd4x2.backwardParams(x, dy, wShape, pad)
     n, c = x.shape[:2]
     o = dy.shape[1]
     og, cg = o // groups, c // groups

@@ -1,5 +1,5 @@
-"""Winograd F(4x2, 3x3) for the forward and backward-data of 2-D 3x3 stride-1 convolutions on small maps:
-F(4, 3) down the columns (conv_winograd's transforms) and F(2, 3) along the rows (conv_winograd2x2's).
+"""Winograd F(4x2, 3x3) for 2-D 3x3 stride-1 convolutions on small maps, in all three directions: F(4, 3) down
+the columns (conv_winograd's transforms) and F(2, 3) along the rows (conv_winograd2x2's).
 
 Each block of 4 rows by 2 columns of outputs comes from a 6x4 input tile: 24 multiplies per 8 outputs and input
 channel, against F(2x2)'s 16 per 4 (3 against 4 per output). On a 7x7 map both cover 8x8 (two tiles of four
@@ -11,17 +11,24 @@ The input of all tiles is transformed once (V, at most WHOLE_BYTES); the output 
 of BLOCK_MAPS, each thread transforming its block's kernel slice, multiplying and transforming back. Blocks and
 channel pieces are fixed by the shape: results do not depend on the thread count. Backward-data is the
 forward of the gradient with the flipped, transposed kernel and padding 2 - pad; the kernel transform reads
-w flipped in place (no copy) and the products read its slice transposed.
+w flipped in place (no copy) and the products read its slice transposed. The weight gradient transforms the
+gradient of each block of maps (the adjoint of the output transform), multiplies as conv_winograd2x2's does,
+dU^T = V Mg^T (24 products (C, tiles) @ (tiles, maps) instead of 16 with twice the tiles), and takes the
+adjoint of the kernel transform for the block's rows of dW.
 
 Accuracy: conv_winograd's points 0, +-1, +-2 on one axis (coefficients up to 8, 1/24 in G), 0, +-1 on the
 other, so the error is between F(2x2)'s and F(4x4)'s: max |error| / max |result| against the float64 reference
-was at most 1.2e-6 in float32 and 1.7e-15 in float64 on the tests' shapes; they assert F(4x4)'s bound, 5e-5
-(float32) and 1e-12 (float64).
+was at most 1.2e-6 in float32 and 1.7e-15 in float64 on the tests' shapes (the weight gradient: 8.1e-7 and
+1.2e-15); they assert F(4x4)'s bound, 5e-5 (float32) and 1e-12 (float64).
 
 Against F(2x2), same process, two threads, median of 15 paired ratios (forward / backward-data): N8 512->512 7x7
 (case 4) 0.77 / 0.81, N4 0.84 / 0.91, N8 256->256 7x7 0.81 / 0.89, N8 256->256 10x10 0.90 / 0.95, N8 64->64 7x7
 0.99 / 0.99; case 4's forward 0.74-0.77 with blocks of 32 maps, 0.80 with 64. In the benchmark, case 4 ran
-5.92 / 6.40 ms against torch's 8.43 / 8.37, its peak 7.0 MiB against F(2x2)'s 9.6 and torch's 10.4.
+5.92 / 6.40 ms against torch's 8.43 / 8.37, its peak 7.0 MiB against F(2x2)'s 9.6 and torch's 10.4. The weight
+gradient against F(2x2)'s, the same way, two runs: case 4 0.86-0.89, N4 0.93-0.94, N8 256->256 7x7 0.88-0.94,
+10x10 0.99-1.00, N8 64->64 7x7 0.87-0.89. On one thread its parts took, on case 4: products 9.8 ms
+(~83 GFLOP/s, OpenBLAS, (512 x 64) @ (64 x 32)), the adjoint kernel transform 2.7, the input transform 0.6, the
+gradient's 0.4.
 """
 
 import numpy as np
@@ -176,10 +183,110 @@ def _kernelTransform(w, U, o0, o1, c0, c1, g, flip):
                 U[uintp(20 + b), r, uj] = e2
 
 
+def _gradTransform(dy, Mg, mb0, th, tw, q0, q1, o0, o1, cst):
+    """Mg[a * 4 + b, (o - mb0) * P + (q - q0) * tw + tx] = (A6 g A4^T)[a, b] for the 4x2 gradient tile g at rows
+    4 ty .., columns 2 tx .. of map o in [o0, o1) (zero past the map): the adjoint of _outputTransform, laid out
+    as V in _inputTransform.
+
+    Per block of maps: each tile row's four gradient rows copied end to end into G[i], F(4, 3)'s A down them
+    (conv_winograd's weight gradient), then F(2, 3)'s A along the rows, tile t reading columns 2 t, 2 t + 1
+    (conv_winograd2x2's)."""
+    oh, ow = dy.shape[2], dy.shape[3]
+    nq = q1 - q0
+    P, S = nq * tw, 2 * tw
+    ob = max(1, min(o1 - o0, VECTOR_SPAN // max(P, 1)))
+    G = np.empty((4, ob * P * 2), dtype=dy.dtype)
+    R = np.empty((6, ob * P * 2), dtype=dy.dtype)
+    two, four, eight = cst[0], cst[1], cst[3]
+    zero = cst[0] - cst[0]
+    os_ = o0
+    while os_ < o1:
+        oe = min(o1, os_ + ob)
+        s0, L = (os_ - mb0) * P, (oe - os_) * P
+        for o in range(os_, oe):
+            for q in range(q0, q1):
+                b, ty = q // th, q % th
+                base = ((o - os_) * nq + (q - q0)) * S
+                for i in range(4):
+                    row = ty * 4 + i
+                    gi = G[i]
+                    if row >= oh:
+                        for k in range(S):
+                            gi[base + k] = zero
+                        continue
+                    ub, uo, ur = uintp(b), uintp(o), uintp(row)
+                    for k in range(ow):
+                        gi[uintp(base + k)] = dy[ub, uo, ur, uintp(k)]
+                    for k in range(ow, S):
+                        gi[base + k] = zero
+        g0, g1, g2, g3 = G[0], G[1], G[2], G[3]
+        for p in range(2 * L):
+            R[0, p] = g0[p]
+            R[1, p] = g0[p] + g1[p] + g2[p] + g3[p]
+            R[2, p] = g0[p] - g1[p] + g2[p] - g3[p]
+            R[3, p] = g0[p] + two * g1[p] + four * g2[p] + eight * g3[p]
+            R[4, p] = g0[p] - two * g1[p] + four * g2[p] - eight * g3[p]
+            R[5, p] = g3[p]
+        for a in range(6):
+            e = R[a]
+            m0, m1 = Mg[4 * a, s0:s0 + L], Mg[4 * a + 1, s0:s0 + L]
+            m2, m3 = Mg[4 * a + 2, s0:s0 + L], Mg[4 * a + 3, s0:s0 + L]
+            for p in range(L):
+                u = uintp(2 * p)
+                e0, e1 = e[u], e[u + uintp(1)]
+                m0[p] = e0
+                m1[p] = e0 + e1
+                m2[p] = e0 - e1
+                m3[p] = -e1
+        os_ = oe
+
+
+def _kernelGradient(dUT, dw, o0, o1, g):
+    """dw[o, c] = G6^T dU[:, :, o, c] G4 (6x4 -> 3x3) for maps o in [o0, o1), from dUT (24, C, o1 - o0) = dU
+    transposed (the adjoint of _kernelTransform). g: as _kernelTransform's.
+
+    Per kernel column c (its row of every plane of dUT: all the block's maps): G6^T down the tiles' six rows
+    into X[b] (map r's kernel row i at 3 r + i; G6's first row is (1/4, 0, 0), its last (0, 0, 1)), then G4^T
+    along the rows, each map's nine taps stored straight into dw. G4^T's rows: (1, 1/2, 1/2, 0),
+    (0, 1/2, -1/2, 0), (0, 1/2, 1/2, 1)."""
+    half = g[6, 0]
+    n = o1 - o0
+    X = np.empty((4, 3 * n), dtype=dw.dtype)
+    f = dw.reshape(dw.shape[0], -1)
+    a00 = g[0, 0]
+    a10, a11, a12 = g[1, 0], g[1, 1], g[1, 2]
+    a20, a21, a22 = g[2, 0], g[2, 1], g[2, 2]
+    a30, a31, a32 = g[3, 0], g[3, 1], g[3, 2]
+    a40, a41, a42 = g[4, 0], g[4, 1], g[4, 2]
+    for c in range(dw.shape[1]):
+        uc = uintp(c)
+        for b in range(4):
+            ub = uintp(b)
+            for r in range(n):
+                ur, v = uintp(r), uintp(3 * r)
+                d0, d1, d2 = dUT[ub, uc, ur], dUT[uintp(4 + b), uc, ur], dUT[uintp(8 + b), uc, ur]
+                d3, d4, d5 = dUT[uintp(12 + b), uc, ur], dUT[uintp(16 + b), uc, ur], dUT[uintp(20 + b), uc, ur]
+                X[ub, v] = a00 * d0 + a10 * d1 + a20 * d2 + a30 * d3 + a40 * d4
+                X[ub, v + uintp(1)] = a11 * d1 + a21 * d2 + a31 * d3 + a41 * d4
+                X[ub, v + uintp(2)] = a12 * d1 + a22 * d2 + a32 * d3 + a42 * d4 + d5
+        for r in range(n):
+            uo = uintp(o0 + r)
+            for i in range(3):
+                p = uintp(3 * r + i)
+                x1, x2 = X[1, p], X[2, p]
+                s, m = half * (x1 + x2), half * (x1 - x2)
+                t = uintp(9 * c + 3 * i)
+                f[uo, t] = X[0, p] + s
+                f[uo, t + uintp(1)] = m
+                f[uo, t + uintp(2)] = s + X[3, p]
+
+
 if available:
     _inputTransform = njit(cache=True, nogil=True)(_inputTransform)
     _outputTransform = njit(cache=True, nogil=True)(_outputTransform)
     _kernelTransform = njit(cache=True, nogil=True)(_kernelTransform)
+    _gradTransform = njit(cache=True, nogil=True)(_gradTransform)
+    _kernelGradient = njit(cache=True, nogil=True)(_kernelGradient)
 
 
 def _constants(dtype):
@@ -193,7 +300,8 @@ def _blocks(maps):
 
 
 def workspaceBytes(direction, xShape, wShape, pad, itemsize=4):
-    """Bytes of one call's scratch: V of all tiles, and each thread's kernel slice and products."""
+    """Bytes of one call's scratch: V of all tiles, and each thread's kernel slice (or its gradient) and products
+    (or the gradient's transform)."""
     n, c, h, w = xShape
     o = wShape[0]
     if direction == "backwardData":  # the forward of dy (n, o, oh, ow) into c maps
@@ -218,6 +326,50 @@ def backwardData(dy, w, xShape, pad):
     return dx
 
 
+def _transformAll(x, pad, th, tw, total, cst):
+    """V (24, C, tiles) of every tile, the channels split between the threads (elementwise: any split gives the
+    same bits)."""
+    c, p = x.shape[1], total * tw
+    v = workspace.get("w42-v", (POSITIONS, c * p), x.dtype)
+    workers = chunkWorkers(c)
+    shareItems(lambda k, r: _inputTransform(x, v, pad[0], pad[1], th, tw, 0, total, r[0], r[1], cst),
+               pieces(c, workers), workers)
+    return v.reshape(POSITIONS, c, p)
+
+
+def backwardParams(x, dy, wShape, pad):
+    """The weight gradient (O, C, 3, 3), one group: V of all tiles, then per block of maps the gradient's
+    transform Mg (the adjoint of the output transform), dU^T = V Mg^T (24 products (C, tiles) @ (tiles, maps),
+    as conv_winograd2x2's) and dW = G6^T dU G4 for the block's rows of dW."""
+    n, c, h, wd = x.shape
+    o = wShape[0]
+    dw = np.zeros(wShape, dtype=x.dtype)
+    th, tw = _tiles(h, wd, pad)
+    total = n * th
+    p = total * tw
+    if p == 0 or dy.size == 0:
+        return dw
+    xc, dyc = np.ascontiguousarray(x), np.ascontiguousarray(dy)
+    cst, g = conv_winograd.transformConstants(x.dtype), _constants(x.dtype)
+    v = _transformAll(xc, pad, th, tw, total, cst)
+    blocks = _blocks(o)
+    ob = max(m1 - m0 for m0, m1 in blocks)
+    workers = chunkWorkers(len(blocks))
+    bufs = [(workspace.get(f"w42-m{k}", (POSITIONS * ob * p,), x.dtype),
+             workspace.get(f"w42-u{k}", (POSITIONS * c * ob,), x.dtype)) for k in range(workers)]
+
+    def block(k, item):
+        (mb, ub), (m0, m1) = bufs[k], item
+        mg = leadingView(mb, (POSITIONS, (m1 - m0) * p))
+        _gradTransform(dyc, mg, m0, th, tw, 0, total, m0, m1, cst)
+        dut = leadingView(ub, (POSITIONS, c, m1 - m0))
+        np.matmul(v, mg.reshape(POSITIONS, m1 - m0, p).transpose(0, 2, 1), out=dut)
+        _kernelGradient(dut, dw, m0, m1, g)
+
+    shareItems(block, blocks, workers)
+    return dw
+
+
 def _convolve(x, w, bias, pad, flip):
     """The forward convolution of x with w, or (``flip``) with w flipped and transposed (backward-data)."""
     n, c, h, wd = x.shape
@@ -232,11 +384,7 @@ def _convolve(x, w, bias, pad, flip):
     xc, wc = np.ascontiguousarray(x), np.ascontiguousarray(w)
     biasv = biasVector(bias, o, x.dtype)
     cst, g = conv_winograd.transformConstants(x.dtype), _constants(x.dtype)
-    v = workspace.get("w42-v", (POSITIONS, c * p), x.dtype)
-    workers = chunkWorkers(c)  # elementwise: any split of the channels gives the same bits
-    shareItems(lambda k, r: _inputTransform(xc, v, pad[0], pad[1], th, tw, 0, total, r[0], r[1], cst),
-               pieces(c, workers), workers)
-    v = v.reshape(POSITIONS, c, p)
+    v = _transformAll(xc, pad, th, tw, total, cst)
     blocks = _blocks(o)
     ob = max(m1 - m0 for m0, m1 in blocks)
     workers = chunkWorkers(len(blocks))
