@@ -13,8 +13,8 @@ channel pieces are fixed by the shape: results do not depend on the thread count
 forward of the gradient with the flipped, transposed kernel and padding 2 - pad; the kernel transform reads
 w flipped in place (no copy) and the products read its slice transposed. The weight gradient transforms the
 gradient of each block of maps (the adjoint of the output transform), multiplies as conv_winograd2x2's does,
-dU^T = V Mg^T (24 products (C, tiles) @ (tiles, maps) instead of 16 with twice the tiles), and takes the
-adjoint of the kernel transform for the block's rows of dW.
+dU^T = V Mg^T (24 products (C, tiles) @ (tiles, maps) instead of 16 with twice the tiles; through sgemm, Mg^T
+copied contiguous), and takes the adjoint of the kernel transform for the block's rows of dW.
 
 Accuracy: conv_winograd's points 0, +-1, +-2 on one axis (coefficients up to 8, 1/24 in G), 0, +-1 on the
 other, so the error is between F(2x2)'s and F(4x4)'s: max |error| / max |result| against the float64 reference
@@ -25,10 +25,11 @@ Against F(2x2), same process, two threads, median of 15 paired ratios (forward /
 (case 4) 0.77 / 0.81, N4 0.84 / 0.91, N8 256->256 7x7 0.81 / 0.89, N8 256->256 10x10 0.90 / 0.95, N8 64->64 7x7
 0.99 / 0.99; case 4's forward 0.74-0.77 with blocks of 32 maps, 0.80 with 64. In the benchmark, case 4 ran
 5.92 / 6.40 ms against torch's 8.43 / 8.37, its peak 7.0 MiB against F(2x2)'s 9.6 and torch's 10.4. The weight
-gradient against F(2x2)'s, the same way, two runs: case 4 0.86-0.89, N4 0.93-0.94, N8 256->256 7x7 0.88-0.94,
-10x10 0.99-1.00, N8 64->64 7x7 0.87-0.89. On one thread its parts took, on case 4: products 9.8 ms
-(~83 GFLOP/s, OpenBLAS, (512 x 64) @ (64 x 32)), the adjoint kernel transform 2.7, the input transform 0.6, the
-gradient's 0.4.
+gradient against F(2x2)'s, the same way, two runs: case 4 0.72-0.77, N4 0.89-0.91, N8 256->256 7x7 0.81-0.87,
+10x10 0.87-0.93, N8 64->64 7x7 0.83-0.86 (with its products through OpenBLAS: 0.86-0.89, 0.93-0.94, 0.88-0.94,
+0.99-1.00, 0.87-0.89). Case 4's 24 products of a block, (512 x 64) @ (64 x 32), one thread: sgemm 0.46 ms
+(109 GFLOP/s), OpenBLAS with Mg^T transposed 0.62 (82); its adjoint kernel transform took 2.7 ms of a call,
+the input transform 0.6, the gradient's 0.4.
 """
 
 import numpy as np
@@ -312,7 +313,8 @@ def workspaceBytes(direction, xShape, wShape, pad, itemsize=4):
     p = n * th * tw
     blocks = _blocks(o)
     ob = max(m1 - m0 for m0, m1 in blocks)
-    return (POSITIONS * c * p + chunkWorkers(len(blocks)) * POSITIONS * ob * (c + p)) * itemsize
+    copied = p if direction == "backwardParams" and sgemm.applies(np.dtype(f"f{itemsize}")) else 0  # Mg^T
+    return (POSITIONS * c * p + chunkWorkers(len(blocks)) * POSITIONS * ob * (c + p + copied)) * itemsize
 
 
 def forward(x, w, bias, pad):
@@ -355,15 +357,24 @@ def backwardParams(x, dy, wShape, pad):
     blocks = _blocks(o)
     ob = max(m1 - m0 for m0, m1 in blocks)
     workers = chunkWorkers(len(blocks))
+    fast = sgemm.applies(x.dtype)
     bufs = [(workspace.get(f"w42-m{k}", (POSITIONS * ob * p,), x.dtype),
-             workspace.get(f"w42-u{k}", (POSITIONS * c * ob,), x.dtype)) for k in range(workers)]
+             workspace.get(f"w42-u{k}", (POSITIONS * c * ob,), x.dtype),
+             workspace.get(f"w42-mt{k}", (POSITIONS * p * ob if fast else 1,), x.dtype)) for k in range(workers)]
 
     def block(k, item):
-        (mb, ub), (m0, m1) = bufs[k], item
-        mg = leadingView(mb, (POSITIONS, (m1 - m0) * p))
+        (mb, ub, mtb), (m0, m1) = bufs[k], item
+        mm = m1 - m0
+        mg = leadingView(mb, (POSITIONS, mm * p))
         _gradTransform(dyc, mg, m0, th, tw, 0, total, m0, m1, cst)
-        dut = leadingView(ub, (POSITIONS, c, m1 - m0))
-        np.matmul(v, mg.reshape(POSITIONS, m1 - m0, p).transpose(0, 2, 1), out=dut)
+        mgt = mg.reshape(POSITIONS, mm, p).transpose(0, 2, 1)
+        dut = leadingView(ub, (POSITIONS, c, mm))
+        if fast:  # sgemm reads B by rows: Mg^T copied contiguous (case 4: 109 GFLOP/s against OpenBLAS's 82)
+            copy = leadingView(mtb, mgt.shape)
+            np.copyto(copy, mgt)
+            sgemm.batched(v, copy, dut)
+        else:
+            np.matmul(v, mgt, out=dut)
         _kernelGradient(dut, dw, m0, m1, g)
 
     shareItems(block, blocks, workers)
