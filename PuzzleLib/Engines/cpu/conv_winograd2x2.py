@@ -333,7 +333,9 @@ def workspaceBytes(direction, xShape, wShape, pad, groups, itemsize=4):
         chunks = _chunks(n * th, tw, POSITIONS * (cg + ob) * itemsize, POSITIONS * c * itemsize)
         p = max(q1 - q0 for q0, q1 in chunks) * tw
         shared = POSITIONS * c * p if len(chunks) == 1 else 0
-        own = POSITIONS * (ob * p + ob * cg + (0 if len(chunks) == 1 else cg * p + ob * cg))
+        fast = sgemm.applies(np.dtype(f"f{itemsize}"))  # Mg^T copied, else a sum of each chunk's products
+        own = POSITIONS * (ob * p + ob * cg + (ob * p if fast else 0 if len(chunks) == 1 else ob * cg)
+                           + (0 if len(chunks) == 1 else cg * p))
         return (shared + threads * own) * itemsize
     chunks = _chunks(n * th, tw, POSITIONS * (c + og * groups) * itemsize, POSITIONS * c * itemsize)
     p = max(q1 - q0 for q0, q1 in chunks) * tw
@@ -469,6 +471,9 @@ def backwardParams(x, dy, wShape, pad, groups):
     (B^T d B) @ (A g A^T)^T, 16 GEMMs (C/g, tiles) @ (tiles, maps) per chunk of tiles, summed in the
     chunks' order, then dW = G^T dU G for the block's rows of dW. (dU^T, not dU: OpenBLAS ran
     (maps, tiles) @ (tiles, C/g) with the right operand transposed 1.2-1.5x slower on N8 512->512 7x7.)
+    In float32 the products run through sgemm, Mg^T copied contiguous, each chunk's added in by the tile:
+    against OpenBLAS (F(4x2) off, same process, two threads, median of 15 paired ratios, two runs) N16
+    512->512 7x7 0.86-0.87, N8 512->512 6x6 0.88-0.89, N8 256->256 5x5 0.94-0.98, N8 64->64 11x11 0.97-1.02.
     Where F(4x2, 3x3) makes fewer products (conv_winograd4x2.preferred), it runs that instead."""
     if conv_winograd4x2.preferred(x.shape, pad, groups, x.itemsize):
         return conv_winograd4x2.backwardParams(x, dy, wShape, pad)
@@ -492,9 +497,10 @@ def backwardParams(x, dy, wShape, pad, groups):
         _transformAll(xc, shared.reshape(POSITIONS, -1), pad, th, tw, total)
     workers = chunkWorkers(len(blocks))
     several = len(chunks) > 1
+    fast = sgemm.applies(x.dtype)  # Mg^T copied contiguous for sgemm, which adds each chunk's products itself
     bufs = [(workspace.get(f"w2-m{k}", (POSITIONS, ob * step), x.dtype),
              workspace.get(f"w2-du{k}", (POSITIONS * ob * cg,), x.dtype),
-             workspace.get(f"w2-t{k}", (POSITIONS * ob * cg if several else 1,), x.dtype),
+             workspace.get(f"w2-t{k}", (POSITIONS * (ob * step if fast else ob * cg if several else 1),), x.dtype),
              workspace.get(f"w2-v{k}", (POSITIONS, cg * step if several else 1), x.dtype))
             for k in range(workers)]
 
@@ -511,7 +517,11 @@ def backwardParams(x, dy, wShape, pad, groups):
                 _inputTransform(xc, vb, g * cg, pad[0], pad[1], th, tw, q0, q1, g * cg, (g + 1) * cg)
             else:
                 v = shared[:, g * cg:(g + 1) * cg]
-            if ci == 0:
+            if fast:
+                copy = leadingView(tb, mgt.shape)
+                np.copyto(copy, mgt)
+                sgemm.batched(v, copy, dut, accumulate=ci > 0)
+            elif ci == 0:
                 np.matmul(v, mgt, out=dut)
             else:
                 t = leadingView(tb, dut.shape)
