@@ -182,6 +182,71 @@ def _copyTileRows(x, D, E, cs, ce, q0, q1, th, step, ph, pw, S, zero):
                     E[i, 2 * rr + k] = x[b, c, r, col - pw] if lo <= col < hi else zero
 
 
+def _copyGradRows(dy, G, os_, oe, q0, q1, th, S, zero):
+    """The gradient rows of tile rows [q0, q1) (q = n * th + ty) of maps [os_, oe), end to end: row i of the tile
+    (gradient row G.shape[0] * ty + i; zero past the map) gives columns [0, S) to G[i] at ((o - os_) * nq +
+    (q - q0)) times S. The copy stage of the gradient transforms (4 rows per tile for F(4, 3), 2 for F(2, 3))."""
+    oh, ow = dy.shape[2], dy.shape[3]
+    nq = q1 - q0
+    rows = G.shape[0]
+    for o in range(os_, oe):
+        for q in range(q0, q1):
+            b, ty = q // th, q % th
+            base = ((o - os_) * nq + (q - q0)) * S
+            for i in range(rows):
+                row = ty * rows + i
+                gi = G[i]
+                if row >= oh:
+                    for k in range(S):
+                        gi[base + k] = zero
+                    continue
+                ub, uo, ur = uintp(b), uintp(o), uintp(row)
+                for k in range(ow):
+                    gi[uintp(base + k)] = dy[ub, uo, ur, uintp(k)]
+                for k in range(ow, S):
+                    gi[base + k] = zero
+
+
+def _rowsAdjointA(g0, g1, g2, g3, s0, s1, s2, s3, s4, s5, n, two, four, eight):
+    """F(4, 3)'s A applied down four gradient rows into six (the adjoint of _columnsAT), n columns."""
+    for p in range(n):
+        s0[p] = g0[p]
+        s1[p] = g0[p] + g1[p] + g2[p] + g3[p]
+        s2[p] = g0[p] - g1[p] + g2[p] - g3[p]
+        s3[p] = g0[p] + two * g1[p] + four * g2[p] + eight * g3[p]
+        s4[p] = g0[p] - two * g1[p] + four * g2[p] - eight * g3[p]
+        s5[p] = g3[p]
+
+
+def _columnsAdjointA2(e, m0, m1, m2, m3, n):
+    """F(2, 3)'s A along the rows (the adjoint of _rowsA2): tile p's two gradient columns 2 p, 2 p + 1 of e into
+    its four transformed ones, n tiles."""
+    for p in range(n):
+        u = uintp(2 * p)
+        e0, e1 = e[u], e[u + uintp(1)]
+        m0[p] = e0
+        m1[p] = e0 + e1
+        m2[p] = e0 - e1
+        m3[p] = -e1
+
+
+def _tapsAdjointG2(X, f, o0, c, n, half):
+    """F(2, 3)'s G^T along the kernel rows (4 -> 3): kernel row i of map r (X[b, 3 r + i], b the tile column)
+    into taps 9 c + 3 i .. + 2 of row o0 + r of f (dw as (O, C/g * 9)), maps r in [0, n). G^T's rows:
+    (1, 1/2, 1/2, 0), (0, 1/2, -1/2, 0), (0, 1/2, 1/2, 1). The last pass of the F(2x2) and F(4x2) kernel
+    gradients."""
+    for r in range(n):
+        uo = uintp(o0 + r)
+        for i in range(3):
+            p = uintp(3 * r + i)
+            x1, x2 = X[1, p], X[2, p]
+            s, m = half * (x1 + x2), half * (x1 - x2)
+            t = uintp(9 * c + 3 * i)
+            f[uo, t] = X[0, p] + s
+            f[uo, t + uintp(1)] = m
+            f[uo, t + uintp(2)] = s + X[3, p]
+
+
 def _storeTileRows(Y, y, os_, oe, q0, q1, th, S):
     """y[n, o, Y.shape[0] * ty + i, :] = Y[i] at ((o - os_) * nq + q - q0) * S, for maps [os_, oe) and tile rows
     [q0, q1), inside the map (the rows and columns of edge tiles past it dropped): the output transforms' last
@@ -375,7 +440,6 @@ def _gradTransform(dy, Mg, off, gStride, og, th, tw, q0, q1, cst, o0, o1, a0, a1
     (contiguous), then along the columns, tile t reading columns 4 t .. 4 t + 3 (stride-4 interleaved
     loads, vectorised); Mg is laid out as V in _inputTransform.
     """
-    oh, ow = dy.shape[2], dy.shape[3]
     nq = q1 - q0
     P, S = nq * tw, 4 * tw
     ob = max(1, min(o1 - o0, VECTOR_SPAN // max(P, 1)))
@@ -387,35 +451,12 @@ def _gradTransform(dy, Mg, off, gStride, og, th, tw, q0, q1, cst, o0, o1, a0, a1
     while os_ < o1:
         oe = min(o1, os_ + ob, (os_ // og + 1) * og)
         s0, L = off + (os_ // og) * gStride + (os_ % og) * P, (oe - os_) * P
-        for o in range(os_, oe):
-            for q in range(q0, q1):
-                b, ty = q // th, q % th
-                base = ((o - os_) * nq + (q - q0)) * S
-                for i in range(4):
-                    row = ty * 4 + i
-                    gi = G[i]
-                    if row >= oh:
-                        for k in range(S):
-                            gi[base + k] = zero
-                        continue
-                    ub, uo, ur = uintp(b), uintp(o), uintp(row)
-                    for k in range(ow):
-                        gi[uintp(base + k)] = dy[ub, uo, ur, uintp(k)]
-                    for k in range(ow, S):
-                        gi[base + k] = zero
+        _copyGradRows(dy, G, os_, oe, q0, q1, th, S, zero)
         if a1 - a0 < 6:  # a share of the tile positions (the weight gradient's parts): their rows only
             for a in range(a0, a1):
                 _rowA(G[0], G[1], G[2], G[3], R[a], a, 4 * L, two, four, eight)
         else:
-            g0, g1, g2, g3 = G[0], G[1], G[2], G[3]
-            s0_, s1, s2, s3, s4, s5 = R[0], R[1], R[2], R[3], R[4], R[5]
-            for p in range(4 * L):
-                s0_[p] = g0[p]
-                s1[p] = g0[p] + g1[p] + g2[p] + g3[p]
-                s2[p] = g0[p] - g1[p] + g2[p] - g3[p]
-                s3[p] = g0[p] + two * g1[p] + four * g2[p] + eight * g3[p]
-                s4[p] = g0[p] - two * g1[p] + four * g2[p] - eight * g3[p]
-                s5[p] = g3[p]
+            _rowsAdjointA(G[0], G[1], G[2], G[3], R[0], R[1], R[2], R[3], R[4], R[5], 4 * L, two, four, eight)
         for a in range(a0, a1):
             e, z = R[a], (a - a0) * 6
             m0, m1, m2 = Mg[z, s0:s0 + L], Mg[z + 1, s0:s0 + L], Mg[z + 2, s0:s0 + L]
@@ -439,6 +480,10 @@ if available:
     _columnsAT = njit(cache=True, nogil=True, inline="always")(_columnsAT)
     _columnsB2 = njit(cache=True, nogil=True, inline="always")(_columnsB2)
     _rowsA2 = njit(cache=True, nogil=True, inline="always")(_rowsA2)
+    _copyGradRows = njit(cache=True, nogil=True, inline="always")(_copyGradRows)
+    _rowsAdjointA = njit(cache=True, nogil=True, inline="always")(_rowsAdjointA)
+    _columnsAdjointA2 = njit(cache=True, nogil=True, inline="always")(_columnsAdjointA2)
+    _tapsAdjointG2 = njit(cache=True, nogil=True, inline="always")(_tapsAdjointG2)
     _rowB = njit(cache=True, nogil=True)(_rowB)
     _allRowsB = njit(cache=True, nogil=True)(_allRowsB)
     _rowA = njit(cache=True, nogil=True)(_rowA)

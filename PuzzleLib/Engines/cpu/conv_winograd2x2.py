@@ -132,16 +132,7 @@ def _kernelGradient(dUT, dw, o0, o1, cst):
                 X[ub, v] = dUT[k0, uc, ur] + s
                 X[ub, v + uintp(1)] = m
                 X[ub, v + uintp(2)] = s + dUT[k3, uc, ur]
-        for r in range(n):
-            uo = uintp(o0 + r)
-            for i in range(3):
-                p = uintp(3 * r + i)
-                x1, x2 = X[1, p], X[2, p]
-                s, m = half * (x1 + x2), half * (x1 - x2)
-                t = uintp(9 * c + 3 * i)
-                f[uo, t] = X[0, p] + s
-                f[uo, t + uintp(1)] = m
-                f[uo, t + uintp(2)] = s + X[3, p]
+        conv_winograd._tapsAdjointG2(X, f, o0, c, n, half)
 
 
 def _inputTransform(x, V, cb0, ph, pw, th, tw, q0, q1, c0, c1):
@@ -219,7 +210,6 @@ def _gradTransform(dy, Mg, mb0, th, tw, q0, q1, o0, o1):
     map o in [o0, o1) (zero past the map): the adjoint of the output transform. Per block of maps: the
     two gradient rows of each tile row copied end to end into G[i], A down the rows (contiguous), then
     along the columns, tile t reading columns 2 t, 2 t + 1 (stride-2 loads)."""
-    oh, ow = dy.shape[2], dy.shape[3]
     nq = q1 - q0
     P, S = nq * tw, 2 * tw
     ob = max(1, min(o1 - o0, VECTOR_SPAN // max(P, 1)))
@@ -229,22 +219,7 @@ def _gradTransform(dy, Mg, mb0, th, tw, q0, q1, o0, o1):
     while os_ < o1:
         oe = min(o1, os_ + ob)
         s0, L = (os_ - mb0) * P, (oe - os_) * P
-        for o in range(os_, oe):
-            for q in range(q0, q1):
-                b, ty = q // th, q % th
-                base = ((o - os_) * nq + (q - q0)) * S
-                for i in range(2):
-                    row = ty * 2 + i
-                    gi = G[i]
-                    if row >= oh:
-                        for k in range(S):
-                            gi[base + k] = 0
-                        continue
-                    ub, uo, ur = uintp(b), uintp(o), uintp(row)
-                    for k in range(ow):
-                        gi[uintp(base + k)] = dy[ub, uo, ur, uintp(k)]
-                    for k in range(ow, S):
-                        gi[base + k] = 0
+        conv_winograd._copyGradRows(dy, G, os_, oe, q0, q1, th, S, dy.dtype.type(0))
         g0, g1 = G[0], G[1]
         r0, r1, r2, r3 = R[0], R[1], R[2], R[3]
         for p in range(2 * L):
@@ -253,16 +228,8 @@ def _gradTransform(dy, Mg, mb0, th, tw, q0, q1, o0, o1):
             r2[p] = g0[p] - g1[p]
             r3[p] = -g1[p]
         for a in range(4):
-            e = R[a]
-            m0, m1 = Mg[4 * a, s0:s0 + L], Mg[4 * a + 1, s0:s0 + L]
-            m2, m3 = Mg[4 * a + 2, s0:s0 + L], Mg[4 * a + 3, s0:s0 + L]
-            for p in range(L):
-                u = uintp(2 * p)
-                e0, e1 = e[u], e[u + uintp(1)]
-                m0[p] = e0
-                m1[p] = e0 + e1
-                m2[p] = e0 - e1
-                m3[p] = -e1
+            conv_winograd._columnsAdjointA2(R[a], Mg[4 * a, s0:s0 + L], Mg[4 * a + 1, s0:s0 + L],
+                                            Mg[4 * a + 2, s0:s0 + L], Mg[4 * a + 3, s0:s0 + L], L)
         os_ = oe
 
 

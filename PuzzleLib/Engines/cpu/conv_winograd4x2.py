@@ -192,7 +192,6 @@ def _gradTransform(dy, Mg, mb0, th, tw, q0, q1, o0, o1, cst):
     Per block of maps: each tile row's four gradient rows copied end to end into G[i], F(4, 3)'s A down them
     (conv_winograd's weight gradient), then F(2, 3)'s A along the rows, tile t reading columns 2 t, 2 t + 1
     (conv_winograd2x2's)."""
-    oh, ow = dy.shape[2], dy.shape[3]
     nq = q1 - q0
     P, S = nq * tw, 2 * tw
     ob = max(1, min(o1 - o0, VECTOR_SPAN // max(P, 1)))
@@ -204,41 +203,12 @@ def _gradTransform(dy, Mg, mb0, th, tw, q0, q1, o0, o1, cst):
     while os_ < o1:
         oe = min(o1, os_ + ob)
         s0, L = (os_ - mb0) * P, (oe - os_) * P
-        for o in range(os_, oe):
-            for q in range(q0, q1):
-                b, ty = q // th, q % th
-                base = ((o - os_) * nq + (q - q0)) * S
-                for i in range(4):
-                    row = ty * 4 + i
-                    gi = G[i]
-                    if row >= oh:
-                        for k in range(S):
-                            gi[base + k] = zero
-                        continue
-                    ub, uo, ur = uintp(b), uintp(o), uintp(row)
-                    for k in range(ow):
-                        gi[uintp(base + k)] = dy[ub, uo, ur, uintp(k)]
-                    for k in range(ow, S):
-                        gi[base + k] = zero
-        g0, g1, g2, g3 = G[0], G[1], G[2], G[3]
-        for p in range(2 * L):
-            R[0, p] = g0[p]
-            R[1, p] = g0[p] + g1[p] + g2[p] + g3[p]
-            R[2, p] = g0[p] - g1[p] + g2[p] - g3[p]
-            R[3, p] = g0[p] + two * g1[p] + four * g2[p] + eight * g3[p]
-            R[4, p] = g0[p] - two * g1[p] + four * g2[p] - eight * g3[p]
-            R[5, p] = g3[p]
+        conv_winograd._copyGradRows(dy, G, os_, oe, q0, q1, th, S, zero)
+        conv_winograd._rowsAdjointA(G[0], G[1], G[2], G[3], R[0], R[1], R[2], R[3], R[4], R[5], 2 * L, two, four,
+                                    eight)
         for a in range(6):
-            e = R[a]
-            m0, m1 = Mg[4 * a, s0:s0 + L], Mg[4 * a + 1, s0:s0 + L]
-            m2, m3 = Mg[4 * a + 2, s0:s0 + L], Mg[4 * a + 3, s0:s0 + L]
-            for p in range(L):
-                u = uintp(2 * p)
-                e0, e1 = e[u], e[u + uintp(1)]
-                m0[p] = e0
-                m1[p] = e0 + e1
-                m2[p] = e0 - e1
-                m3[p] = -e1
+            conv_winograd._columnsAdjointA2(R[a], Mg[4 * a, s0:s0 + L], Mg[4 * a + 1, s0:s0 + L],
+                                            Mg[4 * a + 2, s0:s0 + L], Mg[4 * a + 3, s0:s0 + L], L)
         os_ = oe
 
 
@@ -270,16 +240,7 @@ def _kernelGradient(dUT, dw, o0, o1, g):
                 X[ub, v] = a00 * d0 + a10 * d1 + a20 * d2 + a30 * d3 + a40 * d4
                 X[ub, v + uintp(1)] = a11 * d1 + a21 * d2 + a31 * d3 + a41 * d4
                 X[ub, v + uintp(2)] = a12 * d1 + a22 * d2 + a32 * d3 + a42 * d4 + d5
-        for r in range(n):
-            uo = uintp(o0 + r)
-            for i in range(3):
-                p = uintp(3 * r + i)
-                x1, x2 = X[1, p], X[2, p]
-                s, m = half * (x1 + x2), half * (x1 - x2)
-                t = uintp(9 * c + 3 * i)
-                f[uo, t] = X[0, p] + s
-                f[uo, t + uintp(1)] = m
-                f[uo, t + uintp(2)] = s + X[3, p]
+        conv_winograd._tapsAdjointG2(X, f, o0, c, n, half)
 
 
 if available:
