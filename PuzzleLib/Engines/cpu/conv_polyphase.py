@@ -19,7 +19,7 @@ the batch axis instead (one Winograd call per chunk): those buffers are bounded 
 import numpy as np
 
 from PuzzleLib.Engines.cpu import conv_common, conv_winograd
-from PuzzleLib.Engines.cpu.conv_common import leadingView
+from PuzzleLib.Engines.cpu.conv_common import leadingView, workspace
 from PuzzleLib.Engines.cpu.conv_im2col import flippedKernel
 
 
@@ -77,7 +77,8 @@ def _copyPhases(copies, work):
 
 
 def _buffer(x, r, c):
-    return np.empty(x.shape[:2] + (r[2], c[2]), dtype=x.dtype)
+    """The scratch buffer of one gathered phase of x (padded), from the workspace."""
+    return workspace.get("poly-x", x.shape[:2] + (r[2], c[2]), x.dtype)
 
 
 def workspaceBytes(direction, xShape, wShape, pad, dilation, groups, itemsize=4):
@@ -198,8 +199,8 @@ def _backwardDataStacked(dy, wf, u, tile, dx, phases, dilation, groups, limit):
     (_, olh, length, *_), (_, olw, width, *_) = phases[0]
     p = len(phases)
     step = _batchStep(n, p, p * (o * olh * olw + ch * length * width) * dy.itemsize, limit)
-    dyFlat = np.empty(p * step * o * olh * olw, dtype=dy.dtype)
-    dxFlat = np.empty(p * step * ch * length * width, dtype=dy.dtype)
+    dyFlat = workspace.get("poly-dy", (p * step * o * olh * olw,), dy.dtype)
+    dxFlat = workspace.get("poly-dx", (p * step * ch * length * width,), dy.dtype)
     for b0 in range(0, n, step):
         b1 = min(n, b0 + step)
         dys = leadingView(dyFlat, (p, b1 - b0, o, olh, olw))
@@ -246,8 +247,8 @@ def _backwardParamsStacked(x, dy, wShape, phases, dilation, groups, limit):
     step = _batchStep(n, p, p * (o * olh * olw + ch * length * width) * x.itemsize, limit)
     tile = conv_winograd.chunkBytes(max(x.nbytes, dy.nbytes))
     dw = None
-    xFlat = np.empty(p * step * ch * length * width, dtype=x.dtype)
-    dyFlat = np.empty(p * step * o * olh * olw, dtype=x.dtype)
+    xFlat = workspace.get("poly-x", (p * step * ch * length * width,), x.dtype)
+    dyFlat = workspace.get("poly-dy", (p * step * o * olh * olw,), x.dtype)
     for b0 in range(0, n, step):
         b1 = min(n, b0 + step)
         xs = leadingView(xFlat, (p, b1 - b0, ch, length, width))
