@@ -107,13 +107,14 @@ class _Workspace:
     forgotten: the next call carves the same memory again. So a loop of calls writes to pages it has already
     touched, and the memory kept is the largest call's scratch (calls of different algorithms share it).
     ``release`` drops everything. Callers must not return these views to the user: the next call
-    overwrites them.
+    overwrites them. One engine call at a time: the next call's regions reuse the last one's memory (the
+    engine is driven by one thread; BLAS and the compiled kernels' threads only touch views they are handed).
     """
 
     _ALIGN = 64
 
     def __init__(self):
-        self._lock = threading.Lock()  # the compiled kernels' threads may ask too
+        self._lock = threading.Lock()  # a call's worker threads may ask for their own buffers
         self._arena = None
         self._regions = {}  # tag -> its bytes (a uint8 view) in this call
         self._own = []  # this call's buffers outside the arena
