@@ -116,6 +116,26 @@ def test_arenaReusedAndSharedByAlgorithms():
     assert conv_common.workspace.nbytes == max(own.values())
 
 
+def test_workspaceRewindReusesOnlyWhatFollowsTheMark():
+    """After rewind(mark), requests reuse the memory of the regions carved since the mark, never of those
+    before it (an enclosing algorithm's), and the arena is sized to the most carved at once."""
+    ws = conv_common._Workspace()
+    for _ in range(2):  # the first round carves buffers of their own, the second the arena
+        before = ws.get("before", (100,), np.float32)
+        before[:] = 1
+        mark = ws.mark()
+        dead = ws.get("dead", (200,), np.float32)
+        ws.rewind(mark)
+        after = ws.get("after", (200,), np.float32)
+        after[:] = 2
+        assert np.all(before == 1)
+        assert not np.shares_memory(before, after)
+        arena = ws.nbytes
+        ws.settle(1 << 30)
+    assert np.shares_memory(dead, after)
+    assert arena == ws.nbytes == 64 * 7 + 800  # "before" (400 bytes, padded to 448), then 800: not 800 twice
+
+
 # One case per path that keeps scratch (N, C, spatial, O, kernel, stride, pad, dilation, groups).
 REUSE_CASES = [
     (2, 192, (8, 8), 256, (1, 1), (1, 1), (0, 0), (1, 1), 1),     # 1x1 through sgemm, packed weights

@@ -116,18 +116,19 @@ class _Workspace:
     def __init__(self):
         self._lock = threading.Lock()  # a call's worker threads may ask for their own buffers
         self._arena = None
-        self._regions = {}  # tag -> its bytes (a uint8 view) in this call
-        self._own = []  # this call's buffers outside the arena
+        self._regions = {}  # tag -> (start, its bytes: a uint8 view) in this call
+        self._own = []  # (start, buffer) of this call's buffers outside the arena
         self._used = 0  # bytes carved (or given their own buffer) in this call
+        self._peak = 0  # the most carved at once in this call (``rewind`` lowers _used)
 
     def get(self, tag, shape, dtype, zero=False):
         dtype = np.dtype(dtype)
         nbytes = max(math.prod(shape), 1) * dtype.itemsize
         with self._lock:
-            region = self._regions.get(tag)
-            if region is None or region.size < nbytes:
-                region = self._regions[tag] = self._carve(nbytes)
-        view = region[:nbytes].view(dtype)[:math.prod(shape)].reshape(shape)
+            entry = self._regions.get(tag)
+            if entry is None or entry[1].size < nbytes:
+                entry = self._regions[tag] = self._carve(nbytes)
+        view = entry[1][:nbytes].view(dtype)[:math.prod(shape)].reshape(shape)
         if zero:
             view.fill(0)
         return view
@@ -136,16 +137,31 @@ class _Workspace:
         start = -(-self._used // self._ALIGN) * self._ALIGN
         self._used = start + nbytes
         if self._arena is not None and self._used <= self._arena.size:
-            return self._arena[start:self._used]
+            return start, self._arena[start:self._used]
         # np.empty, not zeros: every user overwrites its view (calloc would memset recycled memory).
-        self._own.append(np.empty(nbytes, dtype=np.uint8))
+        self._own.append((start, np.empty(nbytes, dtype=np.uint8)))
         return self._own[-1]
 
-    def settle(self, limit):
-        """A call's end: forget its regions; the arena grows to what it asked for, or, above ``limit``
-        bytes, everything is dropped."""
+    def mark(self):
+        """Where the next region would start: ``rewind`` to it frees what is carved after it."""
         with self._lock:
-            used, self._used = self._used, 0
+            return self._used
+
+    def rewind(self, mark):
+        """The regions carved since ``mark`` are dead: later requests reuse their memory (the ones before
+        the mark, e.g. an enclosing algorithm's, stay)."""
+        with self._lock:
+            self._peak = max(self._peak, self._used)
+            self._regions = {tag: entry for tag, entry in self._regions.items() if entry[0] < mark}
+            self._own = [entry for entry in self._own if entry[0] < mark]
+            self._used = mark
+
+    def settle(self, limit):
+        """A call's end: forget its regions; the arena grows to what it asked for at most at once, or, above
+        ``limit`` bytes, everything is dropped."""
+        with self._lock:
+            used = max(self._peak, self._used)
+            self._used = self._peak = 0
             self._regions.clear()
             self._own.clear()
             if used > limit:
@@ -160,12 +176,12 @@ class _Workspace:
             self._arena = None
             self._regions.clear()
             self._own.clear()
-            self._used = 0
+            self._used = self._peak = 0
 
     @property
     def nbytes(self):
         with self._lock:
-            return (0 if self._arena is None else self._arena.size) + sum(b.size for b in self._own)
+            return (0 if self._arena is None else self._arena.size) + sum(b.size for _, b in self._own)
 
 
 def _alignedBytes(nbytes, align):

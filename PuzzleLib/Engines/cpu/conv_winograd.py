@@ -693,6 +693,7 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None, byChunks=False):
     cst = transformConstants(x.dtype)
     total = n * th
     limit = tileBytes or gradChunkBytes(max(x.nbytes, dy.nbytes))
+    mark = workspace.mark()
 
     def plan(units):
         """Tile positions per unit, and the chunks of tile rows their buffers allow."""
@@ -758,7 +759,7 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None, byChunks=False):
                         entries += part
 
     dealParts(work, _GRAD_PARTS, workers)
-    # The transform buffers stay in the arena for the next call; the kernel-space transform adds its own.
+    workspace.rewind(mark)  # the transform buffers are dead: the kernel-space transform reuses their memory
     if byChunks:
         for r in range(1, _GRAD_PARTS):  # in part order: deterministic
             holder[0] += sums[r]
@@ -777,12 +778,14 @@ def kernelGradient(holder, wShape, transposed=False):
     groups = du.shape[1]
     o, cg = wShape[0], wShape[1]
     gt = np.ascontiguousarray(_G.T.astype(du.dtype))  # (3, 6)
-    # dW[o, c, i, j] = sum_ab G[a, i] dU[a, b, o, c] G[b, j], as two products with no transposed copies
-    # (each temporary is dropped as soon as the next exists: at most dU plus half of it is alive).
-    t = np.matmul(gt, du.reshape(6, 6 * o * cg))                # (3, 6 * O * Cg): [i, b, oc]
+    # dW[o, c, i, j] = sum_ab G[a, i] dU[a, b, o, c] G[b, j], as two products with no transposed copies; dU is
+    # dropped as soon as the first exists. The products are scratch (the workspace: the callers rewind it
+    # first, so they take the memory of their transform buffers).
+    t = workspace.get("wino-kg-t", (3, 6 * o * cg), du.dtype)
+    np.matmul(gt, du.reshape(6, 6 * o * cg), out=t)             # [i, b, oc]
     del du
-    r = np.matmul(gt, t.reshape(3, 6, o * cg))                  # (3, 3, O * Cg): [i, j, oc]
-    del t
+    r = workspace.get("wino-kg-r", (3, 3, o * cg), t.dtype)
+    np.matmul(gt, t.reshape(3, 6, o * cg), out=r)               # [i, j, oc]
     if transposed:
         r = r.reshape(3, 3, groups, cg, o // groups).transpose(2, 4, 3, 0, 1)
     else:
