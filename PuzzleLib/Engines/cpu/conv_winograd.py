@@ -693,7 +693,6 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None, byChunks=False):
     cst = transformConstants(x.dtype)
     total = n * th
     limit = tileBytes or gradChunkBytes(max(x.nbytes, dy.nbytes))
-    mark = workspace.mark()
 
     def plan(units):
         """Tile positions per unit, and the chunks of tile rows their buffers allow."""
@@ -721,18 +720,20 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None, byChunks=False):
     # contiguous ran at ~100, more than paying for the copy. With more tiles than maps (case 7: 84 tiles,
     # 32 maps) the copy costs more than it saves. Chosen per call, so the same on any thread count.
     copied = step * tw < og
+    # dU (36, groups, O/g, C/g), or transposed (36, groups, C/g, O/g) when copied, from the workspace ahead of
+    # the transform buffers (they are rewound before the kernel-space transform, dU stays).
+    # Not zeroed: the first chunk's GEMMs write every entry (zeroed only when there are no chunks).
+    duShape = (36, groups, cg, og) if copied else (36, groups, og, cg)
+    holder = [workspace.get("wino-dU", duShape, x.dtype, zero=not chunks)]
+    # byChunks: each part's own dU (part 0 sums into holder's).
+    sums = [holder[0]] + [workspace.get(f"wino-dU{r}", duShape, x.dtype) for r in range(1, _GRAD_PARTS)] \
+        if byChunks else None
+    mark = workspace.mark()
     bufs = [(workspace.get(f"wino-v{k}", (pos * cg * step * tw,), x.dtype),
              workspace.get(f"wino-m{k}", (pos * og * step * tw,), x.dtype),
              workspace.get(f"wino-mt{k}", (pos * og * step * tw if copied else 1,), x.dtype),
              workspace.get(f"wino-du{k}", (block, cg, og) if copied else (block, og, cg), x.dtype))
             for k in range(workers)]
-    # dU (36, groups, O/g, C/g), or transposed (36, groups, C/g, O/g) when copied; in a list: kernelGradient
-    # frees it early.
-    # Not zeroed: the first chunk's GEMMs write every entry (zeroed only when there are no chunks).
-    duShape = (36, groups, cg, og) if copied else (36, groups, og, cg)
-    holder = [(np.empty if chunks else np.zeros)(duShape, dtype=x.dtype)]
-    # byChunks: each part's own dU (part 0 sums into holder's).
-    sums = [holder[0]] + [np.empty(duShape, dtype=x.dtype) for _ in range(_GRAD_PARTS - 1)] if byChunks else None
 
     def work(k, r):
         vb, mb, mtb, part = bufs[k]
@@ -759,7 +760,8 @@ def backwardParams(x, dy, wShape, pad, groups, tileBytes=None, byChunks=False):
                         entries += part
 
     dealParts(work, _GRAD_PARTS, workers)
-    workspace.rewind(mark)  # the transform buffers are dead: the kernel-space transform reuses their memory
+    bufs.clear()  # the transform buffers are dead (the list is shared with work: its views go too) and
+    workspace.rewind(mark)  # the kernel-space transform reuses their memory
     if byChunks:
         for r in range(1, _GRAD_PARTS):  # in part order: deterministic
             holder[0] += sums[r]
@@ -772,7 +774,8 @@ def kernelGradient(holder, wShape, transposed=False):
     """dW (wShape: O, C/g, 3, 3) from the transformed-domain gradient dU (36, groups, O/g, C/g), or
     (36, groups, C/g, O/g) with ``transposed``.
 
-    ``holder``: [dU], emptied here, so that dU is freed as soon as the first product exists.
+    ``holder``: [dU], emptied here, so that dU (when it is not scratch) is freed as soon as the first product
+    exists.
     """
     du = holder.pop()
     groups = du.shape[1]
@@ -790,4 +793,4 @@ def kernelGradient(holder, wShape, transposed=False):
         r = r.reshape(3, 3, groups, cg, o // groups).transpose(2, 4, 3, 0, 1)
     else:
         r = r.reshape(3, 3, o, cg).transpose(2, 3, 0, 1)
-    return np.ascontiguousarray(r).reshape(wShape)
+    return np.array(r, order="C").reshape(wShape)  # a copy even where the view is contiguous (O = C/g = 1)

@@ -157,8 +157,8 @@ def backwardParams(x, dy, wShape, pad, groups):
     shares = runs(chunks, parts)
     workers = conv_common.chunkWorkers(min(parts, len(chunks)))
     cst = conv_winograd.transformConstants(x.dtype)
-    sums = [np.zeros((36, groups, og, kd_ * cg), dtype=x.dtype) for _ in range(parts)]
-    mark = workspace.mark()
+    sums = [workspace.get(f"wino3-dU{r}", (36, groups, og, kd_ * cg), x.dtype, zero=True) for r in range(parts)]
+    mark = workspace.mark()  # the transform buffers follow: rewound before the kernel-space transform
     bufs = [(workspace.get(f"wino3-v{k}", (36 * c * (step + kd_ - 1) * P,), x.dtype),
              workspace.get(f"wino3-m{k}", (36 * o * step * P,), x.dtype),
              workspace.get(f"wino3-du{k}", (36, groups, og, kd_ * cg), x.dtype)) for k in range(workers)]
@@ -180,7 +180,8 @@ def backwardParams(x, dy, wShape, pad, groups):
         sums[0] += sums[r]
     holder = [sums[0]]
     sums.clear()
-    workspace.rewind(mark)  # the transform buffers are dead: the kernel-space transform reuses their memory
+    bufs.clear()  # the transform buffers are dead (the list is shared with work: its views go too) and
+    workspace.rewind(mark)  # the kernel-space transform reuses their memory
     dw2 = conv_winograd.kernelGradient(holder, (o, kd_ * cg, 3, 3))
     return np.ascontiguousarray(dw2.reshape(o, kd_, cg, 3, 3).transpose(0, 2, 1, 3, 4))
 
