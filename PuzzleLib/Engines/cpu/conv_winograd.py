@@ -498,14 +498,22 @@ if available:
 # on one thread 37 ms and 66 ms, im2col 35 and 54 in the same run).
 @oneBlasThread
 def kernelTransform(w, groups):
-    """U (36, groups, O // groups, C // groups) = G g G^T for every (o, c).
+    """U (36, groups, O // groups, C // groups) = G g G^T for every (o, c), in the workspace (the caller's scratch
+    for the rest of its call).
 
-    Built in U's own layout (no transposed copy at the end): at most U plus half of it is alive at once.
+    Built in U's own layout (no transposed copy at the end), from w tap-major; the two temporaries are carved
+    after U and rewound, so the caller's next buffers take their memory.
     """
     g = _G.astype(w.dtype)
     o, cg = w.shape[:2]
-    t = np.tensordot(g, np.ascontiguousarray(w.transpose(2, 3, 0, 1)), axes=([1], [0]))  # (6, 3, O, Cg)
-    u = np.matmul(g, t.reshape(6, 3, o * cg))                                           # (6, 6, O * Cg)
+    u = workspace.get("wino-kt-u", (6, 6, o * cg), w.dtype)
+    mark = workspace.mark()
+    taps = workspace.get("wino-kt-w", (3, 3, o, cg), w.dtype)
+    np.copyto(taps, w.transpose(2, 3, 0, 1))
+    t = workspace.get("wino-kt-t", (6, 3 * o * cg), w.dtype)
+    np.matmul(g, taps.reshape(3, 3 * o * cg), out=t)                                     # (6, 3, O, Cg)
+    np.matmul(g, t.reshape(6, 3, o * cg), out=u)                                        # (6, 6, O * Cg)
+    workspace.rewind(mark)
     return u.reshape(36, groups, o // groups, cg)
 
 
