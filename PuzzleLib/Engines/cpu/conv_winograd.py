@@ -26,7 +26,15 @@ stated bound, 5e-5 (float32) and 1e-12 (float64).
 
 import numpy as np
 
-from PuzzleLib.Engines.cpu.conv_common import biasVector, chunkWorkers, dealParts, oneBlasThread, workspace
+from PuzzleLib.Engines.cpu import sgemm
+from PuzzleLib.Engines.cpu.conv_common import (
+    biasVector,
+    chunkWorkers,
+    dealParts,
+    leadingView,
+    oneBlasThread,
+    workspace,
+)
 
 try:
     from numba import njit, uintp
@@ -515,6 +523,22 @@ def kernelTransform(w, groups):
     np.matmul(g, t.reshape(6, 3, o * cg), out=u)                                        # (6, 6, O * Cg)
     workspace.rewind(mark)
     return u.reshape(36, groups, o // groups, cg)
+
+
+def gradProducts(v, mgt, out, buf, accumulate):
+    """out (+)= v @ mgt for every leading index: the F(2x2) and F(4x2) weight gradients' dU^T = V Mg^T, mgt a
+    transposed view. In float32 through sgemm, which reads B by rows (Mg^T copied contiguous into ``buf``) and adds
+    into out itself; else BLAS, a later chunk's products summed through ``buf``."""
+    if sgemm.applies(out.dtype):
+        copy = leadingView(buf, mgt.shape)
+        np.copyto(copy, mgt)
+        sgemm.batched(v, copy, out, accumulate=accumulate)
+    elif not accumulate:
+        np.matmul(v, mgt, out=out)
+    else:
+        t = leadingView(buf, out.shape)
+        np.matmul(v, mgt, out=t)
+        out += t
 
 
 def _chunkRows(rows, tw, c, o, itemsize, limit):

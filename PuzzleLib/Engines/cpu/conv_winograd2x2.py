@@ -484,16 +484,7 @@ def backwardParams(x, dy, wShape, pad, groups):
                 _inputTransform(xc, vb, g * cg, pad[0], pad[1], th, tw, q0, q1, g * cg, (g + 1) * cg)
             else:
                 v = shared[:, g * cg:(g + 1) * cg]
-            if fast:
-                copy = leadingView(tb, mgt.shape)
-                np.copyto(copy, mgt)
-                sgemm.batched(v, copy, dut, accumulate=ci > 0)
-            elif ci == 0:
-                np.matmul(v, mgt, out=dut)
-            else:
-                t = leadingView(tb, dut.shape)
-                np.matmul(v, mgt, out=t)
-                dut += t
+            conv_winograd.gradProducts(v, mgt, dut, tb, accumulate=ci > 0)
         _kernelGradient(dut, dw, g * og + m0, g * og + m1, cst)
 
     shareItems(block, blocks, workers)
