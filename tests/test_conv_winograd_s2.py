@@ -20,6 +20,7 @@ CASES = [
     (1, 2, (4, 4), 3, (3, 3), (2, 2), (3, 3), (1, 1), 1),       # padding beyond the kernel
     (3, 16, (28, 28), 16, (3, 3), (2, 2), (1, 1), (1, 1), 1),
     (2, 8, (12, 17), 4, (3, 3), (2, 2), (1, 2), (1, 1), 4),     # depthwise-like: 2 channels per group
+    (1, 4, (7, 37), 3, (3, 3), (2, 2), (1, 1), (1, 1), 1),      # output rows of 19: two vectors a row
 ]
 BOUND = {np.float32: 1e-5, np.float64: 1e-13}  # max |error| / max |reference| (conv_winograd_s2's docstring)
 
