@@ -43,3 +43,36 @@ def test_workspaceEstimateBoundsPeak(xShape, wShape, pad, dilation):
 def test_casesCoverBothPlans():
     equal = [conv_polyphase._equal(conv_polyphase._phases(x[2:], pad, dil)) for x, _, pad, dil in CASES]
     assert True in equal and False in equal
+
+
+@pytest.mark.skipif(not conv_winograd.available, reason="numba is not installed")
+@pytest.mark.parametrize("spatial,pad,dilation", [
+    ((12, 14), (2, 2), (2, 2)),   # two column phases of dilation 2: the interleaving loops
+    ((11, 13), (1, 2), (2, 3)),   # three column phases, unequal sizes
+    ((9, 10), (4, 1), (3, 2)),    # padding past the first phase's reach
+    ((12, 9), (3, 0), (3, 3)),    # nine equal phases: the stacked kernels without the interleaving loops
+])
+def test_phaseKernelsAgainstStridedCopies(spatial, pad, dilation):
+    """_gatherPhases writes each phase as numpy's strided _gather does (padding zero), channels split in two
+    calls, and _scatterPhases puts the interiors back where they came from."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3) + spatial).astype(np.float32)
+    phases = conv_polyphase._phases(spatial, pad, dilation)
+    rows, cols = conv_polyphase._tables(phases)
+    (r0, c0) = phases[0]
+    sizes = {(r[2], c[2]) for r, c in phases}
+    for r, c in phases:
+        expected = conv_polyphase._gather(x, np.full((2, 3, r[2], c[2]), np.nan, np.float32), r, c, dilation)
+        one = [(r, c)]
+        got = np.full((1, 2, 3, r[2], c[2]), np.nan, np.float32)
+        conv_polyphase._movePhases(conv_polyphase._gatherPhases, x, got, one, dilation)
+        np.testing.assert_array_equal(got[0], expected)
+    if len(sizes) == 1:  # stacked: all phases at once, in two channel ranges
+        got = np.full((len(phases), 2, 3, r0[2], c0[2]), np.nan, np.float32)
+        conv_polyphase._gatherPhases(x, got, rows, cols, dilation[0], dilation[1], 0, 1)
+        conv_polyphase._gatherPhases(x, got, rows, cols, dilation[0], dilation[1], 1, 3)
+        for i, (r, c) in enumerate(phases):
+            np.testing.assert_array_equal(got[i], conv_polyphase._gather(x, np.empty_like(got[i]), r, c, dilation))
+        back = np.full_like(x, np.nan)
+        conv_polyphase._movePhases(conv_polyphase._scatterPhases, back, got, phases, dilation)
+        np.testing.assert_array_equal(back, x)

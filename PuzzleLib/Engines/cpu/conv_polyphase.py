@@ -13,6 +13,14 @@ phase at a time: about one phase of x (1 / (dh*dw) of it) plus Winograd's own bo
 and the weight gradient, where the phases are of equal size, stack all phases of a chunk of batch items along
 the batch axis instead (one Winograd call per chunk): those buffers are bounded by half the call's result
 (_stackLimit), the chunk holding at least n / phases items (_batchStep).
+
+These copies are compiled (_gatherPhases, _scatterPhases), each row of the source read once for all its phases,
+split between the threads by channels. Case 8's arrays, two threads, ms, numpy's strided copies (one pass per
+phase) against them (``/tmp/s10/mv.py``, median of 15 alternated rounds): with caches warm, the stacked dy
+phases 0.85 vs 0.35, x's padded phases 1.37 vs 0.48, dx from its phases 0.93 vs 0.29; with a 32 MiB array read
+before each copy they tie (1.03 vs 1.12, 1.66 vs 1.70, 1.19 vs 1.16: memory-bound). Whole calls against numpy's
+copies, same process, median of 12 paired ratios (``/tmp/s10/ab8.py``): backward-data 0.96 warm and 0.95
+flushed, weight gradient 0.93 and 0.94, forward 0.93 and 0.99.
 """
 
 
@@ -21,6 +29,11 @@ import numpy as np
 from PuzzleLib.Engines.cpu import conv_common, conv_winograd
 from PuzzleLib.Engines.cpu.conv_common import leadingView, workspace
 from PuzzleLib.Engines.cpu.conv_im2col import flippedKernel
+
+try:
+    from numba import njit, uintp
+except ImportError:  # pragma: no cover - numba is a dependency; without it the phases are copied by numpy
+    njit = None
 
 
 def applies(kernel, stride, dilation):
@@ -68,12 +81,126 @@ def _gather(x, buf, r, c, dilation):
     return buf
 
 
-def _copyPhases(copies, work):
-    """Run the phase copies [(fn, args...)] split between the engine's threads, each copy whole on one thread
-    (numpy's copies release the GIL; the copies write disjoint memory, so any split gives the same bits).
-    Memory-bound strided copies: case 8's weight gradient spent ~2.5 ms of CPU per call in them, serially
-    (all phases of 2 items: 0.65 ms on one thread, 0.4 on two)."""
-    conv_common.parallel(lambda i0, i1: [fn(*args) for fn, *args in copies[i0:i1]], len(copies), work)
+def _tables(phases):
+    """The stacked phases [(r, c)] (rows outer, columns inner, as _phases orders them) as two int64 tables of
+    (j0, j1, first index): the row phases', the column phases'."""
+    rows = list(dict.fromkeys(r for r, _ in phases))
+    cols = list(dict.fromkeys(c for _, c in phases))
+    assert [(r, c) for r in rows for c in cols] == list(phases)
+    return tuple(np.array([(a[3], a[4], a[5]) for a in axis], dtype=np.int64).reshape(-1, 3) for axis in (rows, cols))
+
+
+def _gatherPhases(x, out, rows, cols, dh, dw, c0, c1):
+    """Every stacked phase of x at once, channels [c0, c1): out[ri * len(cols) + ci, b, c, j, k] = x[b, c, first
+    + dh (j - j0), cfirst + dw (k - k0)] for j in [j0, j1) (rows[ri]) and k in [k0, k1) (cols[ci]), zero
+    elsewhere (the padding). Each row of x is read once, while it is in cache, for all its column phases (numpy
+    made one strided pass over x per phase); with two column phases of dilation 2 one loop splits the row into
+    both (an interleaved load LLVM vectorises). Flat unsigned indices, as conv_winograd's copies."""
+    n, C, H, W = x.shape
+    length, width = out.shape[3], out.shape[4]
+    nc = cols.shape[0]
+    src, dst = x.reshape(-1), out.reshape(-1)
+    plane = length * width
+    stride = n * C * plane  # of the phases in out
+    pair = _pairs(cols, dw)
+    for b in range(n):
+        for c in range(c0, c1):
+            base = (b * C + c) * plane
+            for ri in range(rows.shape[0]):
+                j0, j1, first = rows[ri, 0], rows[ri, 1], rows[ri, 2]
+                for ci in range(nc):
+                    k0, k1 = cols[ci, 0], cols[ci, 1]
+                    o = (ri * nc + ci) * stride + base
+                    for t in range(j0 * width):
+                        dst[uintp(o + t)] = 0
+                    for t in range(j1 * width, plane):
+                        dst[uintp(o + t)] = 0
+                    for j in range(j0, j1):
+                        for k in range(k0):
+                            dst[uintp(o + j * width + k)] = 0
+                        for k in range(k1, width):
+                            dst[uintp(o + j * width + k)] = 0
+                for j in range(j0, j1):
+                    row = ((b * C + c) * H + first + dh * (j - j0)) * W
+                    if pair:
+                        k0, k1 = cols[0, 0], cols[0, 1]
+                        d0 = uintp((ri * nc) * stride + base + j * width + k0)
+                        d1 = d0 + uintp(stride)
+                        s0 = uintp(row + cols[0, 2])
+                        for k in range(k1 - k0):
+                            u = uintp(k)
+                            dst[d0 + u] = src[s0 + uintp(2) * u]
+                            dst[d1 + u] = src[s0 + uintp(2) * u + uintp(1)]
+                        continue
+                    for ci in range(nc):
+                        k0, k1 = cols[ci, 0], cols[ci, 1]
+                        d = uintp((ri * nc + ci) * stride + base + j * width + k0)
+                        s0 = uintp(row + cols[ci, 2])
+                        for k in range(k1 - k0):
+                            dst[d + uintp(k)] = src[s0 + uintp(dw * k)]
+
+
+def _scatterPhases(dx, phased, rows, cols, dh, dw, c0, c1):
+    """_gatherPhases' inverse on the interiors, channels [c0, c1): dx[b, c, first + dh (j - j0), cfirst + dw (k -
+    k0)] = phased[ri * len(cols) + ci, b, c, j, k] for j in [j0, j1), k in [k0, k1): each row of dx written once,
+    from all its column phases (two of dilation 2: one interleaving loop)."""
+    n, C, H, W = dx.shape
+    length, width = phased.shape[3], phased.shape[4]
+    nc = cols.shape[0]
+    src, dst = phased.reshape(-1), dx.reshape(-1)
+    plane = length * width
+    stride = n * C * plane
+    pair = _pairs(cols, dw)
+    for b in range(n):
+        for c in range(c0, c1):
+            base = (b * C + c) * plane
+            for ri in range(rows.shape[0]):
+                j0, j1, first = rows[ri, 0], rows[ri, 1], rows[ri, 2]
+                for j in range(j0, j1):
+                    row = ((b * C + c) * H + first + dh * (j - j0)) * W
+                    if pair:
+                        k0, k1 = cols[0, 0], cols[0, 1]
+                        s0 = uintp((ri * nc) * stride + base + j * width + k0)
+                        s1 = s0 + uintp(stride)
+                        d0 = uintp(row + cols[0, 2])
+                        for k in range(k1 - k0):
+                            u = uintp(k)
+                            dst[d0 + uintp(2) * u] = src[s0 + u]
+                            dst[d0 + uintp(2) * u + uintp(1)] = src[s1 + u]
+                        continue
+                    for ci in range(nc):
+                        k0, k1 = cols[ci, 0], cols[ci, 1]
+                        s0 = uintp((ri * nc + ci) * stride + base + j * width + k0)
+                        d = uintp(row + cols[ci, 2])
+                        for k in range(k1 - k0):
+                            dst[d + uintp(dw * k)] = src[s0 + uintp(k)]
+
+
+def _pairs(cols, dw):
+    """Whether the column phases are two of dilation 2 over the same buffer columns, the second one input column
+    after the first: then one loop moves a row to or from both."""
+    return (dw == 2 and cols.shape[0] == 2 and cols[0, 0] == cols[1, 0] and cols[0, 1] == cols[1, 1]
+            and cols[1, 2] == cols[0, 2] + 1)
+
+
+if njit is not None:
+    _pairs = njit(cache=True, nogil=True, inline="always")(_pairs)
+    _gatherPhases = njit(cache=True, nogil=True)(_gatherPhases)
+    _scatterPhases = njit(cache=True, nogil=True)(_scatterPhases)
+
+
+def _outputPhases(phases):
+    """The phases of the output (dy): each the whole of its strided sub-plane, no padding, in _axisPhases' form."""
+    return [tuple((a, olen, olen, 0, olen, a) for a, olen, *_ in axis) for axis in phases]
+
+
+def _movePhases(kernel, a, b, phases, dilation):
+    """kernel(a, b, rows, cols, dh, dw, c0, c1) over the channels, split between the engine's threads (the
+    channels' rows are disjoint: any split gives the same bits)."""
+    rows, cols = _tables(phases)
+    channels = a.shape[1]
+    conv_common.parallel(lambda c0, c1: kernel(a, b, rows, cols, dilation[0], dilation[1], c0, c1), channels,
+                         a.size + b.size)
 
 
 def _buffer(x, r, c):
@@ -128,8 +255,10 @@ def forward(x, w, bias, pad, dilation, groups):
         return y
     u = conv_winograd.kernelTransform(w, groups)
     tile = conv_winograd.chunkBytes(y.nbytes)
+    x = np.ascontiguousarray(x)  # the phase kernel indexes flat
     for r, c in phases:
-        buf = _gather(x, _buffer(x, r, c), r, c, dilation)
+        buf = _buffer(x, r, c)
+        _movePhases(_gatherPhases, x, buf[None], [(r, c)], dilation)
         conv_winograd.forward(buf, w, bias, (0, 0), groups, tileBytes=tile, u=u,
                               out=y[:, :, r[0]::dilation[0], c[0]::dilation[1]])
         del buf
@@ -196,6 +325,7 @@ def _backwardDataStacked(dy, wf, u, tile, dx, phases, dilation, groups, limit):
     Winograd calls' chunk bound."""
     n, ch = dx.shape[:2]
     o = dy.shape[1]
+    dy = np.ascontiguousarray(dy)  # the phase kernels index flat
     (_, olh, length, *_), (_, olw, width, *_) = phases[0]
     p = len(phases)
     step = _batchStep(n, p, p * (o * olh * olw + ch * length * width) * dy.itemsize, limit)
@@ -204,16 +334,11 @@ def _backwardDataStacked(dy, wf, u, tile, dx, phases, dilation, groups, limit):
     for b0 in range(0, n, step):
         b1 = min(n, b0 + step)
         dys = leadingView(dyFlat, (p, b1 - b0, o, olh, olw))
-        dyb = dy[b0:b1]
-        _copyPhases([(np.copyto, dys[i], dyb[:, :, r[0]::dilation[0], c[0]::dilation[1]])
-                     for i, (r, c) in enumerate(phases)], dys.size)
+        _movePhases(_gatherPhases, dy[b0:b1], dys, _outputPhases(phases), dilation)
         dxs = leadingView(dxFlat, (p * (b1 - b0), ch, length, width))
         conv_winograd.forward(dys.reshape((-1,) + dys.shape[2:]), wf, None, (2, 2), groups, tileBytes=tile, u=u,
                               out=dxs)
-        dxs = dxs.reshape((p, b1 - b0) + dxs.shape[1:])
-        dxb = dx[b0:b1]
-        _copyPhases([(_scatter, dxb, dxs[i], r, c, dilation) for i, (r, c) in enumerate(phases)],
-                    dxs.size)  # the phases write disjoint pixels of dx
+        _movePhases(_scatterPhases, dx[b0:b1], dxs.reshape((p, b1 - b0) + dxs.shape[1:]), phases, dilation)
 
 
 def backwardParams(x, dy, wShape, pad, dilation, groups, stackBytes=None):
@@ -242,6 +367,7 @@ def _backwardParamsStacked(x, dy, wShape, phases, dilation, groups, limit):
     one Winograd weight-gradient call (its fixed chunk order), the chunks' results in batch order."""
     n, ch = x.shape[:2]
     o = dy.shape[1]
+    x, dy = np.ascontiguousarray(x), np.ascontiguousarray(dy)  # the phase kernels index flat
     (_, olh, length, *_), (_, olw, width, *_) = phases[0]
     p = len(phases)
     step = _batchStep(n, p, p * (o * olh * olw + ch * length * width) * x.itemsize, limit)
@@ -253,11 +379,8 @@ def _backwardParamsStacked(x, dy, wShape, phases, dilation, groups, limit):
         b1 = min(n, b0 + step)
         xs = leadingView(xFlat, (p, b1 - b0, ch, length, width))
         dys = leadingView(dyFlat, (p, b1 - b0, o, olh, olw))
-        xb, dyb = x[b0:b1], dy[b0:b1]
-        _copyPhases([copy for i, (r, c) in enumerate(phases)
-                     for copy in ((_gather, xb, xs[i], r, c, dilation),
-                                  (np.copyto, dys[i], dyb[:, :, r[0]::dilation[0], c[0]::dilation[1]]))],
-                    xs.size + dys.size)
+        _movePhases(_gatherPhases, x[b0:b1], xs, phases, dilation)
+        _movePhases(_gatherPhases, dy[b0:b1], dys, _outputPhases(phases), dilation)
         part = conv_winograd.backwardParams(xs.reshape((-1,) + xs.shape[2:]), dys.reshape((-1,) + dys.shape[2:]),
                                             wShape, (0, 0), groups, tileBytes=tile, byChunks=True)
         if dw is None:
