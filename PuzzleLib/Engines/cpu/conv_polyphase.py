@@ -32,7 +32,7 @@ from PuzzleLib.Engines.cpu.conv_im2col import flippedKernel
 
 try:
     from numba import njit, uintp
-except ImportError:  # pragma: no cover - numba is a dependency; without it the phases are copied by numpy
+except ImportError:  # pragma: no cover - numba is a dependency; without it Winograd (and so this) is unavailable
     njit = None
 
 
