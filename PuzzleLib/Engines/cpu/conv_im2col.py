@@ -485,7 +485,15 @@ def _fastGather(xs, tables, cols, n0, r0, r1, ck=None, split=True):
     between threads if ``split``."""
     layout = _tileLayout(cols)
     _splitRows(lambda k0, k1: _gatherRows5(xs, cols, *tables, n0, r0, r1, k0, k1, 0, 0, *layout), 0,
-               cols.shape[1] if ck is None else ck, max(cols.size, 1 << 20), split)
+               cols.shape[1] if ck is None else ck, cols.size * GATHER_COST, split)
+
+
+# A gathered element's time in multiply-adds (conv_common.PARALLEL_WORK's unit): a gather moves ~3 G elements a
+# second on one thread, a GEMM ~50 G multiply-adds. So tiles under ~64K elements are gathered on the calling
+# thread: handing half of a few hundred elements to the other thread cost more than the gather (the gathers
+# had always been split: a Conv1D N2 3->4 L11 forward took 190 us through the module, ~100 of them waiting
+# on the hand-off).
+GATHER_COST = 16
 
 
 def _splitRows(fn, k0, k1, work, split):
@@ -886,7 +894,7 @@ def _fastGatherT(x5, tables, cols, n0, nb, r0, r1, k0, k1, split=True):
     flat = cols.reshape(-1)
     span = cols.shape[1] // max(nb, 1)
     _splitRows(lambda a, b: _gatherRowsT(x5, flat, *tables, n0, nb, r0, r1, k0, cols.shape[1], span, a, b), k0, k1,
-               max(cols.size, 1 << 20), split)
+               cols.size * GATHER_COST, split)
 
 
 def _gatherRowsT(x5, dst, start, lo, hi, st, pd, dl, kshape, oshape, n0, nb, r0, r1, kBase, kPitch, itemPitch,
