@@ -140,6 +140,20 @@ def test_heuristicPicks():
     assert conv.chooseAlgorithm("forward", (8, 256, 14, 14), (512, 256, 3, 3), (2, 2), (1, 1), (1, 1), 1) == "im2col"
 
 
+@pytest.mark.parametrize("direction", ["forward", "backwardData", "backwardParams"])
+def test_heuristicRunsLittleWorkDirect(direction):
+    """Calls of little work go to the direct loops (im2col's set-up costs more than they do), but only with few
+    channels, where those loops keep up (conv._heuristic's figures)."""
+    one, d2 = (1,), (2,)
+    assert conv.chooseAlgorithm(direction, (2, 3, 11), (4, 3, 3), one, (0,), d2, 1) == "direct"  # the tiny1d case
+    assert conv.chooseAlgorithm(direction, (1, 2, 5, 4, 6), (3, 2, 2, 2, 2), (1,) * 3, (0,) * 3, (1,) * 3,
+                                1) == "direct"                                                     # tiny3d
+    assert conv.chooseAlgorithm(direction, (4, 4, 8, 8), (4, 4, 3, 3), (1, 1), (1, 1), (1, 1), 1) == "direct"
+    assert conv.chooseAlgorithm(direction, (8, 8, 32), (8, 8, 3), one, one, one, 1) == "im2col"  # 49K, 8 channels
+    assert conv.chooseAlgorithm(direction, (4, 16, 8), (16, 16, 3), one, one, one, 1) == "im2col"  # 16 channels
+    assert conv.chooseAlgorithm(direction, (16, 4, 8, 8), (4, 4, 3, 3), (1, 1), (1, 1), (1, 1), 1) == "im2col"
+
+
 def test_badAlgorithm():
     x, w, b, dy, (stride, pad, dilation, groups) = convData(GENERAL[3], np.float32)
     with pytest.raises(ValueError, match="applicable"):

@@ -88,6 +88,8 @@ def chooseAlgorithm(direction, xShape, wShape, stride, pad, dilation, groups):
 
 
 _choices = {}
+# Multiply-adds of a call (all items, maps and taps) up to which the direct loops run it (see _heuristic).
+_TINY_WORK = 1 << 16
 
 
 def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
@@ -100,6 +102,16 @@ def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
         # Depthwise / small groups: the GEMMs would be tiny, the copy dominates.
         return "direct"
     if cg * prod(kernel) <= 8 and o // groups <= 8:
+        return "direct"
+    # Little work in all: im2col's set-up (plans, packing, workspace) costs ~50 us a call, the direct loops a few.
+    # Through conv.forward / backwardData / backwardParams, us, im2col vs direct: Conv1D N2 3->4 L11 d2 (the
+    # benchmark's tiny1d, 504 multiply-adds) 54 / 57 / 47 vs 4.5 / 4.6 / 12; Conv3D N1 2->3 5x4x6 k2 (tiny3d) 54 /
+    # 58 / 42 vs 4.3 / 4.5 / 14; N4 4->4 8x8 k3 (37K) 65 / 67 / 54 vs 11 / 11 / 21; N4 2->2 5x5x5 k3 (54K) 91 /
+    # 93 / 78 vs 63 / 63 / 33; N1 4->4 6x6x6 k3 (93K) ties (80 vs 78 forward). With more channels the direct loops
+    # (written for depthwise) fall behind sooner: N8 8->8 L32 (49K) 56 vs 70 forward, N1 8->8 3x3x3 (47K) 68 vs
+    # 130, N4 16->16 L8 (25K) 60 vs 129.
+    work = xShape[0] * o * prod(outputShape(xShape[2:], kernel, stride, pad, dilation)) * cg * prod(kernel)
+    if work <= (_TINY_WORK if cg <= 4 else _TINY_WORK // 4) and cg <= 8:
         return "direct"
     # Dilated (conv_polyphase) in every direction: case 8 (64->64 56x56 d2, same-process interleaved, phases
     # stacked along the batch) bwd-data 8.5 vs 11.9 ms, bwd-params 9.3 vs 12.8 (im2col); 128->128 28x28 d2
