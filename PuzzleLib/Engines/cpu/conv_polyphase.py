@@ -14,6 +14,13 @@ and the weight gradient, where the phases are of equal size, stack all phases of
 the batch axis instead (one Winograd call per chunk): those buffers are bounded by half the call's result
 (_stackLimit), the chunk holding at least n / phases items (_batchStep).
 
+Where a phase's buffer is its interior (x's pixels) with the same margin of padding on both sides (all phases
+alike, for the stacked directions), only the interior is stored and the Winograd call pads by the margin instead
+(_interior). The forward and the weight gradient keep their tiles (the same bits), with less to copy and hold;
+backward-data computes only the dx phases' interiors: case 8's 28x28 of the 30x30 its phases padded to, 7x7
+tiles instead of 8x8, 0.83-0.86 of the time (``/tmp/s10/ab8.py``, warm and flushed, median of 12 paired ratios)
+and 0.5 MiB less at its peak (11.4 MiB against torch's 12.2 in ``benchmarks/conv.py --cases 8``).
+
 These copies are compiled (_gatherPhases, _scatterPhases), each row of the source read once for all its phases,
 split between the threads by channels. Case 8's arrays, two threads, ms, numpy's strided copies (one pass per
 phase) against them (``/tmp/s10/mv.py``, median of 15 alternated rounds): with caches warm, the stacked dy
@@ -219,16 +226,24 @@ def workspaceBytes(direction, xShape, wShape, pad, dilation, groups, itemsize=4)
         phases = [(r, c) for r, c in phases if r[4] > r[3] and c[4] > c[3]]
     if n == 0 or not phases:
         return 0
-    (_, olh, length, *_), (_, olw, width, *_) = max(phases, key=lambda rc: rc[0][2] * rc[1][2])
+    # The buffers the call fills: each phase's interior where its margins allow (_interior; the forward per
+    # phase, the stacked backward directions all at once), else the padded phases.
+    stacked = direction != "forward" and _equal(phases)
+    if direction == "forward":
+        cuts = [_interior([phase]) for phase in phases]
+    else:
+        cut, margins = _interior(phases) if stacked else (phases, (0, 0))
+        cuts = [([phase], margins) for phase in cut]
+    ([(r, c)], margins) = max(cuts, key=lambda cut: cut[0][0][0][2] * cut[0][0][1][2])
+    (_, olh, length, *_), (_, olw, width, *_) = r, c
     xPhase, dyPhase = ch * length * width * itemsize, o * olh * olw * itemsize  # per batch item
     xBytes = n * ch * h * wd * itemsize
     dyBytes = n * o * (h + 2 * pad[0] - 2 * dilation[0]) * (wd + 2 * pad[1] - 2 * dilation[1]) * itemsize
     u, weights = 36 * o * cg * itemsize, 9 * o * cg * itemsize
     if direction == "forward":
-        return (n * xPhase + u + conv_winograd.workspaceBytes((n, ch, length, width), o, (0, 0), itemsize,
+        return (n * xPhase + u + conv_winograd.workspaceBytes((n, ch, length, width), o, margins, itemsize,
                                                               tileBytes=conv_winograd.chunkBytes(dyBytes),
                                                               groups=groups))
-    stacked = _equal(phases)
     items = n
     if stacked:
         limit = _stackLimit(xBytes if direction == "backwardData" else max(xBytes, dyBytes))
@@ -237,11 +252,12 @@ def workspaceBytes(direction, xShape, wShape, pad, dilation, groups, itemsize=4)
         # The stacked chunk's dy and dx phases, or one dx phase; the flipped kernel and its transform.
         buffers = items * (xPhase + dyPhase) if stacked else n * xPhase
         return buffers + weights + u + conv_winograd.workspaceBytes(
-            (items, o, olh, olw), ch, (2, 2), itemsize, tileBytes=conv_winograd.chunkBytes(xBytes), groups=groups)
+            (items, o, olh, olw), ch, (2 - margins[0], 2 - margins[1]), itemsize,
+            tileBytes=conv_winograd.chunkBytes(xBytes), groups=groups)
     # The weight gradient: the chunk's (or one phase's) x and dy phases, the call's dU parts and its result.
     # Stacked, the call's parts split the chunks (byChunks), each over every tile position: at most twice the
     # buffers of parts that split the positions, which is what conv_winograd's estimate counts.
-    grad = conv_winograd.workspaceBytes((items, ch, length, width), o, (0, 0), itemsize, grad=True, groups=groups,
+    grad = conv_winograd.workspaceBytes((items, ch, length, width), o, margins, itemsize, grad=True, groups=groups,
                                         tileBytes=conv_winograd.chunkBytes(max(xBytes, dyBytes)))
     return items * (xPhase + dyPhase) + 3 * u + weights + (2 * grad if stacked else grad)
 
@@ -256,10 +272,11 @@ def forward(x, w, bias, pad, dilation, groups):
     u = conv_winograd.kernelTransform(w, groups)
     tile = conv_winograd.chunkBytes(y.nbytes)
     x = np.ascontiguousarray(x)  # the phase kernel indexes flat
-    for r, c in phases:
-        buf = _buffer(x, r, c)
-        _movePhases(_gatherPhases, x, buf[None], [(r, c)], dilation)
-        conv_winograd.forward(buf, w, bias, (0, 0), groups, tileBytes=tile, u=u,
+    for phase in phases:
+        (out, margins), (r, c) = _interior([phase]), phase  # the interior only, its margins as padding
+        buf = _buffer(x, *out[0])
+        _movePhases(_gatherPhases, x, buf[None], out, dilation)
+        conv_winograd.forward(buf, w, bias, margins, groups, tileBytes=tile, u=u,
                               out=y[:, :, r[0]::dilation[0], c[0]::dilation[1]])
         del buf
     return y
@@ -326,6 +343,9 @@ def _backwardDataStacked(dy, wf, u, tile, dx, phases, dilation, groups, limit):
     n, ch = dx.shape[:2]
     o = dy.shape[1]
     dy = np.ascontiguousarray(dy)  # the phase kernels index flat
+    # Only the dx phases' interiors (where x is) are computed, when their margins allow (_interior): case 8's
+    # 28x28 of the 30x30, 7x7 tiles of 4x4 instead of 8x8.
+    phases, margins = _interior(phases)
     (_, olh, length, *_), (_, olw, width, *_) = phases[0]
     p = len(phases)
     step = _batchStep(n, p, p * (o * olh * olw + ch * length * width) * dy.itemsize, limit)
@@ -336,9 +356,28 @@ def _backwardDataStacked(dy, wf, u, tile, dx, phases, dilation, groups, limit):
         dys = leadingView(dyFlat, (p, b1 - b0, o, olh, olw))
         _movePhases(_gatherPhases, dy[b0:b1], dys, _outputPhases(phases), dilation)
         dxs = leadingView(dxFlat, (p * (b1 - b0), ch, length, width))
-        conv_winograd.forward(dys.reshape((-1,) + dys.shape[2:]), wf, None, (2, 2), groups, tileBytes=tile, u=u,
-                              out=dxs)
+        conv_winograd.forward(dys.reshape((-1,) + dys.shape[2:]), wf, None, (2 - margins[0], 2 - margins[1]), groups,
+                              tileBytes=tile, u=u, out=dxs)
         _movePhases(_scatterPhases, dx[b0:b1], dxs.reshape((p, b1 - b0) + dxs.shape[1:]), phases, dilation)
+
+
+def _interior(phases):
+    """(phases, margins): where every row phase's buffer has the same margin e of padding above and below its
+    interior (j0 = e = length - j1), and likewise the columns, the phases cut to their interiors (length j1 - j0,
+    j0 = 0) and the margins; else the phases as they are and margins of 0. A buffer is its interior padded by
+    its margins, so a convolution's padding can stand for them."""
+    rows = {r[2:5] for r, _ in phases}
+    cols = {c[2:5] for _, c in phases}
+    if len(rows) != 1 or len(cols) != 1:
+        return phases, (0, 0)
+    (length, j0, j1), (width, k0, k1) = rows.pop(), cols.pop()
+    if j0 != length - j1 or k0 != width - k1:
+        return phases, (0, 0)
+
+    def cut(a):
+        return a[:2] + (a[4] - a[3], 0, a[4] - a[3]) + a[5:]
+
+    return [(cut(r), cut(c)) for r, c in phases], (j0, k0)
 
 
 def backwardParams(x, dy, wShape, pad, dilation, groups, stackBytes=None):
@@ -368,6 +407,7 @@ def _backwardParamsStacked(x, dy, wShape, phases, dilation, groups, limit):
     n, ch = x.shape[:2]
     o = dy.shape[1]
     x, dy = np.ascontiguousarray(x), np.ascontiguousarray(dy)  # the phase kernels index flat
+    phases, margins = _interior(phases)  # x's phases without their margins, which the padding stands for
     (_, olh, length, *_), (_, olw, width, *_) = phases[0]
     p = len(phases)
     step = _batchStep(n, p, p * (o * olh * olw + ch * length * width) * x.itemsize, limit)
@@ -382,7 +422,7 @@ def _backwardParamsStacked(x, dy, wShape, phases, dilation, groups, limit):
         _movePhases(_gatherPhases, x[b0:b1], xs, phases, dilation)
         _movePhases(_gatherPhases, dy[b0:b1], dys, _outputPhases(phases), dilation)
         part = conv_winograd.backwardParams(xs.reshape((-1,) + xs.shape[2:]), dys.reshape((-1,) + dys.shape[2:]),
-                                            wShape, (0, 0), groups, tileBytes=tile, byChunks=True)
+                                            wShape, margins, groups, tileBytes=tile, byChunks=True)
         if dw is None:
             dw = part
         else:
