@@ -318,10 +318,11 @@ def backwardData(dy, w, xShape, pad, dilation, groups, stackBytes=None):
         _backwardDataStacked(dy, wf, u, tile, dx, phases, dilation, groups,
                              _stackLimit(dx.nbytes) if stackBytes is None else stackBytes)
         return dx
-    # Phases of unequal sizes: one call each.
-    for r, c in phases:
+    # Phases of unequal sizes: one call each (its interior only, where its margins allow).
+    for phase in phases:
+        ([(r, c)], margins) = _interior([phase])
         dyp = dy[:, :, r[0]::dilation[0], c[0]::dilation[1]]
-        dxp = conv_winograd.forward(dyp, wf, None, (2, 2), groups, tileBytes=tile, u=u)
+        dxp = conv_winograd.forward(dyp, wf, None, (2 - margins[0], 2 - margins[1]), groups, tileBytes=tile, u=u)
         _scatter(dx, dxp, r, c, dilation)
         del dxp
     return dx
