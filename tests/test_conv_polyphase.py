@@ -53,8 +53,8 @@ def test_casesCoverBothPlans():
     ((12, 9), (3, 0), (3, 3)),    # nine equal phases: the stacked kernels without the interleaving loops
 ])
 def test_phaseKernelsAgainstStridedCopies(spatial, pad, dilation):
-    """_gatherPhases writes each phase as numpy's strided _gather does (padding zero), channels split in two
-    calls, and _scatterPhases puts the interiors back where they came from."""
+    """_phaseRows gathers each phase as numpy's strided _gather does (padding zero), channels split in two calls,
+    and puts the interiors back where they came from."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 3) + spatial).astype(np.float32)
     phases = conv_polyphase._phases(spatial, pad, dilation)
@@ -65,14 +65,14 @@ def test_phaseKernelsAgainstStridedCopies(spatial, pad, dilation):
         expected = conv_polyphase._gather(x, np.full((2, 3, r[2], c[2]), np.nan, np.float32), r, c, dilation)
         one = [(r, c)]
         got = np.full((1, 2, 3, r[2], c[2]), np.nan, np.float32)
-        conv_polyphase._movePhases(conv_polyphase._gatherPhases, x, got, one, dilation)
+        conv_polyphase._movePhases(x, got, one, dilation)
         np.testing.assert_array_equal(got[0], expected)
     if len(sizes) == 1:  # stacked: all phases at once, in two channel ranges
         got = np.full((len(phases), 2, 3, r0[2], c0[2]), np.nan, np.float32)
-        conv_polyphase._gatherPhases(x, got, rows, cols, dilation[0], dilation[1], 0, 1)
-        conv_polyphase._gatherPhases(x, got, rows, cols, dilation[0], dilation[1], 1, 3)
+        conv_polyphase._phaseRows(x, got, rows, cols, dilation[0], dilation[1], 0, 1, True)
+        conv_polyphase._phaseRows(x, got, rows, cols, dilation[0], dilation[1], 1, 3, True)
         for i, (r, c) in enumerate(phases):
             np.testing.assert_array_equal(got[i], conv_polyphase._gather(x, np.empty_like(got[i]), r, c, dilation))
         back = np.full_like(x, np.nan)
-        conv_polyphase._movePhases(conv_polyphase._scatterPhases, back, got, phases, dilation)
+        conv_polyphase._movePhases(back, got, phases, dilation, gather=False)
         np.testing.assert_array_equal(back, x)

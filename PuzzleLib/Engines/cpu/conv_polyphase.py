@@ -21,7 +21,7 @@ backward-data computes only the dx phases' interiors: case 8's 28x28 of the 30x3
 tiles instead of 8x8, 0.83-0.86 of the time (``/tmp/s10/ab8.py``, warm and flushed, median of 12 paired ratios)
 and 0.5 MiB less at its peak (11.4 MiB against torch's 12.2 in ``benchmarks/conv.py --cases 8``).
 
-These copies are compiled (_gatherPhases, _scatterPhases), each row of the source read once for all its phases,
+These copies are compiled (_phaseRows), each row of the source read once for all its phases,
 split between the threads by channels. Case 8's arrays, two threads, ms, numpy's strided copies (one pass per
 phase) against them (``/tmp/s10/mv.py``, median of 15 alternated rounds): with caches warm, the stacked dy
 phases 0.85 vs 0.35, x's padded phases 1.37 vs 0.48, dx from its phases 0.93 vs 0.29; with a 32 MiB array read
@@ -97,90 +97,70 @@ def _tables(phases):
     return tuple(np.array([(a[3], a[4], a[5]) for a in axis], dtype=np.int64).reshape(-1, 3) for axis in (rows, cols))
 
 
-def _gatherPhases(x, out, rows, cols, dh, dw, c0, c1):
-    """Every stacked phase of x at once, channels [c0, c1): out[ri * len(cols) + ci, b, c, j, k] = x[b, c, first
-    + dh (j - j0), cfirst + dw (k - k0)] for j in [j0, j1) (rows[ri]) and k in [k0, k1) (cols[ci]), zero
-    elsewhere (the padding). Each row of x is read once, while it is in cache, for all its column phases (numpy
-    made one strided pass over x per phase); with two column phases of dilation 2 one loop splits the row into
-    both (an interleaved load LLVM vectorises). Flat unsigned indices, as conv_winograd's copies."""
+def _phaseRows(x, phased, rows, cols, dh, dw, c0, c1, gather):
+    """The stacked phases of x (N, C, H, W), channels [c0, c1), ``gather``: phased[ri * len(cols) + ci, b, c, j,
+    k] = x[b, c, first + dh (j - j0), cfirst + dw (k - k0)] for j in [j0, j1) (rows[ri]) and k in [k0, k1)
+    (cols[ci]), zero elsewhere (the padding); else the reverse on the interiors, x from its phases.
+
+    Each row of x is read (or written) once, while it is in cache, for all its column phases (numpy made one
+    strided pass over x per phase); with two column phases of dilation 2 one loop splits the row into both, or
+    interleaves them back (an interleaved access LLVM vectorises). Flat unsigned indices, as conv_winograd's
+    copies."""
     n, C, H, W = x.shape
-    length, width = out.shape[3], out.shape[4]
-    nc = cols.shape[0]
-    src, dst = x.reshape(-1), out.reshape(-1)
-    plane = length * width
-    stride = n * C * plane  # of the phases in out
-    pair = _pairs(cols, dw)
-    for b in range(n):
-        for c in range(c0, c1):
-            base = (b * C + c) * plane
-            for ri in range(rows.shape[0]):
-                j0, j1, first = rows[ri, 0], rows[ri, 1], rows[ri, 2]
-                for ci in range(nc):
-                    k0, k1 = cols[ci, 0], cols[ci, 1]
-                    o = (ri * nc + ci) * stride + base
-                    for t in range(j0 * width):
-                        dst[uintp(o + t)] = 0
-                    for t in range(j1 * width, plane):
-                        dst[uintp(o + t)] = 0
-                    for j in range(j0, j1):
-                        for k in range(k0):
-                            dst[uintp(o + j * width + k)] = 0
-                        for k in range(k1, width):
-                            dst[uintp(o + j * width + k)] = 0
-                for j in range(j0, j1):
-                    row = ((b * C + c) * H + first + dh * (j - j0)) * W
-                    if pair:
-                        k0, k1 = cols[0, 0], cols[0, 1]
-                        d0 = uintp((ri * nc) * stride + base + j * width + k0)
-                        d1 = d0 + uintp(stride)
-                        s0 = uintp(row + cols[0, 2])
-                        for k in range(k1 - k0):
-                            u = uintp(k)
-                            dst[d0 + u] = src[s0 + uintp(2) * u]
-                            dst[d1 + u] = src[s0 + uintp(2) * u + uintp(1)]
-                        continue
-                    for ci in range(nc):
-                        k0, k1 = cols[ci, 0], cols[ci, 1]
-                        d = uintp((ri * nc + ci) * stride + base + j * width + k0)
-                        s0 = uintp(row + cols[ci, 2])
-                        for k in range(k1 - k0):
-                            dst[d + uintp(k)] = src[s0 + uintp(dw * k)]
-
-
-def _scatterPhases(dx, phased, rows, cols, dh, dw, c0, c1):
-    """_gatherPhases' inverse on the interiors, channels [c0, c1): dx[b, c, first + dh (j - j0), cfirst + dw (k -
-    k0)] = phased[ri * len(cols) + ci, b, c, j, k] for j in [j0, j1), k in [k0, k1): each row of dx written once,
-    from all its column phases (two of dilation 2: one interleaving loop)."""
-    n, C, H, W = dx.shape
     length, width = phased.shape[3], phased.shape[4]
     nc = cols.shape[0]
-    src, dst = phased.reshape(-1), dx.reshape(-1)
+    flat, ph = x.reshape(-1), phased.reshape(-1)
     plane = length * width
-    stride = n * C * plane
+    stride = n * C * plane  # of the phases in phased
     pair = _pairs(cols, dw)
     for b in range(n):
         for c in range(c0, c1):
             base = (b * C + c) * plane
             for ri in range(rows.shape[0]):
                 j0, j1, first = rows[ri, 0], rows[ri, 1], rows[ri, 2]
+                if gather:
+                    for ci in range(nc):
+                        _zeroMargins(ph, (ri * nc + ci) * stride + base, j0, j1, cols[ci, 0], cols[ci, 1], length,
+                                     width)
                 for j in range(j0, j1):
                     row = ((b * C + c) * H + first + dh * (j - j0)) * W
                     if pair:
-                        k0, k1 = cols[0, 0], cols[0, 1]
-                        s0 = uintp((ri * nc) * stride + base + j * width + k0)
-                        s1 = s0 + uintp(stride)
-                        d0 = uintp(row + cols[0, 2])
-                        for k in range(k1 - k0):
-                            u = uintp(k)
-                            dst[d0 + uintp(2) * u] = src[s0 + u]
-                            dst[d0 + uintp(2) * u + uintp(1)] = src[s1 + u]
+                        p0 = uintp((ri * nc) * stride + base + j * width + cols[0, 0])
+                        p1 = p0 + uintp(stride)
+                        s0 = uintp(row + cols[0, 2])
+                        if gather:
+                            for k in range(cols[0, 1] - cols[0, 0]):
+                                u = uintp(k)
+                                ph[p0 + u] = flat[s0 + uintp(2) * u]
+                                ph[p1 + u] = flat[s0 + uintp(2) * u + uintp(1)]
+                        else:
+                            for k in range(cols[0, 1] - cols[0, 0]):
+                                u = uintp(k)
+                                flat[s0 + uintp(2) * u] = ph[p0 + u]
+                                flat[s0 + uintp(2) * u + uintp(1)] = ph[p1 + u]
                         continue
                     for ci in range(nc):
-                        k0, k1 = cols[ci, 0], cols[ci, 1]
-                        s0 = uintp((ri * nc + ci) * stride + base + j * width + k0)
-                        d = uintp(row + cols[ci, 2])
-                        for k in range(k1 - k0):
-                            dst[d + uintp(dw * k)] = src[s0 + uintp(k)]
+                        q = uintp((ri * nc + ci) * stride + base + j * width + cols[ci, 0])
+                        s0 = uintp(row + cols[ci, 2])
+                        if gather:
+                            for k in range(cols[ci, 1] - cols[ci, 0]):
+                                ph[q + uintp(k)] = flat[s0 + uintp(dw * k)]
+                        else:
+                            for k in range(cols[ci, 1] - cols[ci, 0]):
+                                flat[s0 + uintp(dw * k)] = ph[q + uintp(k)]
+
+
+def _zeroMargins(ph, o, j0, j1, k0, k1, length, width):
+    """Zero the padding of the phase plane at ph[o:]: rows outside [j0, j1), columns outside [k0, k1)."""
+    for t in range(j0 * width):
+        ph[uintp(o + t)] = 0
+    for t in range(j1 * width, length * width):
+        ph[uintp(o + t)] = 0
+    for j in range(j0, j1):
+        for k in range(k0):
+            ph[uintp(o + j * width + k)] = 0
+        for k in range(k1, width):
+            ph[uintp(o + j * width + k)] = 0
 
 
 def _pairs(cols, dw):
@@ -192,8 +172,8 @@ def _pairs(cols, dw):
 
 if njit is not None:
     _pairs = njit(cache=True, nogil=True, inline="always")(_pairs)
-    _gatherPhases = njit(cache=True, nogil=True)(_gatherPhases)
-    _scatterPhases = njit(cache=True, nogil=True)(_scatterPhases)
+    _zeroMargins = njit(cache=True, nogil=True, inline="always")(_zeroMargins)
+    _phaseRows = njit(cache=True, nogil=True)(_phaseRows)
 
 
 def _outputPhases(phases):
@@ -201,13 +181,12 @@ def _outputPhases(phases):
     return [tuple((a, olen, olen, 0, olen, a) for a, olen, *_ in axis) for axis in phases]
 
 
-def _movePhases(kernel, a, b, phases, dilation):
-    """kernel(a, b, rows, cols, dh, dw, c0, c1) over the channels, split between the engine's threads (the
-    channels' rows are disjoint: any split gives the same bits)."""
+def _movePhases(x, phased, phases, dilation, gather=True):
+    """_phaseRows over the channels, split between the engine's threads (the channels' rows are disjoint: any
+    split gives the same bits)."""
     rows, cols = _tables(phases)
-    channels = a.shape[1]
-    conv_common.parallel(lambda c0, c1: kernel(a, b, rows, cols, dilation[0], dilation[1], c0, c1), channels,
-                         a.size + b.size)
+    conv_common.parallel(lambda c0, c1: _phaseRows(x, phased, rows, cols, dilation[0], dilation[1], c0, c1, gather),
+                         x.shape[1], x.size + phased.size)
 
 
 def _buffer(x, r, c):
@@ -275,7 +254,7 @@ def forward(x, w, bias, pad, dilation, groups):
     for phase in phases:
         (out, margins), (r, c) = _interior([phase]), phase  # the interior only, its margins as padding
         buf = _buffer(x, *out[0])
-        _movePhases(_gatherPhases, x, buf[None], out, dilation)
+        _movePhases(x, buf[None], out, dilation)
         conv_winograd.forward(buf, w, bias, margins, groups, tileBytes=tile, u=u,
                               out=y[:, :, r[0]::dilation[0], c[0]::dilation[1]])
         del buf
@@ -355,11 +334,11 @@ def _backwardDataStacked(dy, wf, u, tile, dx, phases, dilation, groups, limit):
     for b0 in range(0, n, step):
         b1 = min(n, b0 + step)
         dys = leadingView(dyFlat, (p, b1 - b0, o, olh, olw))
-        _movePhases(_gatherPhases, dy[b0:b1], dys, _outputPhases(phases), dilation)
+        _movePhases(dy[b0:b1], dys, _outputPhases(phases), dilation)
         dxs = leadingView(dxFlat, (p * (b1 - b0), ch, length, width))
         conv_winograd.forward(dys.reshape((-1,) + dys.shape[2:]), wf, None, (2 - margins[0], 2 - margins[1]), groups,
                               tileBytes=tile, u=u, out=dxs)
-        _movePhases(_scatterPhases, dx[b0:b1], dxs.reshape((p, b1 - b0) + dxs.shape[1:]), phases, dilation)
+        _movePhases(dx[b0:b1], dxs.reshape((p, b1 - b0) + dxs.shape[1:]), phases, dilation, gather=False)
 
 
 def _interior(phases):
@@ -420,8 +399,8 @@ def _backwardParamsStacked(x, dy, wShape, phases, dilation, groups, limit):
         b1 = min(n, b0 + step)
         xs = leadingView(xFlat, (p, b1 - b0, ch, length, width))
         dys = leadingView(dyFlat, (p, b1 - b0, o, olh, olw))
-        _movePhases(_gatherPhases, x[b0:b1], xs, phases, dilation)
-        _movePhases(_gatherPhases, dy[b0:b1], dys, _outputPhases(phases), dilation)
+        _movePhases(x[b0:b1], xs, phases, dilation)
+        _movePhases(dy[b0:b1], dys, _outputPhases(phases), dilation)
         part = conv_winograd.backwardParams(xs.reshape((-1,) + xs.shape[2:]), dys.reshape((-1,) + dys.shape[2:]),
                                             wShape, margins, groups, tileBytes=tile, byChunks=True)
         if dw is None:
