@@ -263,7 +263,7 @@ def im2colBackwardData(dy, w, xShape, stride, pad, dilation, groups):
     kernel = w.shape[2:]
     # The gather needs a flipped copy of the kernel; when that outweighs the result (deep, small maps:
     # 512->512 on 7x7 copies 9 MiB for a 0.8 MiB dx), GEMM + col2im is as fast and needs only its tile.
-    if _flipsKernel(stride, w.nbytes, dy.itemsize * prod(xShape)):
+    if _flipsKernel(stride, w.nbytes, dy.itemsize * prod(xShape), xShape[1] // groups):
         dx = im2colForward(dy, flippedKernel(w, groups), None, stride, transposedPad(kernel, pad, dilation),
                            dilation, groups)
         assert dx.shape == tuple(xShape)
@@ -273,10 +273,19 @@ def im2colBackwardData(dy, w, xShape, stride, pad, dilation, groups):
     return _col2imBackwardData(dy, w, xShape, stride, pad, dilation, groups)
 
 
-def _flipsKernel(stride, wBytes, dxBytes):
+def _flipsKernel(stride, wBytes, dxBytes, channels):
     """Whether backward-data runs as the forward convolution of dy with the flipped kernel (see
-    im2colBackwardData)."""
-    return all(s == 1 for s in stride) and wBytes <= dxBytes
+    im2colBackwardData): not with a few input channels per group either (a network's first layer), whose
+    flipped forward is a GEMM of that few rows over a gather of every map's taps, where GEMM + col2im makes
+    (channels x taps) rows from the maps. Same process, ms, flipped vs GEMM + col2im: N8 4->64 56x56 k3 6.5 vs
+    1.4, N32 1->16 28x28 k5 3.6 vs 0.62, N16 3->32 32x32 1.9 vs 0.53, Conv3D N4 3->16 8x16x16 1.7 vs 1.2,
+    N8 16->64 groups 4 28x28 2.3 vs 0.88; from 6 channels on it varies (N8 6->32 28x28 0.71 vs 0.62, 8->64 56x56
+    4.5 vs 3.2, but 64->64 in 8 groups 1.5 vs 3.2, 16->64 56x56 5.4 vs 6.5)."""
+    return all(s == 1 for s in stride) and wBytes <= dxBytes and channels > _FEW_CHANNELS
+
+
+# Input channels per group up to which backward-data takes GEMM + col2im over the flipped kernel (_flipsKernel).
+_FEW_CHANNELS = 4
 
 
 def _col2imBackwardData(dy, w, xShape, stride, pad, dilation, groups):
@@ -1139,7 +1148,7 @@ def _backwardDataBytes(xShape, wShape, stride, pad, dilation, groups, dtype, bou
     itemsize = dtype.itemsize
     out = outputShape(xShape[2:], kernel, stride, pad, dilation)
     weights = prod(wShape) * itemsize
-    if _flipsKernel(stride, weights, prod(xShape) * itemsize):
+    if _flipsKernel(stride, weights, prod(xShape) * itemsize, c // groups):
         forward = _forwardBytes((n, o) + out, (c, o // groups) + kernel, stride, transposedPad(kernel, pad, dilation),
                                 dilation, groups, dtype, bound, withBias=False)
         return weights + max(weights, forward)
