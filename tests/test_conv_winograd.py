@@ -187,14 +187,24 @@ def test_heuristicPicksWinograd2x2OnSmallMapsWithManyChannelsAndTiles():
     for direction in conv.DIRECTIONS:  # benchmarks/conv.py case 4: F(2x2) in every direction
         assert conv.chooseAlgorithm(direction, (8, 512, 7, 7), (512, 512, 3, 3), *args) == "winograd"
     assert conv._winograd((512, 512, 3, 3), (8, 512, 7, 7), (1, 1), (1, 1), (1, 1)) is conv_winograd2x2
-    # Few tiles (N1: 16), few channels (32): im2col; the weight gradient wants 64 tiles (N2: 32).
+    # Few tiles (N1: 16): im2col; the weight gradient wants 64 tiles (N2: 32). With 32 to 63 channels, 128 tiles
+    # (N8 7x7 has 128, N4 64); with 16, never.
     assert conv.chooseAlgorithm("forward", (1, 512, 7, 7), (512, 512, 3, 3), *args) == "im2col"
-    assert conv.chooseAlgorithm("forward", (8, 32, 7, 7), (32, 32, 3, 3), *args) == "im2col"
+    for direction in conv.DIRECTIONS:
+        assert conv.chooseAlgorithm(direction, (8, 32, 7, 7), (32, 32, 3, 3), *args) == "winograd"
+        assert conv.chooseAlgorithm(direction, (4, 32, 7, 7), (32, 32, 3, 3), *args) == "im2col"
+        assert conv.chooseAlgorithm(direction, (32, 16, 7, 7), (32, 16, 3, 3), *args) == "im2col"
     assert conv.chooseAlgorithm("forward", (2, 512, 7, 7), (512, 512, 3, 3), *args) == "winograd"
     assert conv.chooseAlgorithm("backwardParams", (2, 512, 7, 7), (512, 512, 3, 3), *args) == "im2col"
-    # 14x14 maps and up keep F(4x4).
+    # 14x14 maps and up keep F(4x4); with one group of fewer than 48 channels, only from 56x56 on.
     assert conv.chooseAlgorithm("forward", (8, 256, 14, 14), (256, 256, 3, 3), *args) == "winograd"
     assert conv._winograd((256, 256, 3, 3), (8, 256, 14, 14), (1, 1), (1, 1), (1, 1)) is conv_winograd
+    for direction in conv.DIRECTIONS:
+        assert conv.chooseAlgorithm(direction, (8, 32, 28, 28), (32, 32, 3, 3), *args) == "im2col"
+        assert conv.chooseAlgorithm(direction, (8, 32, 56, 56), (32, 32, 3, 3), *args) == "winograd"
+        assert conv.chooseAlgorithm(direction, (8, 48, 14, 14), (48, 48, 3, 3), *args) == "winograd"
+        assert conv.chooseAlgorithm(direction, (8, 128, 28, 28), (128, 32, 3, 3), (1, 1), (1, 1), (1, 1),
+                                    4) == "winograd"  # case 7: 4 groups of 32 keep F(4x4)
 
 
 # -- F(4x2, 3x3) (conv_winograd4x2): all three directions on small maps, one group -------------------------------

@@ -147,16 +147,26 @@ def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
         # 4 groups of 32 (wins on the weight gradient), loses on 7x7 maps (tiles wasted, large kernel transform).
         # Dilated (conv_polyphase): each phase is a map of outSpatial / dilation.
         phaseSpatial = [s // d for s, d in zip(outSpatial, dilation)]
-        if cg >= 32 and o // groups >= 32 and min(phaseSpatial) >= 12:
+        # One group of fewer than 48 channels in 2-D only on large maps: im2col won below 56x56. Same process,
+        # 2 threads, Winograd's time / im2col's, fwd / bwd-data / bwd-params, median of 9 alternated rounds
+        # (2026-11-26): N8 32->32 14x14 1.57 / 1.43 / 1.48, 20x20 1.17 / 1.15 / 1.21, 28x28 1.24 / 1.44 / 1.06,
+        # N4 28x28 1.18 / 1.57 / 0.96, N8 32->64 14x14 0.97 / 0.95 / 1.35; but N8 32->32 56x56 0.40 / 0.43 / 0.46,
+        # N2 0.78 / 0.68 / 1.02; 48 channels: 14x14 1.11 / 1.02 / 1.02, 28x28 0.75 / 0.71 / 0.66.
+        few = len(kernel) == 2 and groups == 1 and cg < 48 and min(phaseSpatial) < 56
+        if cg >= 32 and o // groups >= 32 and min(phaseSpatial) >= 12 and not few:
             return "winograd"
         # Smaller undilated maps run F(2x2, 3x3) (conv_winograd2x2). Same-process interleaved vs im2col, 2 threads,
         # fwd / bwd-data / bwd-params: N8 512->512 7x7 9.3 / 9.5 / 10.3 vs 13.4 / 13.6 / 12.3 ms (torch 8.3 / 8.2 /
         # 12.5 in the same run); N4 10.3 / 11.5 / 11.1 vs 13.6 / 14.2 / 12.0 (loaded host); N8 64->64 7x7 0.72 /
         # 0.62 / 0.87 vs 0.81 / 0.77 / 1.03. Loses with 32 channels (forward 0.56 vs 0.32 ms) and on few tiles
         # (the weight gradient of N2 512->512 7x7, 32 tiles: 7.9 vs 7.0 ms; every direction of N1, 16 tiles).
+        # With 32 to 63 channels it takes 128 tiles (same measure as above): N8 32->32 7x7 (128 tiles) 0.77 / 0.80 /
+        # 1.04, N16 0.88 / 0.82 / 0.85, N32 32->64 4x4 (128) 0.68 / 0.81 / 0.76, 8x8 (512) 0.63 / 0.54 / 0.70, but
+        # N8 32->64 4x4 (32 tiles) 1.47 / 2.05 / 1.01.
         tiles = xShape[0] * prod(-(-s // 2) for s in outSpatial)
-        if (conv_winograd2x2.preferred(xShape, wShape, pad) and tuple(dilation) == (1, 1) and cg >= 64
-                and o // groups >= 64 and tiles >= (64 if direction == "backwardParams" else 32)):
+        deep = cg >= 64 and o // groups >= 64 and tiles >= (64 if direction == "backwardParams" else 32)
+        if (conv_winograd2x2.preferred(xShape, wShape, pad) and tuple(dilation) == (1, 1)
+                and (deep or (cg >= 32 and o // groups >= 32 and tiles >= 128))):
             return "winograd"
     return "im2col"
 
