@@ -196,12 +196,16 @@ def test_heuristicPicksWinograd2x2OnSmallMapsWithManyChannelsAndTiles():
         assert conv.chooseAlgorithm(direction, (32, 16, 7, 7), (32, 16, 3, 3), *args) == "im2col"
     assert conv.chooseAlgorithm("forward", (2, 512, 7, 7), (512, 512, 3, 3), *args) == "winograd"
     assert conv.chooseAlgorithm("backwardParams", (2, 512, 7, 7), (512, 512, 3, 3), *args) == "im2col"
-    # 14x14 maps and up keep F(4x4); with one group of fewer than 48 channels, only from 56x56 on.
+    # 14x14 maps and up keep F(4x4); one group of 16 to 47 channels only with 768 tiles of 4x4 or more.
     assert conv.chooseAlgorithm("forward", (8, 256, 14, 14), (256, 256, 3, 3), *args) == "winograd"
     assert conv._winograd((256, 256, 3, 3), (8, 256, 14, 14), (1, 1), (1, 1), (1, 1)) is conv_winograd
     for direction in conv.DIRECTIONS:
-        assert conv.chooseAlgorithm(direction, (8, 32, 28, 28), (32, 32, 3, 3), *args) == "im2col"
+        assert conv.chooseAlgorithm(direction, (8, 32, 28, 28), (32, 32, 3, 3), *args) == "im2col"  # 392 tiles
+        assert conv.chooseAlgorithm(direction, (16, 32, 28, 28), (32, 32, 3, 3), *args) == "winograd"  # 784
         assert conv.chooseAlgorithm(direction, (8, 32, 56, 56), (32, 32, 3, 3), *args) == "winograd"
+        assert conv.chooseAlgorithm(direction, (16, 16, 32, 32), (32, 16, 3, 3), *args) == "winograd"
+        assert conv.chooseAlgorithm(direction, (8, 16, 32, 32), (32, 16, 3, 3), *args) == "im2col"
+        assert conv.chooseAlgorithm(direction, (16, 16, 32, 32), (16, 16, 3, 3), *args) == "im2col"  # 16 maps
         assert conv.chooseAlgorithm(direction, (8, 48, 14, 14), (48, 48, 3, 3), *args) == "winograd"
         assert conv.chooseAlgorithm(direction, (8, 128, 28, 28), (128, 32, 3, 3), (1, 1), (1, 1), (1, 1),
                                     4) == "winograd"  # case 7: 4 groups of 32 keep F(4x4)

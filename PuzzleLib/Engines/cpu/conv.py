@@ -90,6 +90,8 @@ def chooseAlgorithm(direction, xShape, wShape, stride, pad, dilation, groups):
 _choices = {}
 # Multiply-adds of a call (all items, maps and taps) up to which the direct loops run it (see _heuristic).
 _TINY_WORK = 1 << 16
+# Tiles of 4x4 outputs (all items) from which one group of 16 to 47 channels runs F(4x4) (see _heuristic).
+_FEW_CHANNEL_TILES = 768
 
 
 def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
@@ -147,13 +149,20 @@ def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
         # 4 groups of 32 (wins on the weight gradient), loses on 7x7 maps (tiles wasted, large kernel transform).
         # Dilated (conv_polyphase): each phase is a map of outSpatial / dilation.
         phaseSpatial = [s // d for s, d in zip(outSpatial, dilation)]
-        # One group of fewer than 48 channels in 2-D only on large maps: im2col won below 56x56. Same process,
-        # 2 threads, Winograd's time / im2col's, fwd / bwd-data / bwd-params, median of 9 alternated rounds
-        # (2026-11-26): N8 32->32 14x14 1.57 / 1.43 / 1.48, 20x20 1.17 / 1.15 / 1.21, 28x28 1.24 / 1.44 / 1.06,
-        # N4 28x28 1.18 / 1.57 / 0.96, N8 32->64 14x14 0.97 / 0.95 / 1.35; but N8 32->32 56x56 0.40 / 0.43 / 0.46,
-        # N2 0.78 / 0.68 / 1.02; 48 channels: 14x14 1.11 / 1.02 / 1.02, 28x28 0.75 / 0.71 / 0.66.
-        few = len(kernel) == 2 and groups == 1 and cg < 48 and min(phaseSpatial) < 56
-        if cg >= 32 and o // groups >= 32 and min(phaseSpatial) >= 12 and not few:
+        # One group of 16 to 47 channels in 2-D: only with many tiles (_FEW_CHANNEL_TILES). Its GEMMs are thin, and
+        # its chunks, bounded by a quarter of a result under 2 MiB (conv_winograd.chunkBytes), hold few tiles: N8
+        # 32->32 28x28 took about as long as N32 (1.22 vs 1.45 ms forward). Same process, 2 threads, Winograd's
+        # time / im2col's, fwd / bwd-data / bwd-params, median of 9 alternated rounds (2026-11-26), tiles of 4x4:
+        # N8 32->32 14x14 (128 tiles) 1.57 / 1.43 / 1.48, 20x20 (200) 1.17 / 1.15 / 1.21, N4 28x28 (196) 1.18 /
+        # 1.57 / 0.96, N8 (392) 1.24-1.41 / 1.21-1.55 / 1.00-1.06, N8 32x32 (512) 0.87 / 1.00 / 1.26; N16 28x28
+        # (784) 0.70-0.77 / 0.66-0.71 / 0.65-0.76, N16 32x32 (1024) 0.41 / 0.40 / 0.44, N8 56x56 (1568) 0.40 /
+        # 0.43 / 0.46; 16 channels: N8 16->32 32x32 (512) 0.91 / 1.01 / 1.10, N16 (1024) 0.70 / 0.58 / 0.54. From 48
+        # channels on, any map of 12 and more: 48->48 14x14 1.11 / 1.02 / 1.02, 28x28 0.75 / 0.71 / 0.66.
+        tiles4 = xShape[0] * prod(-(-s // 4) for s in outSpatial)
+        if len(kernel) == 2 and groups == 1 and 16 <= cg < 48:
+            if o >= 32 and tiles4 >= _FEW_CHANNEL_TILES:
+                return "winograd"
+        elif cg >= 32 and o // groups >= 32 and min(phaseSpatial) >= 12:
             return "winograd"
         # Smaller undilated maps run F(2x2, 3x3) (conv_winograd2x2). Same-process interleaved vs im2col, 2 threads,
         # fwd / bwd-data / bwd-params: N8 512->512 7x7 9.3 / 9.5 / 10.3 vs 13.4 / 13.6 / 12.3 ms (torch 8.3 / 8.2 /
