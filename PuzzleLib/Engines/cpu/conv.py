@@ -125,8 +125,14 @@ def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
         # outputs per map summed over the batch (N1 64->64 L256: 0.32 vs 0.23 forward) or 8 channels (ties),
         # and ties on short maps, whose edge tiles take the bounds-checked path (N64 64->64 L64: 1.71 / 1.75 /
         # 2.13 vs 1.57 / 2.37 / 2.47; N32 L128 wins: 1.13 / 1.19 / 1.80 vs 1.59 / 2.54 / 2.07).
+        # With 32 channels and maps and up it wins from 1024 outputs (a later run, median of 9 alternated rounds,
+        # Winograd's time / im2col's: N8 64->64 L128 0.87 / 0.80 / 0.44, N1 L1024 0.88 / 0.75 / 0.33, N8 32->32
+        # L128 0.96 / 0.61 / 0.61, N16 0.90 / 0.82 / 0.65; with 16, N4 16->16 L256 1.84 / 1.59 / 1.63), and its weight
+        # gradient from 256 (N1 64->64 L256 0.34; forward 1.70, bwd-data 1.05).
         out = outputShape(xShape[2:], kernel, stride, pad, dilation)[0]
-        return "winograd" if cg >= 16 and o // groups >= 16 and out >= 96 and xShape[0] * out >= 4096 else "im2col"
+        deep = cg >= 32 and o // groups >= 32
+        least = (256 if direction == "backwardParams" else 1024) if deep else 4096
+        return "winograd" if cg >= 16 and o // groups >= 16 and out >= 96 and xShape[0] * out >= least else "im2col"
     if conv_winograd.available and conv_winograd_s2.applies(kernel, stride, dilation):
         # Stride 2 (conv_winograd_s2), against im2col, fwd / bwd-data / bwd-params, time ratios in one process with
         # a 64 MiB array read between calls (caches cold, as in a network's step): case 5 (N8 128->256 28x28) 0.91 /
