@@ -118,3 +118,14 @@ def test_heuristicPicks():
     assert conv.chooseAlgorithm("forward", (4, 128, 28, 28), (256, 128, 3, 3), *s2) == "im2col"  # 196 tiles
     assert "winograd" in conv.algorithms("forward", (1, 4, 8, 8), (4, 4, 3, 3), *s2)
     assert "winograd" not in conv.algorithms("forward", (1, 4, 8, 8), (4, 4, 3, 3), (2, 1), (1, 1), (1, 1), 1)
+
+
+def test_heuristicTakesChannelsThatDouble():
+    """The stride-2 split from 64 channels, or from 32 where the maps double (conv._heuristic's figures)."""
+    s2 = ((2, 2), (1, 1), (1, 1), 1)
+    for direction in conv.DIRECTIONS:
+        assert conv.chooseAlgorithm(direction, (8, 128, 28, 28), (256, 128, 3, 3), *s2) == "winograd"  # case 5
+        assert conv.chooseAlgorithm(direction, (8, 32, 32, 32), (64, 32, 3, 3), *s2) == "winograd"
+        assert conv.chooseAlgorithm(direction, (8, 48, 28, 28), (96, 48, 3, 3), *s2) == "winograd"
+        assert conv.chooseAlgorithm(direction, (8, 32, 28, 28), (32, 32, 3, 3), *s2) == "im2col"
+        assert conv.chooseAlgorithm(direction, (8, 16, 16, 16), (32, 16, 3, 3), *s2) == "im2col"

@@ -141,10 +141,12 @@ def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
         # (conv.timeAlgorithms) before the weight gradient went through sgemm: N8 128->128 28x28 0.85 / 0.76 / 0.79,
         # N8 256->256 28x28 0.72 / 0.79 / 0.92. Loses on 7x7 outputs (N8 256->512 14x14, warm 1.12 / 1.01 / 1.69:
         # a quarter of the tiles' outputs wasted, thin GEMMs), on few tiles (N1 128->256 28x28: 1.36 to 1.65), and
-        # with 16 channels (1.2 to 1.5).
+        # with 16 channels (1.2 to 1.5). From 32 channels when the maps double (a later run, warm, median of 9
+        # alternated rounds): N8 32->64 32x32 0.76 / 0.86 / 0.82, 56x56 0.79 / 0.79 / 0.83, N16 32x32 0.73 / 0.81 /
+        # 0.76, N8 48->96 28x28 0.71 / 0.80 / 0.75; but N8 32->32 28x28 0.87 / 1.33 / 0.99.
         outSpatial = outputShape(xShape[2:], kernel, stride, pad, dilation)
         tiles = xShape[0] * prod(-(-s // 2) for s in outSpatial)
-        if cg >= 64 and o // groups >= 64 and min(outSpatial) >= 14 \
+        if cg >= 32 and o // groups >= (64 if cg >= 64 else 2 * cg) and min(outSpatial) >= 14 \
                 and tiles >= (392 if direction == "forward" else 196):
             return "winograd"
         return "im2col"
