@@ -151,7 +151,21 @@ def test_heuristicRunsLittleWorkDirect(direction):
     assert conv.chooseAlgorithm(direction, (4, 4, 8, 8), (4, 4, 3, 3), (1, 1), (1, 1), (1, 1), 1) == "direct"
     assert conv.chooseAlgorithm(direction, (8, 8, 32), (8, 8, 3), one, one, one, 1) == "im2col"  # 49K, 8 channels
     assert conv.chooseAlgorithm(direction, (4, 16, 8), (16, 16, 3), one, one, one, 1) == "im2col"  # 16 channels
-    assert conv.chooseAlgorithm(direction, (16, 4, 8, 8), (4, 4, 3, 3), (1, 1), (1, 1), (1, 1), 1) == "im2col"
+    assert conv.chooseAlgorithm(direction, (16, 4, 8, 8), (4, 4, 3, 3), (1, 1), (1, 1), (1, 1), 1) == \
+        ("direct" if direction == "backwardData" else "im2col")  # see the next test
+
+
+def test_heuristicRunsFirstLayersBackwardDataDirect():
+    """2-D stride-1 backward-data with one group of up to 12 input channels goes to the direct loops; 16
+    channels, stride 2 (case 3), 1-D and forward stay where they were (conv._heuristic's figures)."""
+    one = ((1, 1), (1, 1), (1, 1), 1)
+    assert conv.chooseAlgorithm("backwardData", (8, 3, 112, 112), (64, 3, 3, 3), *one) == "direct"
+    assert conv.chooseAlgorithm("backwardData", (8, 12, 56, 56), (64, 12, 3, 3), *one) == "direct"
+    assert conv.chooseAlgorithm("backwardData", (8, 16, 32, 32), (16, 16, 3, 3), *one) == "im2col"
+    assert conv.chooseAlgorithm("forward", (8, 3, 112, 112), (64, 3, 3, 3), *one) == "im2col"
+    assert conv.chooseAlgorithm("backwardData", (8, 3, 224, 224), (64, 3, 7, 7), (2, 2), (3, 3), (1, 1),
+                                1) == "im2col"
+    assert conv.chooseAlgorithm("backwardData", (8, 3, 2048), (64, 3, 7), (1,), (3,), (1,), 1) == "im2col"
 
 
 def test_badAlgorithm():
