@@ -177,16 +177,17 @@ def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
         # channels on, any map of 12 and more: 48->48 14x14 1.11 / 1.02 / 1.02, 28x28 0.75 / 0.71 / 0.66.
         tiles4 = xShape[0] * prod(-(-s // 4) for s in outSpatial)
         if len(kernel) == 2 and groups == 1 and 16 <= cg < 48:
-            if o >= 32 and tiles4 >= _FEW_CHANNEL_TILES:
+            if o >= 32 and tiles4 >= _FEW_CHANNEL_TILES and min(phaseSpatial) >= 12:
                 return "winograd"
         elif cg >= 32 and o // groups >= 32 and min(phaseSpatial) >= 12:
             return "winograd"
         # Smaller undilated maps run F(2x2, 3x3) (conv_winograd2x2). Same-process interleaved vs im2col, 2 threads,
         # fwd / bwd-data / bwd-params: N8 512->512 7x7 9.3 / 9.5 / 10.3 vs 13.4 / 13.6 / 12.3 ms (torch 8.3 / 8.2 /
         # 12.5 in the same run); N4 10.3 / 11.5 / 11.1 vs 13.6 / 14.2 / 12.0 (loaded host); N8 64->64 7x7 0.72 /
-        # 0.62 / 0.87 vs 0.81 / 0.77 / 1.03. Loses with 32 channels (forward 0.56 vs 0.32 ms) and on few tiles
-        # (the weight gradient of N2 512->512 7x7, 32 tiles: 7.9 vs 7.0 ms; every direction of N1, 16 tiles).
-        # With 32 to 63 channels it takes 128 tiles (same measure as above): N8 32->32 7x7 (128 tiles) 0.77 / 0.80 /
+        # 0.62 / 0.87 vs 0.81 / 0.77 / 1.03. Lost on few tiles (the weight gradient of N2 512->512 7x7, 32 tiles:
+        # 7.9 vs 7.0 ms; every direction of N1, 16 tiles), and an earlier session measured a loss with 32 channels
+        # (forward 0.56 vs 0.32 ms). Re-measured with 32 to 63 channels, it wins from 128 tiles (same measure as
+        # the F(4x4) figures above): N8 32->32 7x7 (128 tiles) 0.77 / 0.80 /
         # 1.04, N16 0.88 / 0.82 / 0.85, N32 32->64 4x4 (128) 0.68 / 0.81 / 0.76, 8x8 (512) 0.63 / 0.54 / 0.70, but
         # N8 32->64 4x4 (32 tiles) 1.47 / 2.05 / 1.01.
         tiles = xShape[0] * prod(-(-s // 2) for s in outSpatial)
