@@ -112,7 +112,8 @@ def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
     # 93 / 78 vs 63 / 63 / 33; N1 4->4 6x6x6 k3 (93K) ties (80 vs 78 forward). With more channels the direct loops
     # (written for depthwise) fall behind sooner: N8 8->8 L32 (49K) 56 vs 70 forward, N1 8->8 3x3x3 (47K) 68 vs
     # 130, N4 16->16 L8 (25K) 60 vs 129.
-    work = xShape[0] * o * prod(outputShape(xShape[2:], kernel, stride, pad, dilation)) * cg * prod(kernel)
+    outSpatial = outputShape(xShape[2:], kernel, stride, pad, dilation)
+    work = xShape[0] * o * prod(outSpatial) * cg * prod(kernel)
     if work <= (_TINY_WORK if cg <= 4 else _TINY_WORK // 4) and cg <= 8:
         return "direct"
     # Backward-data of a 2-D stride-1 layer with one group of few input channels (a network's first layers): its
@@ -138,7 +139,7 @@ def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
         # Winograd's time / im2col's: N8 64->64 L128 0.87 / 0.80 / 0.44, N1 L1024 0.88 / 0.75 / 0.33, N8 32->32
         # L128 0.96 / 0.61 / 0.61, N16 0.90 / 0.82 / 0.65; with 16, N4 16->16 L256 1.84 / 1.59 / 1.63), and its weight
         # gradient from 256 (N1 64->64 L256 0.34; forward 1.70, bwd-data 1.05).
-        out = outputShape(xShape[2:], kernel, stride, pad, dilation)[0]
+        out = outSpatial[0]
         deep = cg >= 32 and o // groups >= 32
         least = (256 if direction == "backwardParams" else 1024) if deep else 4096
         return "winograd" if cg >= 16 and o // groups >= 16 and out >= 96 and xShape[0] * out >= least else "im2col"
@@ -153,14 +154,12 @@ def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
         # with 16 channels (1.2 to 1.5). From 32 channels when the maps double (a later run, warm, median of 9
         # alternated rounds): N8 32->64 32x32 0.76 / 0.86 / 0.82, 56x56 0.79 / 0.79 / 0.83, N16 32x32 0.73 / 0.81 /
         # 0.76, N8 48->96 28x28 0.71 / 0.80 / 0.75; but N8 32->32 28x28 0.87 / 1.33 / 0.99.
-        outSpatial = outputShape(xShape[2:], kernel, stride, pad, dilation)
         tiles = xShape[0] * prod(-(-s // 2) for s in outSpatial)
         if cg >= 32 and o // groups >= (64 if cg >= 64 else 2 * cg) and min(outSpatial) >= 14 \
                 and tiles >= (392 if direction == "forward" else 196):
             return "winograd"
         return "im2col"
     if _winogradApplies(wShape, stride, dilation):
-        outSpatial = outputShape(xShape[2:], kernel, stride, pad, dilation)
         # Enough channels for the 36 GEMMs to run near peak, enough pixels for the tiles to pay off.
         # Measured (benchmarks/engine_micro.py): wins clearly on 64->64 56x56 in every direction, ties on
         # 4 groups of 32 (wins on the weight gradient), loses on 7x7 maps (tiles wasted, large kernel transform).
