@@ -43,6 +43,7 @@ from PuzzleLib.Engines.cpu.conv_common import (
     chunkWorkers,
     leadingView,
     outputShape,
+    prod,
     ranges,
     shareItems,
     workspace,
@@ -687,9 +688,9 @@ def _backwardPlan(direction, xShape, wShape, pad, groups, dtype):
 def backwardData(dy, w, xShape, pad, groups):
     """The gradient of the input (xShape): per range of input channels and row of points, the gradient's
     transform of all maps, dV = U^T dM for the three points, the adjoint input transform added into dx."""
-    dx = np.zeros(xShape, dtype=dy.dtype)
-    if dx.size == 0 or dy.size == 0:
-        return dx
+    if prod(xShape) == 0 or dy.size == 0:
+        return np.zeros(xShape, dtype=dy.dtype)
+    dx = np.empty(xShape, dtype=dy.dtype)  # each part zeroes its own channels (below)
     dyc, wc = np.ascontiguousarray(dy), np.ascontiguousarray(w)
     og, cg, th, tw, total, T, parts, workers, bufs, fast = _backwardPlan("backwardData", xShape, w.shape, pad,
                                                                           groups, dy.dtype)
@@ -698,6 +699,9 @@ def backwardData(dy, w, xShape, pad, groups):
     def part(k, item):
         (gb, vb, ub), (g, c0, c1) = bufs[k], item
         nc = c1 - c0
+        # Zeroed here, not by np.zeros before the threads start: split between them, and already in this thread's
+        # cache when the first row of points adds into it.
+        dx[:, g * cg + c0:g * cg + c1] = 0
         _tapMajor(wc, wt, g * og, (g + 1) * og, c0, c1)  # the part's own channels: no wait on other threads
         G = leadingView(gb, (2, og, T))
         scratch = sgemm.Scratch() if fast else None
