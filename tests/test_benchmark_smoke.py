@@ -53,6 +53,10 @@ def test_tiny_run_writes_the_table(tmp_path):
     for rec in table["results"]:
         assert set(rec["ms"]["ours"]) == set(DIRECTIONS)
         assert all(t > 0 for t in rec["ms"]["ours"].values())
+        for engine, times in rec["ms"].items():  # each median is that of the samples kept beside it
+            for d, t in times.items():
+                samples = rec["samples_ms"][engine][d]
+                assert len(samples) == meta["reps"] and t == pytest.approx(float(np.median(samples)))
         assert set(rec["first_call_ms"]) == set(DIRECTIONS)
         assert rec["gflop"] > 0 and set(rec["gflops"]["ours"]) == set(DIRECTIONS)
         for d in DIRECTIONS:
