@@ -76,3 +76,32 @@ def test_phaseKernelsAgainstStridedCopies(spatial, pad, dilation):
         back = np.full_like(x, np.nan)
         conv_polyphase._movePhases(back, got, phases, dilation, gather=False)
         np.testing.assert_array_equal(back, x)
+
+
+@pytest.mark.skipif(not conv_winograd.available, reason="numba is not installed")
+@pytest.mark.parametrize("spatial,pad,dilation,kinds", [
+    ((12, 14), (2, 2), (2, 2), {True}),          # every phase x's pixels only (as case 8's)
+    ((10, 10), (1, 1), (3, 3), {True, False}),   # one phase of pixels only, eight padded
+    ((10, 9), (1, 0), (2, 3), {False}),          # every phase padded
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forwardReadsPixelPhasesWhereTheyLie(spatial, pad, dilation, kinds, dtype, monkeypatch):
+    """A phase whose buffer would hold x's pixels only is read as a strided view of x (_pixels), with the same
+    bits as the gathered copy it stands for; the others are still gathered."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 6) + spatial).astype(dtype)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(dtype)  # two groups of 3 channels to 2 maps
+    bias = rng.standard_normal(4).astype(dtype)
+    seen = set()
+    for phase in conv_polyphase._phases(spatial, pad, dilation):
+        ([(r, c)], _) = conv_polyphase._interior([phase])
+        view = conv_polyphase._pixels(x, r, c, dilation)
+        seen.add(view is not None)
+        if view is not None:
+            assert np.shares_memory(view, x)
+            np.testing.assert_array_equal(view, conv_polyphase._gather(x, np.empty(view.shape, dtype), r, c,
+                                                                       dilation))
+    assert seen == kinds
+    inPlace = conv_polyphase.forward(x, w, bias, pad, dilation, 2)
+    monkeypatch.setattr(conv_polyphase, "_pixels", lambda *args: None)  # every phase gathered first
+    np.testing.assert_array_equal(inPlace, conv_polyphase.forward(x, w, bias, pad, dilation, 2))

@@ -626,11 +626,13 @@ def _tiles(h, w, pad):
     return -(-oh // M_OUT), -(-ow // M_OUT)
 
 
-def forward(x, w, bias, pad, groups, tileBytes=None, u=None, out=None):
+def forward(x, w, bias, pad, groups, tileBytes=None, u=None, out=None, strided=False):
     """Forward 3x3 stride-1 convolution of x (N, C, H, W) with w (O, C // groups, 3, 3); pad may be negative.
 
     ``u``: w's kernel transform when the caller already has it (w is then not read: None will do); ``out``: an
-    (N, O, OH, OW) view (any strides) to write into instead of a new array.
+    (N, O, OH, OW) view (any strides) to write into instead of a new array; ``strided``: x is read where it
+    lies, whatever its strides (a polyphase view of a dilated convolution's input), not first copied
+    contiguous.
     """
     n, c, h, wd = x.shape
     o = w.shape[0] if u is None else u.shape[1] * u.shape[2]
@@ -644,7 +646,7 @@ def forward(x, w, bias, pad, groups, tileBytes=None, u=None, out=None):
     if u is None:
         u = kernelTransform(w, groups)
     biasv = biasVector(bias, o, x.dtype)
-    xc = np.ascontiguousarray(x)
+    xc = x if strided else np.ascontiguousarray(x)
     cst = transformConstants(x.dtype)
     total = n * th
     limit = tileBytes or chunkBytes(y.nbytes)
