@@ -94,6 +94,11 @@ _TINY_WORK = 1 << 16
 _FEW_CHANNEL_TILES = 768
 
 
+def _tileCount(batch, outSpatial, m):
+    """Tiles of m outputs along each axis over the whole batch (the last ones partial)."""
+    return batch * prod(-(-s // m) for s in outSpatial)
+
+
 def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
     kernel = wShape[2:]
     c, o = xShape[1], wShape[0]
@@ -154,7 +159,7 @@ def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
         # with 16 channels (1.2 to 1.5). From 32 channels when the maps double (a later run, warm, median of 9
         # alternated rounds): N8 32->64 32x32 0.76 / 0.86 / 0.82, 56x56 0.79 / 0.79 / 0.83, N16 32x32 0.73 / 0.81 /
         # 0.76, N8 48->96 28x28 0.71 / 0.80 / 0.75; but N8 32->32 28x28 0.87 / 1.33 / 0.99.
-        tiles = xShape[0] * prod(-(-s // 2) for s in outSpatial)
+        tiles = _tileCount(xShape[0], outSpatial, 2)
         if cg >= 32 and o // groups >= (64 if cg >= 64 else 2 * cg) and min(outSpatial) >= 14 \
                 and tiles >= (392 if direction == "forward" else 196):
             return "winograd"
@@ -174,7 +179,7 @@ def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
         # (784) 0.70-0.77 / 0.66-0.71 / 0.65-0.76, N16 32x32 (1024) 0.41 / 0.40 / 0.44, N8 56x56 (1568) 0.40 /
         # 0.43 / 0.46; 16 channels: N8 16->32 32x32 (512) 0.91 / 1.01 / 1.10, N16 (1024) 0.70 / 0.58 / 0.54. From 48
         # channels on, any map of 12 and more: 48->48 14x14 1.11 / 1.02 / 1.02, 28x28 0.75 / 0.71 / 0.66.
-        tiles4 = xShape[0] * prod(-(-s // 4) for s in outSpatial)
+        tiles4 = _tileCount(xShape[0], outSpatial, 4)
         if len(kernel) == 2 and groups == 1 and 16 <= cg < 48:
             if o >= 32 and tiles4 >= _FEW_CHANNEL_TILES and min(phaseSpatial) >= 12:
                 return "winograd"
@@ -186,10 +191,10 @@ def _heuristic(direction, xShape, wShape, stride, pad, dilation, groups):
         # 0.62 / 0.87 vs 0.81 / 0.77 / 1.03. Lost on few tiles (the weight gradient of N2 512->512 7x7, 32 tiles:
         # 7.9 vs 7.0 ms; every direction of N1, 16 tiles), and an earlier session measured a loss with 32 channels
         # (forward 0.56 vs 0.32 ms). Re-measured with 32 to 63 channels, it wins from 128 tiles (same measure as
-        # the F(4x4) figures above): N8 32->32 7x7 (128 tiles) 0.77 / 0.80 /
-        # 1.04, N16 0.88 / 0.82 / 0.85, N32 32->64 4x4 (128) 0.68 / 0.81 / 0.76, 8x8 (512) 0.63 / 0.54 / 0.70, but
-        # N8 32->64 4x4 (32 tiles) 1.47 / 2.05 / 1.01.
-        tiles = xShape[0] * prod(-(-s // 2) for s in outSpatial)
+        # the F(4x4) figures above): N8 32->32 7x7 (128 tiles) 0.77 / 0.80 / 1.04, N16 0.88 / 0.82 / 0.85, N32
+        # 32->64 4x4 (128) 0.68 / 0.81 / 0.76, 8x8 (512) 0.63 / 0.54 / 0.70, but N8 32->64 4x4 (32 tiles) 1.47 /
+        # 2.05 / 1.01.
+        tiles = _tileCount(xShape[0], outSpatial, 2)
         deep = cg >= 64 and o // groups >= 64 and tiles >= (64 if direction == "backwardParams" else 32)
         if (conv_winograd2x2.preferred(xShape, wShape, pad) and tuple(dilation) == (1, 1)
                 and (deep or (cg >= 32 and o // groups >= 32 and tiles >= 128))):

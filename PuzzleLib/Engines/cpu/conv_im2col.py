@@ -273,6 +273,10 @@ def im2colBackwardData(dy, w, xShape, stride, pad, dilation, groups):
     return _col2imBackwardData(dy, w, xShape, stride, pad, dilation, groups)
 
 
+# Input channels per group up to which backward-data takes GEMM + col2im over the flipped kernel (_flipsKernel).
+_FEW_CHANNELS = 4
+
+
 def _flipsKernel(stride, wBytes, dxBytes, channels):
     """Whether backward-data runs as the forward convolution of dy with the flipped kernel (see
     im2colBackwardData): not with a few input channels per group either (a network's first layer), whose
@@ -282,10 +286,6 @@ def _flipsKernel(stride, wBytes, dxBytes, channels):
     N8 16->64 groups 4 28x28 2.3 vs 0.88; from 6 channels on it varies (N8 6->32 28x28 0.71 vs 0.62, 8->64 56x56
     4.5 vs 3.2, but 64->64 in 8 groups 1.5 vs 3.2, 16->64 56x56 5.4 vs 6.5)."""
     return all(s == 1 for s in stride) and wBytes <= dxBytes and channels > _FEW_CHANNELS
-
-
-# Input channels per group up to which backward-data takes GEMM + col2im over the flipped kernel (_flipsKernel).
-_FEW_CHANNELS = 4
 
 
 def _col2imBackwardData(dy, w, xShape, stride, pad, dilation, groups):
@@ -489,20 +489,20 @@ def _phasesShape(shape5, s):
     return shape5[:4] + (s, -(-shape5[4] // s))
 
 
-def _fastGather(xs, tables, cols, n0, r0, r1, ck=None, split=True):
-    """_gatherRows5 of rows [0, ck) (all of cols' rows by default) into a (items, rows, pixels) tile, split
-    between threads if ``split``."""
-    layout = _tileLayout(cols)
-    _splitRows(lambda k0, k1: _gatherRows5(xs, cols, *tables, n0, r0, r1, k0, k1, 0, 0, *layout), 0,
-               cols.shape[1] if ck is None else ck, cols.size * GATHER_COST, split)
-
-
 # A gathered element's time in multiply-adds (conv_common.PARALLEL_WORK's unit): a gather moves ~3 G elements a
 # second on one thread, a GEMM ~50 G multiply-adds. So tiles under ~64K elements are gathered on the calling
 # thread: handing half of a few hundred elements to the other thread cost more than the gather (the gathers
 # had always been split: a Conv1D N2 3->4 L11 forward took 190 us through the module, ~100 of them waiting
 # on the hand-off).
 GATHER_COST = 16
+
+
+def _fastGather(xs, tables, cols, n0, r0, r1, ck=None, split=True):
+    """_gatherRows5 of rows [0, ck) (all of cols' rows by default) into a (items, rows, pixels) tile, split
+    between threads if ``split``."""
+    layout = _tileLayout(cols)
+    _splitRows(lambda k0, k1: _gatherRows5(xs, cols, *tables, n0, r0, r1, k0, k1, 0, 0, *layout), 0,
+               cols.shape[1] if ck is None else ck, cols.size * GATHER_COST, split)
 
 
 def _splitRows(fn, k0, k1, work, split):

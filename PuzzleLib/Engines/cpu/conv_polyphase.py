@@ -83,17 +83,24 @@ def _phases(shape, pad, dilation):
     return [(r, c) for r in rows for c in cols]
 
 
+def _strided(x, r, c, dilation):
+    """The pixels of x (or dx) that phase (r, c)'s buffer holds in [j0, j1) x [k0, k1): a strided view."""
+    _, _, _, j0, j1, first = r
+    _, _, _, k0, k1, cfirst = c
+    return x[:, :, first:first + dilation[0] * (j1 - j0 - 1) + 1:dilation[0],
+             cfirst:cfirst + dilation[1] * (k1 - k0 - 1) + 1:dilation[1]]
+
+
 def _gather(x, buf, r, c, dilation):
     """x's phase (r, c) into buf (its padded size): zeros at the borders, x's strided pixels inside."""
-    _, _, length, j0, j1, first = r
-    _, _, width, k0, k1, cfirst = c
+    _, _, _, j0, j1, _ = r
+    _, _, _, k0, k1, _ = c
     buf[:, :, :j0] = 0
     buf[:, :, j1:] = 0
     buf[:, :, j0:j1, :k0] = 0
     buf[:, :, j0:j1, k1:] = 0
     if j1 > j0 and k1 > k0:
-        buf[:, :, j0:j1, k0:k1] = x[:, :, first:first + dilation[0] * (j1 - j0 - 1) + 1:dilation[0],
-                                    cfirst:cfirst + dilation[1] * (k1 - k0 - 1) + 1:dilation[1]]
+        buf[:, :, j0:j1, k0:k1] = _strided(x, r, c, dilation)
     return buf
 
 
@@ -282,11 +289,7 @@ def _pixelsOnly(r, c):
 def _pixels(x, r, c, dilation):
     """x's phase (r, c) as a strided view of x where its buffer would hold x's pixels only (_pixelsOnly); else
     None."""
-    if not _pixelsOnly(r, c):
-        return None
-    (_, _, length, _, _, first), (_, _, width, _, _, cfirst) = r, c
-    return x[:, :, first:first + dilation[0] * (length - 1) + 1:dilation[0],
-             cfirst:cfirst + dilation[1] * (width - 1) + 1:dilation[1]]
+    return _strided(x, r, c, dilation) if _pixelsOnly(r, c) else None
 
 
 def _equal(phases):
@@ -337,10 +340,9 @@ def backwardData(dy, w, xShape, pad, dilation, groups, stackBytes=None):
 
 def _scatter(dx, dxp, r, c, dilation):
     """The interior of a dx phase (where x is, not its padding) into dx's strided pixels."""
-    _, _, _, j0, j1, first = r
-    _, _, _, k0, k1, cfirst = c
-    dx[:, :, first:first + dilation[0] * (j1 - j0 - 1) + 1:dilation[0],
-       cfirst:cfirst + dilation[1] * (k1 - k0 - 1) + 1:dilation[1]] = dxp[:, :, j0:j1, k0:k1]
+    _, _, _, j0, j1, _ = r
+    _, _, _, k0, k1, _ = c
+    _strided(dx, r, c, dilation)[...] = dxp[:, :, j0:j1, k0:k1]
 
 
 def _backwardDataStacked(dy, wf, u, tile, dx, phases, dilation, groups, limit):
